@@ -1,0 +1,88 @@
+"""Command line: ``python -m mcpsync [serve TARGET | hub CONFIG.json] [--stdio] [--host H] [--port P]``.
+
+The composition root: it parses argv, builds the server, picks the transport and maps
+failures to exit codes (0 ok, 2 usage or configuration error, 1 runtime failure). It never
+prints a traceback for a user error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Serve MCP (Model Context Protocol) servers written as plain Python functions, on threads.
+
+  python -m mcpsync                     serve the bundled example server on http://127.0.0.1:8000/mcp
+  python -m mcpsync --stdio             ... or over stdio (for desktop clients that spawn servers)
+  python -m mcpsync serve TARGET        serve your server; TARGET is package.module:attr or path/to/file.py[:attr]
+  python -m mcpsync hub CONFIG.json     aggregate the upstream servers of an mcpServers config
+"""
+
+
+class UsageError(Exception):
+    """A user error the CLI reports in one line with exit status 2."""
+
+
+def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Subcommand copies default to SUPPRESS so they only override the top-level value when given.
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--host", default=d(DEFAULT_HOST),
+                   help=f"interface to bind (default {DEFAULT_HOST}; exposing beyond loopback is your call)")
+    p.add_argument("--port", type=int, default=d(DEFAULT_PORT), help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--stdio", action="store_true", default=d(False),
+                   help="serve newline-delimited JSON-RPC on stdin/stdout instead of HTTP")
+    p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
+                   help="HTTP front end: mcpsync's keep-alive threaded server (default) or werkzeug's dev server")
+    p.add_argument("--log-level", default=d("INFO"), help="logging level for stderr (default INFO)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mcpsync", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mcpsync {__version__}")
+    _add_serving_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="{serve,hub}")
+    p_serve = sub.add_parser("serve", help="serve a server object from a module or file",
+                             description="Serve TARGET: package.module:attr or path/to/file.py[:attr] "
+                                         "(attr defaults to the module's `server`, `app` or `mcp`).")
+    p_serve.add_argument("target")
+    _add_serving_options(p_serve, top=False)
+    p_hub = sub.add_parser("hub", help="serve many upstream MCP servers behind one endpoint",
+                           description="Aggregate the upstream servers listed in an mcpServers JSON config.")
+    p_hub.add_argument("config")
+    _add_serving_options(p_hub, top=False)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a parsed command line; returns the exit status."""
+    if args.command == "hub":
+        raise UsageError("hub: the hub is not built yet")
+    if args.command == "serve":
+        raise UsageError("serve: loading and serving a TARGET is not built yet")
+    raise UsageError("serving the example server is not built yet (the protocol core is missing)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"mcpsync: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

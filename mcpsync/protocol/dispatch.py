@@ -1,0 +1,81 @@
+"""Method table and the one place where exceptions become wire errors.
+
+Theory of operation
+-------------------
+A ``Dispatcher`` maps method names to handlers ``handler(params, ctx) -> result dict``.
+``dispatch(msg, ctx)`` runs one request and always returns a response message: the
+handler's result, or an error. Every exception raised while serving a request passes
+through ``wire_error``:
+
+* ``McpError`` subclasses are the peer's fault or a deliberate protocol answer: sent as they
+  are (code, message, data).
+* anything else is our bug: logged with its traceback here, sent as -32603 "Internal error"
+  with no detail, so nothing internal leaks to the client.
+
+Handlers for notifications return nothing and never produce a reply; their exceptions are
+logged and swallowed (JSON-RPC forbids answering a notification).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ..errors import InternalError, McpError, MethodNotFound
+from .jsonrpc import error_response, response
+
+log = logging.getLogger("mcpsync.protocol")
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+NotificationHandler = Callable[[dict[str, Any], Any], None]
+
+
+def wire_error(exc: BaseException, method: str | None = None) -> McpError:
+    """The error to send for ``exc``. Unknown exceptions are logged, never described."""
+    if isinstance(exc, McpError):
+        return exc
+    log.error("internal error while serving %s", method or "a message", exc_info=exc)
+    return InternalError("Internal error")
+
+
+class Dispatcher:
+    """Method name -> handler, for requests and for notifications.
+
+    Built once at start-up and read-only afterwards, so workers read it without a lock.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Handler] = {}
+        self.notifications: dict[str, NotificationHandler] = {}
+
+    def on_request(self, method: str, handler: Handler) -> None:
+        self.requests[method] = handler
+
+    def on_notification(self, method: str, handler: NotificationHandler) -> None:
+        self.notifications[method] = handler
+
+    def handler_for(self, method: str) -> Handler:
+        try:
+            return self.requests[method]
+        except KeyError:
+            raise MethodNotFound(f"Method not found: {method}") from None
+
+    def dispatch(self, msg: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        """Run one request message; returns its response (result or error)."""
+        rid = msg["id"]
+        method = msg["method"]
+        try:
+            result = self.handler_for(method)(msg.get("params") or {}, ctx)
+        except Exception as exc:
+            return error_response(rid, wire_error(exc, method))
+        return response(rid, result)
+
+    def notify(self, msg: dict[str, Any], ctx: Any) -> None:
+        """Run one notification; unknown ones are ignored, failures logged."""
+        handler = self.notifications.get(msg["method"])
+        if handler is None:
+            return
+        try:
+            handler(msg.get("params") or {}, ctx)
+        except Exception as exc:
+            log.warning("notification %s failed: %s", msg["method"], exc,
+                        exc_info=not isinstance(exc, McpError))

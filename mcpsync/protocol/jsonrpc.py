@@ -1,0 +1,121 @@
+"""JSON-RPC 2.0 framing for MCP: decode, classify, validate, encode.
+
+Theory of operation
+-------------------
+Messages stay plain ``dict`` objects end to end (the cheapest thing Python can build and
+serialize); this module only decides what a decoded value *is* and whether it is legal:
+
+* ``decode(data)`` turns bytes or text into a Python value, raising ``ParseError`` for bad
+  JSON or bad UTF-8. It does not judge the shape.
+* ``classify(obj)`` names one message: ``REQUEST``, ``NOTIFICATION``, ``RESPONSE`` or
+  ``ERROR``, raising ``InvalidRequest`` for anything else (wrong ``jsonrpc``, ``id: null`` on
+  a request, non-object ``params`` ...). MCP is stricter than JSON-RPC: ids are strings or
+  integers, never null, never booleans or floats.
+* ``encode(msg)`` produces compact UTF-8 JSON.
+
+Ids are echoed with their exact JSON type: the decoded ``id`` object is put back unchanged.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import InvalidRequest, McpError, ParseError
+
+REQUEST = "request"
+NOTIFICATION = "notification"
+RESPONSE = "response"
+ERROR = "error"
+
+JSONRPC = "2.0"
+
+_decoder = json.JSONDecoder()
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def decode(data: bytes | str) -> Any:
+    """Parse one JSON text. Raises ``ParseError`` (-32700) on invalid UTF-8 or JSON."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("Parse error: body is not valid UTF-8") from None
+    else:
+        text = data
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ParseError("Parse error: invalid JSON") from None
+
+
+def encode(msg: Any) -> bytes:
+    """Compact UTF-8 JSON for one message or a batch."""
+    return _encoder.encode(msg).encode("utf-8")
+
+
+def is_valid_id(value: Any) -> bool:
+    # bool is a subclass of int in Python; JSON true/false is not a legal id.
+    return (type(value) is str) or (type(value) is int)
+
+
+def classify(obj: Any) -> str:
+    """Name the kind of one decoded message or raise ``InvalidRequest``."""
+    if type(obj) is not dict:
+        raise InvalidRequest("Invalid Request: a message must be a JSON object")
+    if obj.get("jsonrpc") != JSONRPC:
+        raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"')
+    method = obj.get("method")
+    if method is not None:
+        if type(method) is not str:
+            raise InvalidRequest('Invalid Request: "method" must be a string')
+        params = obj.get("params")
+        if params is not None and type(params) is not dict:
+            raise InvalidRequest('Invalid Request: "params" must be an object')
+        if "id" not in obj:
+            return NOTIFICATION
+        if not is_valid_id(obj["id"]):
+            raise InvalidRequest('Invalid Request: "id" must be a string or an integer')
+        return REQUEST
+    if "result" in obj:
+        if "error" in obj or not is_valid_id(obj.get("id")):
+            raise InvalidRequest("Invalid Request: malformed response")
+        return RESPONSE
+    if "error" in obj:
+        err = obj["error"]
+        if type(err) is not dict or type(err.get("code")) is not int:
+            raise InvalidRequest("Invalid Request: malformed error response")
+        return ERROR
+    raise InvalidRequest("Invalid Request: neither a request, a notification nor a response")
+
+
+def readable_id(obj: Any) -> Any:
+    """The id of a possibly malformed message when it is a legal id, else None."""
+    if type(obj) is dict:
+        rid = obj.get("id")
+        if is_valid_id(rid):
+            return rid
+    return None
+
+
+def request(rid: str | int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": JSONRPC, "id": rid, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": JSONRPC, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def response(rid: str | int, result: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC, "id": rid, "result": result}
+
+
+def error_response(rid: str | int | None, error: McpError) -> dict[str, Any]:
+    """An error response. ``rid`` None (the id could not be read) is sent as ``"id": null``,
+    which every revision's clients accept."""
+    return {"jsonrpc": JSONRPC, "id": rid, "error": error.to_error()}

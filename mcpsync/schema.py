@@ -1,0 +1,338 @@
+"""JSON Schema from Python type hints, validation, and conversion of validated arguments.
+
+Theory of operation
+-------------------
+``schema_for(hint)`` maps a type hint to a JSON Schema (2020-12 dialect) fragment:
+
+=========================  ==========================================================
+hint                       schema
+=========================  ==========================================================
+str / int / float / bool   ``{"type": "string" | "integer" | "number" | "boolean"}``
+None                       ``{"type": "null"}``
+Optional[X], X | None      X's schema with ``"null"`` added to its type (or ``anyOf``)
+Union[X, Y]                ``{"anyOf": [X, Y]}``
+Literal["a", 1]            ``{"enum": ["a", 1]}`` (plus ``type`` when uniform)
+Enum subclass              ``{"enum": [member values]}``
+list[X], tuple[X, ...]     ``{"type": "array", "items": X}``
+dict[str, X]               ``{"type": "object", "additionalProperties": X}``
+TypedDict, dataclass       ``{"type": "object", "properties": …, "required": …}``
+Annotated[X, "text"]       X's schema with ``"description": "text"``
+=========================  ==========================================================
+
+``validate(schema, value)`` checks the subset of JSON Schema that we generate (and a bit
+more: numeric and length bounds, ``const``, ``pattern``, ``minItems``) and returns a list of
+human-readable problems, empty when valid. ``convert(hint, value)`` then turns validated
+JSON into the annotated Python types (Enum members, dataclass instances, tuples). The
+validator is deliberately small and iterative over the schema we wrote ourselves; it never
+evaluates ``$ref`` across documents.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import re
+import types
+import typing
+from typing import Any, Callable, Literal, Union, get_args, get_origin
+
+try:  # Python 3.11+: typing.is_typeddict
+    from typing import is_typeddict
+except ImportError:  # pragma: no cover - 3.10
+    from typing_extensions import is_typeddict  # type: ignore[no-redef]
+
+Schema = dict[str, Any]
+
+_PRIMITIVES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
+                               type(None): "null"}
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "null": (type(None),), "array": (list,), "object": (dict,),
+}
+
+
+class Description(str):
+    """Marker for ``Annotated[X, Description("...")]``; a plain string works too."""
+
+
+def _is_union(origin: Any) -> bool:
+    return origin is Union or origin is types.UnionType
+
+
+def schema_for(hint: Any) -> Schema:
+    """The JSON Schema fragment for one type hint (see the module table)."""
+    if hint is inspect.Parameter.empty or hint is Any or hint is object:
+        return {}
+    origin = get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = get_args(hint)
+        schema = dict(schema_for(base))
+        for extra in extras:
+            if isinstance(extra, str):
+                schema["description"] = str(extra)
+            elif isinstance(extra, dict):
+                schema.update(extra)
+        return schema
+    if hint in _PRIMITIVES:
+        return {"type": _PRIMITIVES[hint]}
+    if _is_union(origin):
+        args = get_args(hint)
+        non_null = [a for a in args if a is not type(None)]
+        parts = [schema_for(a) for a in non_null]
+        nullable = len(non_null) != len(args)
+        if len(parts) == 1 and nullable:
+            only = dict(parts[0])
+            t = only.get("type")
+            if isinstance(t, str) and "enum" not in only:
+                only["type"] = [t, "null"]
+                return only
+            return {"anyOf": [only, {"type": "null"}]}
+        if nullable:
+            parts.append({"type": "null"})
+        return {"anyOf": parts}
+    if origin is Literal:
+        values = list(get_args(hint))
+        schema = {"enum": values}
+        kinds = {_json_type_name(v) for v in values}
+        if len(kinds) == 1:
+            schema["type"] = kinds.pop()
+        return schema
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        values = [m.value for m in hint]
+        schema = {"enum": values}
+        kinds = {_json_type_name(v) for v in values}
+        if len(kinds) == 1:
+            schema["type"] = kinds.pop()
+        return schema
+    if origin in (list, set, frozenset) or hint in (list, set, frozenset):
+        args = get_args(hint)
+        schema = {"type": "array"}
+        if args:
+            schema["items"] = schema_for(args[0])
+        if origin in (set, frozenset):
+            schema["uniqueItems"] = True
+        return schema
+    if origin is tuple or hint is tuple:
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": schema_for(args[0])}
+        if args:
+            return {"type": "array", "prefixItems": [schema_for(a) for a in args],
+                    "minItems": len(args), "maxItems": len(args)}
+        return {"type": "array"}
+    if origin is dict or hint is dict:
+        args = get_args(hint)
+        schema = {"type": "object"}
+        if len(args) == 2:
+            schema["additionalProperties"] = schema_for(args[1])
+        return schema
+    if is_typeddict(hint):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = sorted(getattr(hint, "__required_keys__", hints.keys()))
+        return {"type": "object", "properties": {k: schema_for(v) for k, v in hints.items()},
+                "required": required}
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        props: dict[str, Schema] = {}
+        required = []
+        for f in dataclasses.fields(hint):
+            props[f.name] = schema_for(hints.get(f.name, Any))
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+            elif f.default is not dataclasses.MISSING and _jsonable(f.default):
+                props[f.name]["default"] = f.default
+        schema = {"type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        return schema
+    raise TypeError(f"cannot derive a JSON Schema from the type hint {hint!r}")
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "object"
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def signature_schema(fn: Callable[..., Any], *, skip: frozenset[str] = frozenset()) -> tuple[Schema, dict[str, Any]]:
+    """The input schema of a function's parameters, and a name -> hint map for ``convert``.
+    Parameters named in ``skip`` (the context parameter) are left out."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    props: dict[str, Schema] = {}
+    required: list[str] = []
+    arg_hints: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        hint = hints.get(name, Any)
+        arg_hints[name] = hint
+        prop = dict(schema_for(hint))
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+        elif _jsonable(param.default) or isinstance(param.default, (list, dict)):
+            prop["default"] = param.default
+        elif isinstance(param.default, enum.Enum):
+            prop["default"] = param.default.value
+        props[name] = prop
+    schema: Schema = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    return schema, arg_hints
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+def _type_ok(value: Any, t: str) -> bool:
+    if t == "integer":
+        return (type(value) is int) or (type(value) is float and value.is_integer())
+    if t == "number":
+        return type(value) in (int, float)
+    if t == "boolean":
+        return type(value) is bool
+    return isinstance(value, _JSON_TYPES.get(t, (object,))) and not (
+        t in ("string", "array", "object", "null") and type(value) is bool)
+
+
+def validate(schema: Schema, value: Any, path: str = "") -> list[str]:
+    """Problems with ``value`` against ``schema`` (empty list when it is valid)."""
+    problems: list[str] = []
+    _validate(schema, value, path or "$", problems)
+    return problems
+
+
+def _validate(schema: Schema, value: Any, path: str, out: list[str]) -> None:
+    if not schema or schema is True:
+        return
+    if schema is False:
+        out.append(f"{path}: no value is allowed here")
+        return
+    t = schema.get("type")
+    if t is not None:
+        allowed = t if isinstance(t, list) else [t]
+        if not any(_type_ok(value, x) for x in allowed):
+            out.append(f"{path}: expected {' or '.join(allowed)}, got {_json_type_name(value) if not isinstance(value, (list, dict)) else type(value).__name__.replace('list', 'array').replace('dict', 'object')}")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{path}: must be one of {schema['enum']!r}")
+        return
+    if "const" in schema and value != schema["const"]:
+        out.append(f"{path}: must be {schema['const']!r}")
+    if "anyOf" in schema or "oneOf" in schema:
+        options = schema.get("anyOf") or schema.get("oneOf") or []
+        if not any(not validate(opt, value, path) for opt in options):
+            out.append(f"{path}: does not match any allowed form")
+            return
+    if isinstance(value, str) and not isinstance(value, bool):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            out.append(f"{path}: shorter than {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            out.append(f"{path}: longer than {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            out.append(f"{path}: does not match the pattern {schema['pattern']!r}")
+    if type(value) in (int, float):
+        if "minimum" in schema and value < schema["minimum"]:
+            out.append(f"{path}: less than the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            out.append(f"{path}: greater than the maximum {schema['maximum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            out.append(f"{path}: not greater than {schema['exclusiveMinimum']}")
+        if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+            out.append(f"{path}: not less than {schema['exclusiveMaximum']}")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            out.append(f"{path}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            out.append(f"{path}: more than {schema['maxItems']} items")
+        prefix = schema.get("prefixItems") or []
+        for i, item in enumerate(value):
+            if i < len(prefix):
+                _validate(prefix[i], item, f"{path}[{i}]", out)
+            elif "items" in schema:
+                _validate(schema["items"], item, f"{path}[{i}]", out)
+    elif isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key in schema.get("required") or ():
+            if key not in value:
+                out.append(f"{path}: missing required property {key!r}")
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                _validate(props[key], item, f"{path}.{key}", out)
+            elif extra is False:
+                out.append(f"{path}: unexpected property {key!r}")
+            elif isinstance(extra, dict):
+                _validate(extra, item, f"{path}.{key}", out)
+
+
+# ---- conversion ---------------------------------------------------------------------------
+
+def convert(hint: Any, value: Any) -> Any:
+    """Turn already-validated JSON ``value`` into the Python type named by ``hint``."""
+    if value is None or hint is Any or hint is inspect.Parameter.empty:
+        return value
+    origin = get_origin(hint)
+    if origin is typing.Annotated:
+        return convert(get_args(hint)[0], value)
+    if hint is float and type(value) is int:
+        return float(value)
+    if hint is int and type(value) is float:
+        return int(value)
+    if _is_union(origin):
+        for arg in get_args(hint):
+            if arg is type(None):
+                continue
+            if not validate(schema_for(arg), value):
+                return convert(arg, value)
+        return value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if origin in (list, set, frozenset) and isinstance(value, list):
+        args = get_args(hint)
+        items = [convert(args[0], v) for v in value] if args else list(value)
+        return origin(items) if origin is not list else items
+    if origin is tuple and isinstance(value, list):
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(args[0], v) for v in value)
+        return tuple(convert(a, v) for a, v in zip(args, value))
+    if origin is dict and isinstance(value, dict):
+        args = get_args(hint)
+        return {k: convert(args[1], v) for k, v in value.items()} if len(args) == 2 else value
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type) and isinstance(value, dict):
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        return hint(**{k: convert(hints.get(k, Any), v) for k, v in value.items() if k in names})
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """Python values from a tool's return (dataclasses, Enums, tuples, sets) as JSON data."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def is_structured(hint: Any) -> bool:
+    """Whether a return annotation describes structured output (an object)."""
+    if get_origin(hint) is typing.Annotated:
+        hint = get_args(hint)[0]
+    return bool(is_typeddict(hint) or (dataclasses.is_dataclass(hint) and isinstance(hint, type))
+                or get_origin(hint) is dict)

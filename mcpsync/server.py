@@ -1,0 +1,738 @@
+"""``Server``: the API users write MCP servers with, and the handlers for every method.
+
+Theory of operation
+-------------------
+Decorators register tools, resources, resource templates, prompts and completers in the
+server's *registry*. The registry is copy-on-write: a write (registration, removal) takes
+``Server._registry_mutex`` (a ``FIFOMutex``), builds new dicts and swaps them in whole;
+readers (every ``*/list`` and ``*/call``) take the current dicts without any lock and
+always see one consistent generation. Rendered ``*/list`` pages are cached per generation
+and revision, so a hot ``tools/list`` is a dict lookup.
+
+Registering or removing after the first session exists notifies connected sessions with
+``notifications/<kind>/list_changed`` (the capability declares ``listChanged: true``).
+
+Method handlers are ``handler(params, ctx) -> result`` functions in the dispatcher table;
+``ctx`` is the request's ``Context`` (its session, version and client capabilities).
+
+Lock order: ``_registry_mutex`` first, then ``_conns_lock``; neither is held while a
+notification is written or a user function runs.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import json
+import logging
+import re
+import threading
+import typing
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, TypeVar
+
+from . import content as content_mod
+from .connection import LOG_LEVELS, Context, ServerConnection
+from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound, ResourceNotFound,
+                     ToolError)
+from .protocol import jsonrpc, versions
+from .protocol.dispatch import Dispatcher
+from .schema import (convert, is_structured, schema_for, signature_schema, to_jsonable,
+                     validate)
+from .sync import FIFOMutex
+
+log = logging.getLogger("mcpsync.server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+PAGE_SIZE = 100
+MAX_COMPLETION_VALUES = 100
+
+# Fields of a Tool object by revision (older clients get only what their schema knows).
+_TOOL_FIELDS = {
+    versions.V2024_11_05: ("name", "description", "inputSchema"),
+    versions.V2025_03_26: ("name", "description", "inputSchema", "annotations"),
+    versions.V2025_06_18: ("name", "title", "description", "inputSchema", "outputSchema",
+                           "annotations", "_meta"),
+}
+
+
+@dataclass
+class ToolDef:
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    input_schema: dict[str, Any]
+    arg_hints: dict[str, Any]
+    ctx_param: str | None
+    output_schema: dict[str, Any] | None = None
+    wrap_output: bool = False      # structured output of a non-object return: {"result": value}
+    title: str | None = None
+    annotations: dict[str, Any] | None = None
+    icons: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] | None = None
+    execution: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "description": self.description,
+                             "inputSchema": self.input_schema}
+        for key, value in (("title", self.title), ("outputSchema", self.output_schema),
+                           ("annotations", self.annotations), ("icons", self.icons),
+                           ("execution", self.execution), ("_meta", self.meta)):
+            if value is not None:
+                d[key] = value
+        return d
+
+
+@dataclass
+class ResourceDef:
+    uri: str                       # for templates: the RFC 6570 template
+    fn: Callable[..., Any]
+    name: str
+    description: str | None
+    mime_type: str | None
+    ctx_param: str | None
+    title: str | None = None
+    size: int | None = None
+    annotations: dict[str, Any] | None = None
+    icons: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] | None = None
+    pattern: re.Pattern[str] | None = None  # templates only
+    arg_hints: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, template: bool) -> dict[str, Any]:
+        d: dict[str, Any] = {"uriTemplate" if template else "uri": self.uri, "name": self.name}
+        for key, value in (("title", self.title), ("description", self.description),
+                           ("mimeType", self.mime_type), ("size", None if template else self.size),
+                           ("annotations", self.annotations), ("icons", self.icons),
+                           ("_meta", self.meta)):
+            if value is not None:
+                d[key] = value
+        return d
+
+
+@dataclass
+class PromptDef:
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    arguments: list[dict[str, Any]]
+    arg_hints: dict[str, Any]
+    ctx_param: str | None
+    title: str | None = None
+    icons: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "description": self.description,
+                             "arguments": self.arguments}
+        for key, value in (("title", self.title), ("icons", self.icons), ("_meta", self.meta)):
+            if value is not None:
+                d[key] = value
+        return d
+
+
+@dataclass(frozen=True)
+class Registry:
+    """One immutable generation of everything the server offers."""
+
+    tools: dict[str, ToolDef] = field(default_factory=dict)
+    resources: dict[str, ResourceDef] = field(default_factory=dict)
+    templates: dict[str, ResourceDef] = field(default_factory=dict)
+    prompts: dict[str, PromptDef] = field(default_factory=dict)
+    completers: dict[tuple[str, str, str], Callable[..., Any]] = field(default_factory=dict)
+    generation: int = 0
+
+
+def _ctx_param(fn: Callable[..., Any]) -> str | None:
+    """The name of the parameter that receives the ``Context``, if any."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if hints.get(name) is Context or param.annotation in (Context, "Context"):
+            return name
+    return None
+
+
+def _doc(fn: Callable[..., Any]) -> str | None:
+    doc = inspect.getdoc(fn)
+    return doc.strip() if doc else None
+
+
+def _template_regex(template: str) -> tuple[re.Pattern[str], list[str]]:
+    """A regex for an RFC 6570 level-1/2 template (``{var}``, ``{+var}``) and its variables."""
+    names: list[str] = []
+    out = []
+    pos = 0
+    for m in re.finditer(r"\{(\+?)([A-Za-z0-9_]+)\}", template):
+        out.append(re.escape(template[pos:m.start()]))
+        names.append(m.group(2))
+        out.append(f"(?P<{m.group(2)}>.+)" if m.group(1) else f"(?P<{m.group(2)}>[^/?#]+)")
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(out) + "$"), names
+
+
+def _encode_cursor(offset: int, generation: int) -> str:
+    return base64.urlsafe_b64encode(f"{generation}:{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: Any) -> int:
+    if cursor is None:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(str(cursor) + "=" * (-len(str(cursor)) % 4)).decode()
+        _gen, offset = raw.split(":")
+        value = int(offset)
+        if value < 0:
+            raise ValueError
+        return value
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParams("Invalid params: invalid pagination cursor") from None
+
+
+class Server:
+    """An MCP server: register functions with the decorators, then serve it with
+    ``mcpsync.serve(server)`` or ``python -m mcpsync serve module:server``."""
+
+    def __init__(self, name: str, version: str = "0.1.0", *, title: str | None = None,
+                 description: str | None = None, instructions: str | None = None,
+                 website_url: str | None = None, icons: list[dict[str, Any]] | None = None,
+                 page_size: int = PAGE_SIZE) -> None:
+        self.name = name
+        self.version = version
+        self.title = title
+        self.description = description
+        self.instructions = instructions
+        self.website_url = website_url
+        self.icons = icons
+        self.page_size = page_size
+        # Writers of the registry queue here in arrival order: stage outside, commit inside.
+        self._registry_mutex = FIFOMutex()
+        self._registry = Registry()
+        self._list_cache: dict[tuple[str, str | None, int], list[dict[str, Any]]] = {}
+        # Guards _conns (the live connections, for broadcasts); taken briefly, never across I/O.
+        self._conns_lock = threading.Lock()
+        self._conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        self._roots_changed: list[Callable[[Context | ServerConnection], None]] = []
+        self.dispatcher = self._build_dispatcher()
+
+    # ---- registration API -----------------------------------------------------------------
+
+    def tool(self, name: str | None = None, *, title: str | None = None,
+             description: str | None = None, annotations: dict[str, Any] | None = None,
+             output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
+             icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
+             input_schema: dict[str, Any] | None = None) -> Callable[[F], F]:
+        """Register a function as a tool. Its parameters (typed) become the input schema; a
+        structured return annotation (TypedDict, dataclass, dict) becomes the output schema."""
+        def decorate(fn: F) -> F:
+            self.add_tool(fn, name=name, title=title, description=description,
+                          annotations=annotations, output_schema=output_schema,
+                          structured_output=structured_output, icons=icons, meta=meta,
+                          input_schema=input_schema)
+            return fn
+        return decorate
+
+    def add_tool(self, fn: Callable[..., Any], *, name: str | None = None, title: str | None = None,
+                 description: str | None = None, annotations: dict[str, Any] | None = None,
+                 output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
+                 icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
+                 input_schema: dict[str, Any] | None = None) -> ToolDef:
+        tool_name = name or fn.__name__
+        if not TOOL_NAME_RE.match(tool_name):
+            raise ValueError(f"invalid tool name {tool_name!r}: 1-128 characters of A-Z a-z 0-9 _ - .")
+        ctx = _ctx_param(fn)
+        schema, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+        wrap = False
+        if output_schema is None and structured_output is not False:
+            ret = typing.get_type_hints(fn, include_extras=True).get("return", inspect.Parameter.empty)
+            if is_structured(ret):
+                output_schema = schema_for(ret)
+            elif structured_output and ret is not inspect.Parameter.empty:
+                output_schema = {"type": "object", "properties": {"result": schema_for(ret)},
+                                 "required": ["result"]}
+                wrap = True
+        tool = ToolDef(tool_name, fn, description or _doc(fn) or tool_name,
+                       input_schema if input_schema is not None else schema, hints, ctx,
+                       output_schema, wrap, title, annotations, icons, meta)
+        self._commit(lambda r: replace(r, tools={**r.tools, tool_name: tool}), "tools")
+        return tool
+
+    def remove_tool(self, name: str) -> bool:
+        return self._remove("tools", name)
+
+    def resource(self, uri: str, *, name: str | None = None, title: str | None = None,
+                 description: str | None = None, mime_type: str | None = None,
+                 size: int | None = None, annotations: dict[str, Any] | None = None,
+                 icons: list[dict[str, Any]] | None = None,
+                 meta: dict[str, Any] | None = None) -> Callable[[F], F]:
+        """Register a resource (``uri``) or a resource template (a ``uri`` with ``{var}``
+        parts, whose values are passed to the function as arguments)."""
+        def decorate(fn: F) -> F:
+            self.add_resource(fn, uri, name=name, title=title, description=description,
+                              mime_type=mime_type, size=size, annotations=annotations,
+                              icons=icons, meta=meta)
+            return fn
+        return decorate
+
+    def add_resource(self, fn: Callable[..., Any], uri: str, *, name: str | None = None,
+                     title: str | None = None, description: str | None = None,
+                     mime_type: str | None = None, size: int | None = None,
+                     annotations: dict[str, Any] | None = None,
+                     icons: list[dict[str, Any]] | None = None,
+                     meta: dict[str, Any] | None = None) -> ResourceDef:
+        ctx = _ctx_param(fn)
+        res = ResourceDef(uri, fn, name or fn.__name__, description or _doc(fn), mime_type, ctx,
+                          title, size, annotations, icons, meta)
+        if "{" in uri:
+            res.pattern, names = _template_regex(uri)
+            _, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+            res.arg_hints = hints
+            missing = set(names) - set(hints)
+            if missing and not any(p.kind == p.VAR_KEYWORD
+                                   for p in inspect.signature(fn).parameters.values()):
+                raise ValueError(f"resource template {uri!r}: function lacks parameters {sorted(missing)}")
+            self._commit(lambda r: replace(r, templates={**r.templates, uri: res}), "resources")
+        else:
+            self._commit(lambda r: replace(r, resources={**r.resources, uri: res}), "resources")
+        return res
+
+    def remove_resource(self, uri: str) -> bool:
+        return self._remove("resources", uri) or self._remove("templates", uri)
+
+    def prompt(self, name: str | None = None, *, title: str | None = None,
+               description: str | None = None, icons: list[dict[str, Any]] | None = None,
+               meta: dict[str, Any] | None = None) -> Callable[[F], F]:
+        """Register a prompt. Its parameters are the prompt's arguments (required unless they
+        have a default); it returns a string (one user message) or a list of messages."""
+        def decorate(fn: F) -> F:
+            self.add_prompt(fn, name=name, title=title, description=description, icons=icons,
+                            meta=meta)
+            return fn
+        return decorate
+
+    def add_prompt(self, fn: Callable[..., Any], *, name: str | None = None,
+                   title: str | None = None, description: str | None = None,
+                   icons: list[dict[str, Any]] | None = None,
+                   meta: dict[str, Any] | None = None) -> PromptDef:
+        prompt_name = name or fn.__name__
+        ctx = _ctx_param(fn)
+        schema, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+        required = set(schema.get("required", ()))
+        arguments = []
+        for arg, prop in schema["properties"].items():
+            a: dict[str, Any] = {"name": arg, "required": arg in required}
+            if prop.get("description"):
+                a["description"] = prop["description"]
+            arguments.append(a)
+        p = PromptDef(prompt_name, fn, description or _doc(fn) or prompt_name, arguments, hints,
+                      ctx, title, icons, meta)
+        self._commit(lambda r: replace(r, prompts={**r.prompts, prompt_name: p}), "prompts")
+        return p
+
+    def remove_prompt(self, name: str) -> bool:
+        return self._remove("prompts", name)
+
+    def completion(self, *, argument: str, prompt: str | None = None,
+                   resource_template: str | None = None) -> Callable[[F], F]:
+        """Register ``fn(value, context_arguments) -> list[str]`` to complete one argument of a
+        prompt or one variable of a resource template."""
+        if (prompt is None) == (resource_template is None):
+            raise ValueError("name exactly one of prompt= or resource_template=")
+        key = ("ref/prompt", prompt, argument) if prompt else ("ref/resource", resource_template, argument)
+
+        def decorate(fn: F) -> F:
+            self._commit(lambda r: replace(r, completers={**r.completers, key: fn}), None)  # type: ignore[dict-item]
+            return fn
+        return decorate
+
+    def on_roots_changed(self, fn: F) -> F:
+        """Call ``fn(connection)`` when a client sends ``notifications/roots/list_changed``."""
+        self._roots_changed.append(fn)
+        return fn
+
+    # ---- registry internals -------------------------------------------------------------------
+
+    def _commit(self, change: Callable[[Registry], Registry], kind: str | None) -> None:
+        with self._registry_mutex:
+            new = change(self._registry)
+            self._registry = replace(new, generation=self._registry.generation + 1)
+            self._list_cache = {}
+        if kind is not None:
+            self.notify_list_changed(kind)
+
+    def _remove(self, attr: str, key: str) -> bool:
+        with self._registry_mutex:
+            current = getattr(self._registry, attr)
+            if key not in current:
+                return False
+            remaining = {k: v for k, v in current.items() if k != key}
+            self._registry = replace(self._registry, **{attr: remaining},
+                                     generation=self._registry.generation + 1)
+            self._list_cache = {}
+        self.notify_list_changed("resources" if attr == "templates" else attr)
+        return True
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    def update(self, *, tools: Iterable[ToolDef] | None = None,
+               resources: Iterable[ResourceDef] | None = None,
+               templates: Iterable[ResourceDef] | None = None,
+               prompts: Iterable[PromptDef] | None = None,
+               replace_prefix: str | None = None) -> None:
+        """Replace a whole set of definitions at once (the hub's refresh): the entries whose
+        name starts with ``replace_prefix`` are dropped and the given ones added, in one
+        commit, so no reader ever sees half an update."""
+        def change(r: Registry) -> Registry:
+            def merged(old: dict[str, Any], new: Iterable[Any] | None, key: str) -> dict[str, Any]:
+                if new is None:
+                    return old
+                kept = {k: v for k, v in old.items()
+                        if replace_prefix is None or not k.startswith(replace_prefix)}
+                kept.update({getattr(d, key): d for d in new})
+                return kept
+            return replace(r, tools=merged(r.tools, tools, "name"),
+                           resources=merged(r.resources, resources, "uri"),
+                           templates=merged(r.templates, templates, "uri"),
+                           prompts=merged(r.prompts, prompts, "name"))
+        with self._registry_mutex:
+            self._registry = replace(change(self._registry), generation=self._registry.generation + 1)
+            self._list_cache = {}
+        for kind, given in (("tools", tools), ("resources", resources or templates), ("prompts", prompts)):
+            if given is not None:
+                self.notify_list_changed(kind)
+
+    # ---- connections and broadcasts ------------------------------------------------------------
+
+    def connect(self, *, session_id: str | None = None,
+                send: Callable[[dict[str, Any]], None] | None = None) -> ServerConnection:
+        """A new protocol handler for one session of this server."""
+        conn = ServerConnection(self, session_id=session_id, send=send)
+        with self._conns_lock:
+            self._conns.add(conn)
+        return conn
+
+    def _forget(self, conn: ServerConnection) -> None:
+        with self._conns_lock:
+            self._conns.discard(conn)
+
+    def connections(self) -> list[ServerConnection]:
+        with self._conns_lock:
+            return list(self._conns)
+
+    def _on_initialized(self, conn: ServerConnection) -> None:
+        pass
+
+    def notify_list_changed(self, kind: str) -> int:
+        """Send ``notifications/<kind>/list_changed`` to every initialized session."""
+        msg = jsonrpc.notification(f"notifications/{kind}/list_changed")
+        sent = 0
+        for conn in self.connections():
+            if conn.phase == "ready" and not conn.closed:
+                try:
+                    conn.send(msg)
+                    sent += 1
+                except Exception:
+                    log.debug("list_changed not delivered to %s", conn.session_id)
+        return sent
+
+    def notify_resource_updated(self, uri: str) -> int:
+        """Send ``notifications/resources/updated`` to the sessions subscribed to ``uri``."""
+        msg = jsonrpc.notification("notifications/resources/updated", {"uri": uri})
+        sent = 0
+        for conn in self.connections():
+            if conn.is_subscribed(uri) and not conn.closed:
+                try:
+                    conn.send(msg)
+                    sent += 1
+                except Exception:
+                    log.debug("resource update not delivered to %s", conn.session_id)
+        return sent
+
+    # ---- protocol handlers ---------------------------------------------------------------------
+
+    def capabilities(self, version: str | None = None) -> dict[str, Any]:
+        caps: dict[str, Any] = {
+            "logging": {},
+            "tools": {"listChanged": True},
+            "resources": {"subscribe": True, "listChanged": True},
+            "prompts": {"listChanged": True},
+        }
+        if versions.features(version or versions.LATEST_HANDSHAKE_VERSION).completions_capability:
+            caps["completions"] = {}
+        return caps
+
+    def server_info(self, version: str | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "version": self.version}
+        feats = versions.features(version or versions.LATEST_HANDSHAKE_VERSION)
+        if feats.structured_content and self.title:
+            info["title"] = self.title
+        if feats.icons:
+            for key, value in (("description", self.description), ("websiteUrl", self.website_url),
+                               ("icons", self.icons)):
+                if value is not None:
+                    info[key] = value
+        return info
+
+    def initialize_result(self, version: str) -> dict[str, Any]:
+        result: dict[str, Any] = {"protocolVersion": version,
+                                  "capabilities": self.capabilities(version),
+                                  "serverInfo": self.server_info(version)}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _build_dispatcher(self) -> Dispatcher:
+        d = Dispatcher()
+        d.on_request("initialize", lambda p, ctx: ctx.conn.initialize(p))
+        d.on_request("ping", lambda p, ctx: {})
+        d.on_request("tools/list", self._tools_list)
+        d.on_request("tools/call", self._tools_call)
+        d.on_request("resources/list", self._resources_list)
+        d.on_request("resources/templates/list", self._templates_list)
+        d.on_request("resources/read", self._resources_read)
+        d.on_request("resources/subscribe", self._subscribe)
+        d.on_request("resources/unsubscribe", self._unsubscribe)
+        d.on_request("prompts/list", self._prompts_list)
+        d.on_request("prompts/get", self._prompts_get)
+        d.on_request("completion/complete", self._complete)
+        d.on_request("logging/setLevel", self._set_level)
+        d.on_notification("notifications/roots/list_changed", self._roots_list_changed)
+        return d
+
+    def _page(self, kind: str, version: str | None, params: dict[str, Any],
+              render: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+        reg = self._registry
+        key = (kind, version, reg.generation)
+        items = self._list_cache.get(key)
+        if items is None:
+            items = render()
+            self._list_cache[key] = items  # a racing writer may drop it: harmless, rebuilt next time
+        offset = _decode_cursor(params.get("cursor"))
+        page = items[offset:offset + self.page_size]
+        result: dict[str, Any] = {kind: page}
+        if offset + self.page_size < len(items):
+            result["nextCursor"] = _encode_cursor(offset + self.page_size, reg.generation)
+        return result
+
+    def _tools_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        version = ctx.version
+        reg = self._registry
+
+        def render() -> list[dict[str, Any]]:
+            fields = _TOOL_FIELDS.get(version or "")
+            out = []
+            for name in sorted(reg.tools):
+                d = reg.tools[name].describe()
+                if fields is not None:
+                    d = {k: v for k, v in d.items() if k in fields}
+                out.append(d)
+            return out
+        return self._page("tools", version, params, render)
+
+    def _tools_call(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        name = params.get("name")
+        tool = self._registry.tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise InvalidParams(f"Invalid params: unknown tool {name!r}")
+        args = params.get("arguments")
+        if args is None:
+            args = {}
+        feats = versions.features(ctx.version)
+        if not isinstance(args, dict):
+            problems = ["arguments must be an object"]
+        else:
+            problems = validate(tool.input_schema, args)
+        if problems:
+            message = f"Invalid arguments for tool {tool.name}: " + "; ".join(problems[:5])
+            if feats.tool_input_errors_as_results:
+                return {"content": [{"type": "text", "text": message}], "isError": True}
+            raise InvalidParams(message)
+        kwargs = {k: convert(tool.arg_hints.get(k, Any), v) for k, v in args.items()
+                  if k in tool.arg_hints}
+        if tool.ctx_param:
+            kwargs[tool.ctx_param] = ctx
+        try:
+            value = tool.fn(**kwargs)
+        except (Cancelled, McpError) as exc:
+            if isinstance(exc, Cancelled) or ctx.cancelled:
+                raise Cancelled() from None
+            return {"content": [{"type": "text", "text": exc.message}], "isError": True}
+        except ToolError as exc:
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        except Exception as exc:
+            log.exception("tool %s raised", tool.name)
+            return {"content": [{"type": "text", "text": f"Tool {tool.name} failed: {type(exc).__name__}: {exc}"}],
+                    "isError": True}
+        return self._tool_result(tool, value, feats)
+
+    def _tool_result(self, tool: ToolDef, value: Any, feats: versions.Features) -> dict[str, Any]:
+        if isinstance(value, content_mod.ToolResult):
+            result: dict[str, Any] = {"content": content_mod.to_content_list(value.content)}
+            if value.structured is not None and feats.structured_content:
+                result["structuredContent"] = value.structured
+                if not result["content"]:
+                    result["content"] = [{"type": "text", "text": json.dumps(value.structured, ensure_ascii=False)}]
+            if value.is_error:
+                result["isError"] = True
+            if value.meta:
+                result["_meta"] = value.meta
+            return result
+        if tool.output_schema is not None:
+            data = to_jsonable(value)
+            structured = {"result": data} if tool.wrap_output else data
+            result = {"content": [{"type": "text", "text": json.dumps(data, ensure_ascii=False)}]}
+            if feats.structured_content:
+                result["structuredContent"] = structured
+            return result
+        if type(value) is str:  # the hot path: one text block
+            return {"content": [{"type": "text", "text": value}]}
+        return {"content": content_mod.to_content_list(value)}
+
+    def _resources_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        reg = self._registry
+        return self._page("resources", None, params,
+                          lambda: [reg.resources[u].describe(False) for u in sorted(reg.resources)])
+
+    def _templates_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        reg = self._registry
+        return self._page("resourceTemplates", None, params,
+                          lambda: [reg.templates[u].describe(True) for u in sorted(reg.templates)])
+
+    def find_resource(self, uri: str) -> tuple[ResourceDef, dict[str, str]] | None:
+        reg = self._registry
+        res = reg.resources.get(uri)
+        if res is not None:
+            return res, {}
+        for tpl in reg.templates.values():
+            assert tpl.pattern is not None
+            m = tpl.pattern.match(uri)
+            if m:
+                return tpl, m.groupdict()
+        return None
+
+    def _resources_read(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: uri must be a string")
+        found = self.find_resource(uri)
+        if found is None:
+            raise ResourceNotFound(f"Resource not found: {uri}", {"uri": uri},
+                                   code=versions.features(ctx.version).resource_not_found_code)
+        res, variables = found
+        kwargs: dict[str, Any] = {k: convert(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
+        if res.ctx_param:
+            kwargs[res.ctx_param] = ctx
+        value = res.fn(**kwargs)
+        return {"contents": self._contents(uri, res, value)}
+
+    @staticmethod
+    def _contents(uri: str, res: ResourceDef, value: Any) -> list[dict[str, Any]]:
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            if isinstance(item, content_mod.Resource):
+                out.append(item.contents())
+                continue
+            if isinstance(item, dict) and "uri" in item:
+                out.append(item)
+                continue
+            c: dict[str, Any] = {"uri": uri}
+            if isinstance(item, (bytes, bytearray)):
+                c["mimeType"] = res.mime_type or "application/octet-stream"
+                c["blob"] = base64.b64encode(bytes(item)).decode("ascii")
+            else:
+                c["mimeType"] = res.mime_type or ("text/plain" if isinstance(item, str) else "application/json")
+                c["text"] = item if isinstance(item, str) else json.dumps(to_jsonable(item), ensure_ascii=False)
+            out.append(c)
+        return out
+
+    def _subscribe(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: uri must be a string")
+        ctx.conn.subscribe(uri, True)
+        return {}
+
+    def _unsubscribe(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: uri must be a string")
+        ctx.conn.subscribe(uri, False)
+        return {}
+
+    def _prompts_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        reg = self._registry
+        return self._page("prompts", None, params,
+                          lambda: [reg.prompts[n].describe() for n in sorted(reg.prompts)])
+
+    def _prompts_get(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        name = params.get("name")
+        prompt = self._registry.prompts.get(name) if isinstance(name, str) else None
+        if prompt is None:
+            raise InvalidParams(f"Invalid params: unknown prompt {name!r}")
+        args = params.get("arguments") or {}
+        if not isinstance(args, dict):
+            raise InvalidParams("Invalid params: arguments must be an object")
+        missing = [a["name"] for a in prompt.arguments if a["required"] and a["name"] not in args]
+        if missing:
+            raise InvalidParams(f"Invalid params: missing required arguments {missing}")
+        kwargs = {k: convert(prompt.arg_hints.get(k, Any), v) for k, v in args.items()
+                  if k in prompt.arg_hints}
+        if prompt.ctx_param:
+            kwargs[prompt.ctx_param] = ctx
+        value = prompt.fn(**kwargs)
+        result: dict[str, Any] = {"description": prompt.description,
+                                  "messages": self._messages(value)}
+        return result
+
+    @staticmethod
+    def _messages(value: Any) -> list[dict[str, Any]]:
+        if isinstance(value, str):
+            return [{"role": "user", "content": {"type": "text", "text": value}}]
+        out = []
+        for m in value if isinstance(value, list) else [value]:
+            if isinstance(m, dict) and "role" in m:
+                c = m.get("content")
+                out.append({**m, "content": content_mod.to_content(c)})
+            else:
+                out.append({"role": "user", "content": content_mod.to_content(m)})
+        return out
+
+    def _complete(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        ref = params.get("ref")
+        argument = params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise InvalidParams("Invalid params: ref and argument must be objects")
+        kind = ref.get("type")
+        target = ref.get("name") if kind == "ref/prompt" else ref.get("uri")
+        if kind == "ref/prompt" and target not in self._registry.prompts:
+            raise InvalidParams(f"Invalid params: unknown prompt {target!r}")
+        if kind not in ("ref/prompt", "ref/resource"):
+            raise InvalidParams(f"Invalid params: unknown reference type {kind!r}")
+        completer = self._registry.completers.get((kind, target, argument.get("name")))
+        values: list[str] = []
+        if completer is not None:
+            context = params.get("context") or {}
+            got = completer(str(argument.get("value", "")), dict(context.get("arguments") or {}))
+            values = [str(v) for v in got]
+        return {"completion": {"values": values[:MAX_COMPLETION_VALUES], "total": len(values),
+                               "hasMore": len(values) > MAX_COMPLETION_VALUES}}
+
+    def _set_level(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        ctx.conn.set_log_level(params.get("level"))
+        return {}
+
+    def _roots_list_changed(self, params: dict[str, Any], conn: ServerConnection) -> None:
+        for fn in self._roots_changed:
+            fn(conn)
+
+
+__all__ = ["Server", "Context", "LOG_LEVELS", "MethodNotFound"]

@@ -1,0 +1,205 @@
+"""``FIFOMutex``: a non-reentrant mutex that grants ownership strictly in arrival order.
+
+Theory of operation
+-------------------
+``threading.Lock`` promises nothing about who gets it next: a thread that has just released
+it can take it straight back while others have been waiting for seconds. Writers to the
+registry must not starve, so this mutex hands the lock over explicitly:
+
+* One internal ``threading.Lock`` (the *state lock*) guards every field: the owner's thread
+  ident, the ``locked`` flag, the deque of waiters and the counters. It is only ever held
+  for a few bytecodes and never while waiting.
+* A thread that finds the mutex held (or, equivalently, finds waiters queued: see the
+  invariant below) appends a ``_Waiter`` record to the tail of the deque and blocks on the
+  record's own lock, which was acquired when the record was created. This one-shot signal is
+  the trick ``threading.Condition`` uses; it wakes exactly one chosen thread.
+* ``release()`` with waiters queued pops the head, makes it the owner, marks it ``granted``
+  and only then releases its signal. The mutex is never free in between, so a thread
+  arriving at that moment sees it held and queues behind everyone else: no barging.
+
+Invariant (under the state lock): ``not locked`` implies the deque is empty. Hence the
+uncontended fast path is one check of ``locked``, and it costs one acquire/release of the
+state lock and no clock read.
+
+A waiter that times out removes itself from the deque under the state lock, so it can never
+be granted afterwards. If the grant and the timeout race (``release()`` granted the record
+just as the waiter's wait expired), ``granted`` is authoritative: the waiter owns the mutex
+and ``acquire`` returns True. That is the simplest correct answer: passing ownership on
+would also be correct, but would report a failure for a wait that in fact succeeded.
+
+Ownership is by thread: only the owning thread may release, and an owner acquiring again
+gets ``RuntimeError`` instead of a deadlock. (Thread idents are recycled once a thread
+exits; a thread that dies holding the mutex is a bug this class does not try to detect.)
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import NamedTuple
+
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+
+
+class MutexStats(NamedTuple):
+    """A consistent snapshot of a ``FIFOMutex``'s counters (taken under its state lock)."""
+
+    acquisitions: int  # successful acquisitions, contended or not
+    contended: int  # acquisitions that queued before they were granted
+    timeouts: int  # queued waits that gave up without being granted
+    total_wait_s: float  # seconds spent queued by the contended acquisitions, summed
+    max_wait_s: float  # longest single queued wait of a contended acquisition, seconds
+    queue_depth: int  # threads queued right now, not counting the owner
+
+
+class _Waiter:
+    """One queued ``acquire``: whose it is, when it queued, and its one-shot wake signal."""
+
+    __slots__ = ("ident", "queued_at", "granted", "signal")
+
+    def __init__(self, ident: int, queued_at: float) -> None:
+        self.ident = ident
+        self.queued_at = queued_at
+        # Written only by the releasing thread, under the mutex's state lock; read by the
+        # waiter under the same lock when its wait ends without the signal.
+        self.granted = False
+        # One-shot wake signal: created held; released exactly once, by the thread that
+        # grants this waiter ownership (under the state lock); acquired only by the waiter.
+        self.signal = threading.Lock()
+        self.signal.acquire()
+
+
+class FIFOMutex:
+    """A mutex granted in strict arrival order, with direct hand-off and no barging.
+
+    Not reentrant: the owner acquiring again raises ``RuntimeError``. Only the owner may
+    release. Use as a context manager or with ``acquire()``/``release()``.
+    """
+
+    __slots__ = ("_state", "_locked", "_owner", "_waiters", "_acquisitions", "_contended",
+                 "_timeouts", "_total_wait_s", "_max_wait_s")
+
+    def __init__(self) -> None:
+        # The state lock: guards every attribute below. Taken briefly by acquire(), release(),
+        # stats() and by a waiter whose wait ended; never held while blocking on a signal.
+        self._state = threading.Lock()
+        self._locked = False
+        self._owner: int | None = None
+        self._waiters: deque[_Waiter] = deque()  # head = longest waiter = next owner
+        self._acquisitions = 0
+        self._contended = 0
+        self._timeouts = 0
+        self._total_wait_s = 0.0
+        self._max_wait_s = 0.0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the mutex; True once owned, False if not owned (non-blocking or timed out).
+
+        Blocks (unless ``blocking`` is False) for at most ``timeout`` seconds; ``None`` or
+        -1 waits forever. ``timeout=0`` is a try-lock: it never queues. Raises ``ValueError``
+        for another negative timeout or a timeout with ``blocking=False`` (as
+        ``threading.Lock`` does) and ``RuntimeError`` if the calling thread already owns it.
+        """
+        if timeout is None:
+            timeout = -1
+        elif not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        elif timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number, -1 or None")
+        me = _get_ident()
+        with self._state:
+            if not self._locked:
+                # Fast path; the invariant says nobody is queued, so taking it is fair.
+                self._locked = True
+                self._owner = me
+                self._acquisitions += 1
+                return True
+            if self._owner == me:
+                raise RuntimeError("FIFOMutex is not reentrant")
+            if not blocking or timeout == 0:
+                return False
+            waiter = _Waiter(me, _monotonic())
+            self._waiters.append(waiter)
+        try:
+            # A Lock wait has no spurious wake-ups: True means the signal was released, and
+            # that only happens after this waiter was granted ownership.
+            if timeout == -1:
+                signalled = waiter.signal.acquire()
+            else:
+                signalled = waiter.signal.acquire(True, timeout)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread...): leave no dead record in
+            # the queue, and pass on ownership if it had already been granted to us.
+            with self._state:
+                if waiter.granted:
+                    self._release_locked()
+                else:
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+            raise
+        if signalled:
+            return True
+        with self._state:
+            if waiter.granted:
+                # Granted just as the wait expired: we own the mutex; report it.
+                return True
+            self._waiters.remove(waiter)
+            self._timeouts += 1
+            return False
+
+    def release(self) -> None:
+        """Give the mutex to the longest waiter, or free it if nobody waits. Never blocks.
+
+        Raises ``RuntimeError`` if the calling thread is not the owner.
+        """
+        with self._state:
+            if not self._locked:
+                raise RuntimeError("release of an unlocked FIFOMutex")
+            if self._owner != _get_ident():
+                raise RuntimeError("FIFOMutex released by a thread that does not own it")
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        """Hand off to the head waiter or unlock. Caller holds the state lock and owns."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._owner = waiter.ident
+            waiter.granted = True
+            waited = _monotonic() - waiter.queued_at
+            self._acquisitions += 1
+            self._contended += 1
+            self._total_wait_s += waited
+            if waited > self._max_wait_s:
+                self._max_wait_s = waited
+            waiter.signal.release()
+        else:
+            self._locked = False
+            self._owner = None
+
+    def locked(self) -> bool:
+        """True while some thread owns the mutex (a racy snapshot, as for ``threading.Lock``)."""
+        return self._locked
+
+    def stats(self) -> MutexStats:
+        """A consistent snapshot of the counters and the current queue depth."""
+        with self._state:
+            return MutexStats(
+                acquisitions=self._acquisitions,
+                contended=self._contended,
+                timeouts=self._timeouts,
+                total_wait_s=self._total_wait_s,
+                max_wait_s=self._max_wait_s,
+                queue_depth=len(self._waiters),
+            )
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        with self._state:
+            state = f"locked owner={self._owner}" if self._locked else "unlocked"
+            return f"<FIFOMutex {state} waiters={len(self._waiters)}>"
