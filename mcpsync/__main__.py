@@ -12,6 +12,10 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .errors import ConfigError
+from .server import Server
+from .target import load_target
+from .transports.stdio import serve_stdio
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -62,13 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _server_for(args: argparse.Namespace) -> "Server":
+    if args.command == "serve":
+        try:
+            return load_target(args.target)
+        except ConfigError as exc:
+            raise UsageError(f"serve: {exc}") from None
+    from .examples.everything import server
+    return server
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed command line; returns the exit status."""
     if args.command == "hub":
         raise UsageError("hub: the hub is not built yet")
-    if args.command == "serve":
-        raise UsageError("serve: loading and serving a TARGET is not built yet")
-    raise UsageError("serving the example server is not built yet (the protocol core is missing)")
+    server = _server_for(args)
+    if args.stdio:
+        serve_stdio(server)
+        return 0
+    raise UsageError("HTTP: the Streamable HTTP transport is not built yet; use --stdio")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,10 @@ def _imports(path: pathlib.Path) -> list[tuple[str, int]]:
 
 def _modules(sub: str) -> list[pathlib.Path]:
     root = PKG / sub
-    return sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+    if root.is_dir():
+        return sorted(root.rglob("*.py"))
+    module = root.with_suffix(".py")
+    return [module] if module.exists() else []
 
 
 @pytest.mark.parametrize("path", _modules("protocol"), ids=lambda p: p.name)

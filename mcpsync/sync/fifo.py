@@ -154,10 +154,14 @@ class FIFOMutex:
         Raises ``RuntimeError`` if the calling thread is not the owner.
         """
         with self._state:
-            if not self._locked:
-                raise RuntimeError("release of an unlocked FIFOMutex")
-            if self._owner != _get_ident():
+            if self._owner != _get_ident() or not self._locked:
+                if not self._locked:
+                    raise RuntimeError("release of an unlocked FIFOMutex")
                 raise RuntimeError("FIFOMutex released by a thread that does not own it")
+            if not self._waiters:  # fast path, inlined: no waiter, so simply unlock
+                self._locked = False
+                self._owner = None
+                return
             self._release_locked()
 
     def _release_locked(self) -> None:

@@ -1,0 +1,54 @@
+"""The stdio transport: newline-delimited JSON-RPC on stdin/stdout.
+
+The calling thread is the reader. stdout carries protocol messages only, one per line,
+written under the session's single write lock; logs go to stderr. EOF on stdin ends the
+session: in-flight calls are cancelled and the workers joined (bounded), then we return.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import BinaryIO
+
+from ..errors import InvalidRequest
+from ..protocol import jsonrpc
+from ..server import Server
+from .stream import MessageStreamSession
+
+log = logging.getLogger("mcpsync.transports.stdio")
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is answered with a parse error and skipped
+
+
+def serve_stdio(server: Server, stdin: BinaryIO | None = None,
+                stdout: BinaryIO | None = None) -> None:
+    """Serve ``server`` on stdin/stdout until stdin closes."""
+    inp = stdin if stdin is not None else sys.stdin.buffer
+    out = stdout if stdout is not None else sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data + b"\n")
+        out.flush()
+
+    session = MessageStreamSession(server, write, name="stdio")
+    try:
+        while True:
+            line = inp.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                break
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                # Skip the rest of the oversized line, then answer once.
+                while True:
+                    rest = inp.readline(MAX_LINE_BYTES)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                session.send(jsonrpc.error_response(None, InvalidRequest(
+                    f"Invalid Request: message larger than {MAX_LINE_BYTES} bytes")))
+                continue
+            line = line.strip()
+            if line:
+                session.feed(line)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()

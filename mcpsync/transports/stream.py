@@ -1,0 +1,114 @@
+"""A message-stream session: one connection that carries whole JSON-RPC messages both ways.
+
+stdio (one message per line) and WebSocket (one message per text frame) are the same shape:
+a reader delivers messages in order, one writer sends them back. ``MessageStreamSession``
+is that shape, shared by both transports.
+
+Theory of operation
+-------------------
+The reader thread calls ``feed(data)`` for every incoming message. Requests are handed to
+a worker pool so a slow tool never blocks the reader: pings, cancellations, responses to
+our own sampling/elicitation requests and other calls keep flowing. Everything else
+(notifications, responses, ``initialize``, parse errors) is handled on the reader thread
+at once, which keeps their order: a cancellation is processed before the next message.
+
+One writer: ``write_lock`` serializes every write of the connection (responses from the
+workers, notifications, server requests), so frames or lines never interleave.
+
+``close()`` cancels in-flight calls (their responses are dropped), fails outgoing
+requests, and joins the worker threads with a deadline.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from ..errors import McpError
+from ..protocol import jsonrpc
+from ..server import Server
+
+log = logging.getLogger("mcpsync.transports.stream")
+
+STREAM_WORKERS = 64          # concurrent tool calls per connection
+CLOSE_TIMEOUT_S = 5.0
+
+
+class MessageStreamSession:
+    """Drive one ``ServerConnection`` from a message stream.
+
+    ``write(data: bytes)`` sends one encoded message; it is always called with
+    ``self.write_lock`` held, from whichever thread produced the message.
+    """
+
+    def __init__(self, server: Server, write: Callable[[bytes], None], *,
+                 name: str = "stream", session_id: str | None = None,
+                 max_workers: int = STREAM_WORKERS) -> None:
+        self._write = write
+        # Serializes writes to the connection; held only for one write call.
+        self.write_lock = threading.Lock()
+        self.conn = server.connect(session_id=session_id, send=self.send)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers,
+                                        thread_name_prefix=f"mcpsync-{name}-worker")
+        self.closed = False
+        self.write_failed = False
+
+    def send(self, msg: Any) -> None:
+        """Encode and write one message (or batch) as one unit."""
+        data = jsonrpc.encode(msg)
+        with self.write_lock:
+            if self.write_failed:
+                return
+            try:
+                self._write(data)
+            except (OSError, ValueError) as exc:  # peer gone; the reader will see EOF
+                self.write_failed = True
+                log.debug("write failed: %s", exc)
+
+    def feed(self, data: bytes | str) -> None:
+        """Handle one incoming message (called by the reader thread, in order)."""
+        try:
+            value = jsonrpc.decode(data)
+        except McpError as exc:
+            self.send(jsonrpc.error_response(None, exc))
+            return
+        if self._goes_to_worker(value):
+            try:
+                self._pool.submit(self._run, value)
+            except RuntimeError:  # pool shut down: we are closing
+                pass
+            return
+        self._run(value)
+
+    @staticmethod
+    def _goes_to_worker(value: Any) -> bool:
+        if type(value) is list:
+            return True
+        return (type(value) is dict and "method" in value and "id" in value
+                and value.get("method") != "initialize")
+
+    def _run(self, value: Any) -> None:
+        try:
+            reply = self.conn.receive(value, self.send)
+        except Exception:  # receive maps errors itself; this is a bug, keep serving
+            log.exception("unexpected failure while handling a message")
+            return
+        if reply is not None and not self.closed:
+            self.send(reply)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Cancel in-flight work and join the workers (bounded by ``timeout`` for calls that
+        ignore cancellation; those threads finish on their own and their replies are dropped)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = threading.Event()
+        joiner = threading.Thread(target=lambda: (self._pool.shutdown(wait=True), deadline.set()),
+                                  name="mcpsync-stream-closer", daemon=True)
+        joiner.start()
+        if not deadline.wait(timeout):
+            log.warning("%d call(s) still running after close; their replies are dropped",
+                        self.conn.inflight_count())
