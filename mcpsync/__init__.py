@@ -6,12 +6,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .connection import Context
+from .content import Audio, Image, Resource, ResourceLink, Text, ToolResult
 from .errors import McpError, ToolError
+from .server import Server
 from .sessions import Session, SessionStore
 from .sync import FIFOMutex, KeyedMutex
 
 __all__ = [
     "__version__",
+    "Audio",
+    "Context",
+    "Image",
+    "Resource",
+    "ResourceLink",
+    "Server",
+    "Text",
+    "ToolResult",
     "FIFOMutex",
     "KeyedMutex",
     "McpError",

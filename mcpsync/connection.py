@@ -137,6 +137,16 @@ class Context:
             event = self._cancel_event
         return event.wait(timeout)
 
+    def close_stream(self) -> bool:
+        """Ask the transport to end this request's response stream now (the client resumes
+        it with ``Last-Event-ID``; SSE polling). Returns False where the transport has no
+        such stream (stdio, WebSocket, JSON responses)."""
+        closer = self.extra.get("close_stream")
+        if closer is None:
+            return False
+        closer()
+        return True
+
     # ---- request-scoped notifications ------------------------------------------------------
 
     def report_progress(self, progress: float, total: float | None = None,

@@ -74,6 +74,7 @@ class ToolDef:
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
     execution: dict[str, Any] | None = None
+    var_keyword: bool = False      # the function takes **kwargs: pass every argument through
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "description": self.description,
@@ -156,6 +157,11 @@ def _ctx_param(fn: Callable[..., Any]) -> str | None:
         if hints.get(name) is Context or param.annotation in (Context, "Context"):
             return name
     return None
+
+
+def _is_content_type(hint: Any) -> bool:
+    """Content classes (Image, Resource …) and ToolResult are returned as content, not data."""
+    return isinstance(hint, type) and (hasattr(hint, "to_content") or hint is content_mod.ToolResult)
 
 
 def _doc(fn: Callable[..., Any]) -> str | None:
@@ -251,7 +257,7 @@ class Server:
         wrap = False
         if output_schema is None and structured_output is not False:
             ret = typing.get_type_hints(fn, include_extras=True).get("return", inspect.Parameter.empty)
-            if is_structured(ret):
+            if is_structured(ret) and not _is_content_type(ret):
                 output_schema = schema_for(ret)
             elif structured_output and ret is not inspect.Parameter.empty:
                 output_schema = {"type": "object", "properties": {"result": schema_for(ret)},
@@ -260,6 +266,7 @@ class Server:
         tool = ToolDef(tool_name, fn, description or _doc(fn) or tool_name,
                        input_schema if input_schema is not None else schema, hints, ctx,
                        output_schema, wrap, title, annotations, icons, meta)
+        tool.var_keyword = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
         self._commit(lambda r: replace(r, tools={**r.tools, tool_name: tool}), "tools")
         return tool
 
@@ -556,7 +563,7 @@ class Server:
                 return {"content": [{"type": "text", "text": message}], "isError": True}
             raise InvalidParams(message)
         kwargs = {k: convert(tool.arg_hints.get(k, Any), v) for k, v in args.items()
-                  if k in tool.arg_hints}
+                  if tool.var_keyword or k in tool.arg_hints}
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:
