@@ -141,7 +141,7 @@ class Context:
         """Ask the transport to end this request's response stream now (the client resumes
         it with ``Last-Event-ID``; SSE polling). Returns False where the transport has no
         such stream (stdio, WebSocket, JSON responses)."""
-        closer = self.extra.get("close_stream")
+        closer = getattr(self.sink, "close_stream", None)
         if closer is None:
             return False
         closer()

@@ -1,0 +1,398 @@
+"""Streamable HTTP (MCP revisions 2025-03-26 … 2025-11-25) as a WSGI application.
+
+Theory of operation
+-------------------
+``McpWsgiApp`` is a plain WSGI callable, so it runs under mcpsync's threaded front end,
+werkzeug's server, gunicorn (threads) or inside Flask/Django. A worker thread carries one
+POST from its body to its reply:
+
+* The JSON body goes to the session's ``ServerConnection.receive`` on this thread. If the
+  handler finishes without sending anything on the way, the reply goes back as one
+  ``application/json`` response (the fast path: one ``start_response``, one body chunk).
+* The first message the handler sends *before* its reply (progress, a log message, a
+  sampling/elicitation/roots request) switches the response to ``text/event-stream``: the
+  headers and a priming event go out through WSGI's ``write()`` callable at once, and so
+  does every later event, including the final reply. The handler keeps running on the
+  same thread while the client reads; a client's answer to a server request arrives as
+  another POST on another thread and wakes it.
+* Every SSE event is also logged in the session's ``SessionStreams`` so a client that
+  lost the stream resumes it with ``GET`` + ``Last-Event-ID`` (see ``sse.py``).
+
+Sessions live in the ``McpApp``'s store: ``initialize`` creates one and answers with
+``Mcp-Session-Id``; later requests without the header get 400, with an unknown, expired,
+deleted or someone else's id 404; ``DELETE`` ends the session.
+
+Every request is checked first against the allowed ``Host`` names and, when present, the
+``Origin`` (DNS-rebinding defence): 403 otherwise, before the body is read.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from ..app import McpApp
+from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
+                      SessionNotFound)
+from ..protocol import jsonrpc, versions
+from ..server import Server
+from ..sessions import Session
+from . import sse
+
+log = logging.getLogger("mcpsync.http")
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Callable[[bytes], Any]]
+
+MCP_PATH = "/mcp"
+MAX_BODY_BYTES = 4 * 1024 * 1024
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+SESSION_HEADER = "Mcp-Session-Id"
+CORS_ALLOW_HEADERS = ("Content-Type, Accept, Authorization, Mcp-Session-Id, "
+                      "Mcp-Protocol-Version, Last-Event-ID, Mcp-Method, Mcp-Name")
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, Mcp-Protocol-Version"
+
+_JSON = ("Content-Type", "application/json")
+_SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache, no-transform"),
+                ("X-Accel-Buffering", "no")]
+_STATUS = {200: "200 OK", 202: "202 Accepted", 204: "204 No Content", 400: "400 Bad Request",
+           403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
+           406: "406 Not Acceptable", 409: "409 Conflict", 413: "413 Content Too Large",
+           415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
+           503: "503 Service Unavailable"}
+
+SESSION_NOT_FOUND = -32001
+
+
+def host_name(value: str) -> str:
+    """The host part of a Host header or URL netloc, lower-cased, brackets kept for IPv6."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[:end + 1] if end != -1 else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HttpError(Exception):
+    """An HTTP-level refusal: status, optional JSON-RPC error body, extra headers."""
+
+    def __init__(self, status: int, message: str, code: int = -32000,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = list(headers)
+
+
+class McpWsgiApp:
+    """The WSGI application serving ``server`` (or an ``McpApp``) at ``path``.
+
+    ``allowed_hosts``: Host header names accepted (default: the loopback names; include
+    ``"*"`` to accept any, e.g. behind a proxy that checks). ``allowed_origins``: Origin
+    host names accepted when an Origin header is present (default: ``allowed_hosts``).
+    ``principal(environ)`` names the credential of a request (default: none); sessions are
+    bound to the principal that created them.
+    """
+
+    def __init__(self, target: Server | McpApp, *, path: str = MCP_PATH,
+                 allowed_hosts: Iterable[str] | None = None,
+                 allowed_origins: Iterable[str] | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 principal: Callable[[Environ], Any] | None = None,
+                 sse_retry_ms: int = sse.SSE_RETRY_MS) -> None:
+        self.app = target if isinstance(target, McpApp) else McpApp(target)
+        self.server = self.app.server
+        self.path = path
+        self.allowed_hosts = frozenset(h.lower() for h in (allowed_hosts or LOOPBACK_HOSTS))
+        self.allowed_origins = (frozenset(h.lower() for h in allowed_origins)
+                                if allowed_origins is not None else self.allowed_hosts)
+        self.max_body_bytes = max_body_bytes
+        self.principal = principal or (lambda environ: None)
+        self.sse_retry_ms = sse_retry_ms
+        self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
+            path: self._mcp}
+
+    # ---- WSGI entry ----------------------------------------------------------------------------
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        cors: list[tuple[str, str]] = []
+        try:
+            cors = self._check_host_and_origin(environ)
+            route = self.routes.get(environ.get("PATH_INFO") or "/")
+            if route is None:
+                raise HttpError(404, "Not Found: no MCP endpoint at this path")
+            environ["mcpsync.cors"] = cors
+            return route(environ, start_response)
+        except HttpError as exc:
+            return self._error(start_response, exc, cors)
+        except Exception:
+            log.exception("internal error in the HTTP transport")
+            return self._error(start_response, HttpError(500, "Internal error", -32603), cors)
+
+    def _check_host_and_origin(self, environ: Environ) -> list[tuple[str, str]]:
+        if "*" not in self.allowed_hosts:
+            host = host_name(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "")
+            if host not in self.allowed_hosts:
+                raise HttpError(403, "Forbidden: invalid Host header")
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            return []
+        if "*" not in self.allowed_origins:
+            parts = urlsplit(origin)
+            if not parts.scheme or host_name(parts.netloc) not in self.allowed_origins:
+                raise HttpError(403, "Forbidden: invalid Origin header")
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)]
+
+    @staticmethod
+    def _error(start_response: StartResponse, exc: HttpError,
+               extra: list[tuple[str, str]]) -> list[bytes]:
+        body = jsonrpc.encode({"jsonrpc": "2.0", "id": None,
+                               "error": {"code": exc.code, "message": str(exc)}})
+        start_response(_STATUS.get(exc.status, f"{exc.status} Error"),
+                       [_JSON, ("Content-Length", str(len(body))), *exc.headers, *extra])
+        return [body]
+
+    # ---- the MCP endpoint ------------------------------------------------------------------------
+
+    def _mcp(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method == "POST":
+            return self._post(environ, start_response)
+        if method == "GET":
+            return self._get(environ, start_response)
+        if method == "DELETE":
+            return self._delete(environ, start_response)
+        if method == "OPTIONS":
+            start_response("204 No Content", [
+                ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+                ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                ("Access-Control-Max-Age", "86400"), *environ["mcpsync.cors"]])
+            return []
+        raise HttpError(405, "Method Not Allowed", headers=[("Allow", "GET, POST, DELETE, OPTIONS")])
+
+    def _session(self, environ: Environ) -> Session:
+        sid = environ.get("HTTP_MCP_SESSION_ID")
+        if not sid:
+            raise HttpError(400, "Bad Request: the Mcp-Session-Id header is required")
+        try:
+            session = self.app.find_session(sid, principal=self.principal(environ))
+        except SessionNotFound:
+            raise HttpError(404, "Session not found", SESSION_NOT_FOUND) from None
+        header = environ.get("HTTP_MCP_PROTOCOL_VERSION")
+        if header is not None and header not in versions.HANDSHAKE_VERSIONS:
+            raise HttpError(400, f"Bad Request: unsupported MCP-Protocol-Version {header!r}")
+        return session
+
+    def _read_body(self, environ: Environ) -> bytes:
+        ctype = environ.get("CONTENT_TYPE") or ""
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise HttpError(415, "Unsupported Media Type: send application/json")
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise HttpError(400, "Bad Request: invalid Content-Length") from None
+            if size > self.max_body_bytes:
+                raise HttpError(413, f"Content Too Large: the limit is {self.max_body_bytes} bytes")
+            return stream.read(size) if size > 0 else b""
+        if environ.get("wsgi.input_terminated"):
+            body = stream.read(self.max_body_bytes + 1)
+            if len(body) > self.max_body_bytes:
+                raise HttpError(413, f"Content Too Large: the limit is {self.max_body_bytes} bytes")
+            return body
+        return b""
+
+    def _post(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = self._read_body(environ)
+        accept = environ.get("HTTP_ACCEPT") or "*/*"
+        can_sse = "text/event-stream" in accept or "*/*" in accept
+        if not can_sse and "application/json" not in accept and "application/*" not in accept:
+            raise HttpError(406, "Not Acceptable: accept application/json and text/event-stream")
+        try:
+            value = jsonrpc.decode(body)
+        except ParseError as exc:
+            raise HttpError(400, exc.message, exc.code) from None
+        if type(value) is dict and value.get("method") == "initialize":
+            return self._initialize(environ, start_response, value)
+        session = self._session(environ)
+        conn = self.app.connection(session)
+        if not _has_request(value):
+            reply = conn.receive(value)
+            if reply is not None:  # invalid message(s): an HTTP error, nothing was accepted
+                err = reply if type(reply) is dict else reply[0]
+                raise HttpError(400, err["error"]["message"], err["error"]["code"])
+            start_response("202 Accepted", [("Content-Length", "0"), *environ["mcpsync.cors"]])
+            return []
+        response = PostResponse(self, session, start_response, environ, can_sse)
+        reply = conn.receive(value, response)
+        return response.finish(reply)
+
+    def _initialize(self, environ: Environ, start_response: StartResponse,
+                    msg: dict[str, Any]) -> Iterable[bytes]:
+        if environ.get("HTTP_MCP_SESSION_ID"):
+            raise HttpError(400, "Bad Request: initialize must not carry an Mcp-Session-Id",
+                            InvalidRequest.code)
+        try:
+            session = self.app.open_session(principal=self.principal(environ), setup=_attach_streams)
+        except SessionLimitError:
+            raise HttpError(503, "Service Unavailable: too many sessions",
+                            headers=[("Retry-After", "5")]) from None
+        reply = self.app.connection(session).receive(msg)
+        if reply is None or "error" in reply:
+            self.app.close_session(session.id)
+            headers = []
+        else:
+            headers = [(SESSION_HEADER, session.id)]
+        body = jsonrpc.encode(reply)
+        start_response("200 OK", [_JSON, ("Content-Length", str(len(body))), *headers,
+                                  *environ["mcpsync.cors"]])
+        return [body]
+
+    def _get(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        accept = environ.get("HTTP_ACCEPT") or ""
+        if "text/event-stream" not in accept and "*/*" not in accept:
+            raise HttpError(406, "Not Acceptable: a GET stream is text/event-stream")
+        session = self._session(environ)
+        streams: sse.SessionStreams = session.data["streams"]
+        last = environ.get("HTTP_LAST_EVENT_ID")
+        if last:
+            found = streams.find(last)
+            if found is None:
+                raise HttpError(409 if "." in last else 400,
+                                "Conflict: that stream is unknown, expired or already being read")
+            log_, after = found
+            if log_ is streams.standalone:
+                if not streams.attach_standalone():
+                    raise HttpError(409, "Conflict: the session's GET stream is already open")
+                events = streams.follow_standalone(after)
+            else:
+                events = streams.follow(log_, after)
+        else:
+            if not streams.attach_standalone():
+                raise HttpError(409, "Conflict: the session's GET stream is already open")
+            events = streams.follow_standalone()
+        start_response("200 OK", [*_SSE_HEADERS, *environ["mcpsync.cors"]])
+        return _touching(self.app, session.id, events)
+
+    def _delete(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        session = self._session(environ)
+        self.app.close_session(session.id)
+        start_response("200 OK", [("Content-Length", "0"), *environ["mcpsync.cors"]])
+        return []
+
+
+def _has_request(value: Any) -> bool:
+    if type(value) is dict:
+        return "method" in value and "id" in value
+    return type(value) is list and any(type(m) is dict and "method" in m and "id" in m for m in value)
+
+
+def _attach_streams(session: Session) -> None:
+    streams = sse.SessionStreams()
+    session.data["streams"] = streams
+    session.handler.send = streams.push
+    session.on_close(lambda _s: streams.close())
+
+
+def _touching(app: McpApp, sid: str, events: Iterator[bytes]) -> Iterator[bytes]:
+    """Pass SSE chunks through; keep-alives also keep the session from idling out."""
+    try:
+        yield b": stream open\n\n"
+        for chunk in events:
+            if chunk is sse.KEEPALIVE:
+                app.store.touch(sid)
+            yield chunk
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+class PostResponse:
+    """The response to one POST that carries a request: JSON unless something must be sent
+    before the reply, then SSE through WSGI's ``write()``. It is the request's sink.
+
+    ``_lock`` serializes writes to this response (the request's thread, and any thread the
+    tool starts that reports progress); it is held across one ``write`` call, the stream
+    write lock of ARCHITECTURE.md's lock map.
+    """
+
+    def __init__(self, owner: McpWsgiApp, session: Session, start_response: StartResponse,
+                 environ: Environ, can_sse: bool) -> None:
+        self._owner = owner
+        self._session = session
+        self._start_response = start_response
+        self._environ = environ
+        self._can_sse = can_sse
+        self._lock = threading.Lock()
+        self._write: Callable[[bytes], Any] | None = None
+        self._log: sse.StreamLog | None = None
+        self._live = False
+        self._streams: sse.SessionStreams = session.data["streams"]
+
+    def _start(self) -> None:
+        """Switch to SSE (call with ``_lock`` held)."""
+        self._log = self._streams.open_stream()
+        self._write = self._start_response("200 OK", [*_SSE_HEADERS, *self._environ["mcpsync.cors"]])
+        self._live = True
+        conn = self._owner.app.connection(self._session)
+        if versions.features(conn.version).sse_priming:
+            self._emit(sse.priming(f"{self._log.id}.0", self._owner.sse_retry_ms))
+
+    def _emit(self, data: bytes) -> None:
+        if not self._live or self._write is None:
+            return
+        try:
+            self._write(data)
+        except (OSError, ValueError) as exc:  # the client went away; it may resume
+            log.debug("SSE write failed: %s", exc)
+            self._live = False
+            assert self._log is not None
+            self._streams.detach(self._log)
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        """A message about the running request (this object is the request's sink)."""
+        if not self._can_sse:
+            self._streams.push(msg)  # the client takes no SSE here: use its GET stream
+            return
+        with self._lock:
+            if self._log is None:
+                self._start()
+            assert self._log is not None
+            self._emit(self._streams.append(self._log, msg))
+
+    def close_stream(self) -> None:
+        """End the live stream early; the rest is logged for a resuming GET."""
+        if not self._can_sse:
+            return
+        with self._lock:
+            if self._log is None:
+                self._start()
+            assert self._log is not None
+            if self._live:
+                self._live = False
+                self._streams.detach(self._log)
+
+    def finish(self, reply: Any) -> Iterable[bytes]:
+        with self._lock:
+            if self._log is None:
+                if reply is None:  # cancelled before anything was sent
+                    self._start_response("202 Accepted", [("Content-Length", "0"),
+                                                          *self._environ["mcpsync.cors"]])
+                    return []
+                body = jsonrpc.encode(reply)
+                self._start_response("200 OK", [_JSON, ("Content-Length", str(len(body))),
+                                                *self._environ["mcpsync.cors"]])
+                return [body]
+            if reply is not None:
+                self._emit(self._streams.append(self._log, reply, final=True))
+            else:
+                self._streams.finish(self._log)
+            if self._live:
+                self._live = False
+                self._streams.detach(self._log)
+            return []
