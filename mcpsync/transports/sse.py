@@ -49,7 +49,7 @@ def priming(event_id: str, retry_ms: int = SSE_RETRY_MS) -> bytes:
 class StreamLog:
     """The events of one SSE stream (fields guarded by the owning ``SessionStreams._cond``)."""
 
-    __slots__ = ("id", "events", "next_n", "done", "attached")
+    __slots__ = ("id", "events", "next_n", "done", "attached", "epoch")
 
     def __init__(self, stream_id: str) -> None:
         self.id = stream_id
@@ -57,6 +57,9 @@ class StreamLog:
         self.next_n = 1          # n = 0 is the priming event
         self.done = False        # the final response has been logged
         self.attached = False    # a live HTTP response is writing this stream
+        # Which writer owns the stream: bumped when a resuming GET takes it over, so the
+        # writer it replaced (whose client may be gone unnoticed) stops writing.
+        self.epoch = 0
 
 
 class SessionStreams:
@@ -102,11 +105,17 @@ class SessionStreams:
             self._trim()
             self._cond.notify_all()
 
-    def detach(self, log: StreamLog) -> None:
-        """The live response of ``log`` ended (closed by us or lost): a resume may follow."""
+    def detach(self, log: StreamLog, epoch: int = 0) -> None:
+        """The live response of ``log`` (attached with ``epoch``) ended, closed by us or
+        lost; a resume may follow. A writer that was taken over detaches nothing."""
         with self._cond:
-            log.attached = False
+            if log.epoch == epoch:
+                log.attached = False
             self._cond.notify_all()
+
+    def owns(self, log: StreamLog, epoch: int) -> bool:
+        with self._cond:
+            return log.epoch == epoch
 
     def _trim(self) -> None:
         finished = [k for k, v in self._streams.items() if v.done]
@@ -127,28 +136,29 @@ class SessionStreams:
             log.events.append((n, event(f"{STANDALONE}.{n}", data)))
             self._cond.notify_all()
 
-    def attach_standalone(self) -> bool:
-        """Claim the standalone stream for a GET; False if one is attached already."""
+    def attach_standalone(self) -> int | None:
+        """Claim the standalone stream for a GET: its epoch, or None if one is attached."""
         with self._cond:
             if self.standalone.attached or self.closed:
-                return False
+                return None
             self.standalone.attached = True
-            return True
+            self.standalone.epoch += 1
+            return self.standalone.epoch
 
-    def follow_standalone(self, after: int | None = None) -> Iterator[bytes]:
+    def follow_standalone(self, epoch: int, after: int | None = None) -> Iterator[bytes]:
         """Events of the standalone stream (undelivered ones first, or those after ``after``),
-        then live ones, with keep-alives; ends when the session closes. The caller must have
-        attached; closing the generator detaches."""
+        then live ones, with keep-alives; ends when the session closes or another GET takes
+        the stream over. The caller attached with ``epoch``; closing the generator detaches."""
         log = self.standalone
         try:
             cursor = self._delivered if after is None else after
             while True:
                 with self._cond:
                     batch = [e for n, e in log.events if n > cursor]
-                    if not batch and not self.closed:
+                    if not batch and not self.closed and log.epoch == epoch:
                         self._cond.wait(SSE_KEEPALIVE_S)
                         batch = [e for n, e in log.events if n > cursor]
-                    closed = self.closed
+                    closed = self.closed or log.epoch != epoch
                     if batch:
                         cursor = log.next_n - 1
                         self._delivered = max(self._delivered, cursor)
@@ -159,11 +169,14 @@ class SessionStreams:
                 else:
                     yield KEEPALIVE
         finally:
-            self.detach(log)
+            self.detach(log, epoch)
 
     # ---- resumption ----------------------------------------------------------------------------
 
-    def find(self, last_event_id: str) -> tuple[StreamLog, int] | None:
+    def take_over(self, last_event_id: str) -> tuple[StreamLog, int, int] | None:
+        """Claim the stream that ``Last-Event-ID`` names for a resuming GET: (log, the event
+        number to replay after, the new epoch), or None for an unknown or expired stream.
+        A writer still attached (its client gone unnoticed, or a duplicate reader) stops."""
         stream, _, n = last_event_id.partition(".")
         try:
             after = int(n)
@@ -171,23 +184,29 @@ class SessionStreams:
             return None
         with self._cond:
             log = self.standalone if stream == STANDALONE else self._streams.get(stream)
-            if log is None or (log is not self.standalone and log.attached):
+            if log is None or self.closed:
                 return None
-            if log is not self.standalone:
-                log.attached = True
-            return log, after
+            log.epoch += 1
+            log.attached = True
+            self._cond.notify_all()
+            return log, after, log.epoch
 
-    def follow(self, log: StreamLog, after: int) -> Iterator[bytes]:
-        """Replay ``log`` after event ``after``, then follow it live until its final event."""
+    def follow(self, log: StreamLog, after: int, epoch: int) -> Iterator[bytes]:
+        """Replay ``log`` after event ``after``, then follow it live until its final event
+        (or until another resume takes it over)."""
+        if log is self.standalone:
+            yield from self.follow_standalone(epoch, after)
+            return
         cursor = after
         try:
             while True:
                 with self._cond:
                     batch = [(n, e) for n, e in log.events if n > cursor]
-                    if not batch and not log.done and not self.closed:
+                    if not batch and not log.done and not self.closed and log.epoch == epoch:
                         self._cond.wait(SSE_KEEPALIVE_S)
                         batch = [(n, e) for n, e in log.events if n > cursor]
-                    finished = (log.done or self.closed) and (not batch or batch[-1][0] == log.next_n - 1)
+                    finished = ((log.done or self.closed) and (not batch or batch[-1][0] == log.next_n - 1)
+                                ) or log.epoch != epoch
                 if batch:
                     cursor = batch[-1][0]
                     yield b"".join(e for _, e in batch)
@@ -196,7 +215,7 @@ class SessionStreams:
                 if not batch:
                     yield KEEPALIVE
         finally:
-            self.detach(log)
+            self.detach(log, epoch)
 
     def close(self) -> None:
         """The session ended: every follower returns."""

@@ -260,21 +260,15 @@ class McpWsgiApp:
         streams: sse.SessionStreams = session.data["streams"]
         last = environ.get("HTTP_LAST_EVENT_ID")
         if last:
-            found = streams.find(last)
+            found = streams.take_over(last)
             if found is None:
-                raise HttpError(409 if "." in last else 400,
-                                "Conflict: that stream is unknown, expired or already being read")
-            log_, after = found
-            if log_ is streams.standalone:
-                if not streams.attach_standalone():
-                    raise HttpError(409, "Conflict: the session's GET stream is already open")
-                events = streams.follow_standalone(after)
-            else:
-                events = streams.follow(log_, after)
+                raise HttpError(400, "Bad Request: Last-Event-ID names an unknown or expired stream")
+            events = streams.follow(*found)
         else:
-            if not streams.attach_standalone():
+            epoch = streams.attach_standalone()
+            if epoch is None:
                 raise HttpError(409, "Conflict: the session's GET stream is already open")
-            events = streams.follow_standalone()
+            events = streams.follow_standalone(epoch)
         start_response("200 OK", [*_SSE_HEADERS, *environ["mcpsync.cors"]])
         return _touching(self.app, session.id, events)
 
@@ -344,7 +338,11 @@ class PostResponse:
             self._emit(sse.priming(f"{self._log.id}.0", self._owner.sse_retry_ms))
 
     def _emit(self, data: bytes) -> None:
+        assert self._log is not None
         if not self._live or self._write is None:
+            return
+        if not self._streams.owns(self._log, 0):  # a resuming GET took the stream over
+            self._live = False
             return
         try:
             self._write(data)
