@@ -10,6 +10,7 @@ from .connection import Context
 from .content import Audio, Image, Resource, ResourceLink, Text, ToolResult
 from .errors import McpError, ToolError
 from .server import Server
+from .run import build_wsgi_app, serve
 from .sessions import Session, SessionStore
 from .sync import FIFOMutex, KeyedMutex
 
@@ -21,6 +22,8 @@ __all__ = [
     "Resource",
     "ResourceLink",
     "Server",
+    "build_wsgi_app",
+    "serve",
     "Text",
     "ToolResult",
     "FIFOMutex",

@@ -15,7 +15,7 @@ from . import __version__
 from .errors import ConfigError
 from .server import Server
 from .target import load_target
-from .transports.stdio import serve_stdio
+from .run import serve
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -81,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "hub":
         raise UsageError("hub: the hub is not built yet")
     server = _server_for(args)
-    if args.stdio:
-        serve_stdio(server)
-        return 0
-    raise UsageError("HTTP: the Streamable HTTP transport is not built yet; use --stdio")
+    try:
+        return serve(server, host=args.host, port=args.port, stdio=args.stdio,
+                     server_kind=args.server)
+    except OSError as exc:  # e.g. the port is taken
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,43 +1,74 @@
-"""The official MCP conformance suite (npm @modelcontextprotocol/conformance, pinned in
-tests/js/package.json) against the bundled example server over Streamable HTTP.
+"""The official MCP conformance suite against `python -m mcpsync` over Streamable HTTP.
 
-All 32 server scenarios (`--suite all`, including the pending ones) must pass with no
-FAILURE and no WARNING."""
+Two pinned versions of npm `@modelcontextprotocol/conformance` (tests/js/package.json): the
+release 0.1.16 and the newest pre-release 0.2.0-alpha.12 (restricted to revision 2025-11-25;
+it adds the session-lifecycle scenario). Every scenario of `--suite all` must pass, and the
+test reads each scenario's checks.json: any FAILURE or WARNING fails it."""
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 import subprocess
+import sys
+from typing import Iterator
 
+import pytest
 from jsdeps import NODE_MODULES, node22, node_env
-from httpserver import serving
 
-from mcpsync.examples.everything import server
-from mcpsync.transports.wsgi import McpWsgiApp
+SERVER_START_TIMEOUT_S = 30
 
 
-def run_suite(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    cli = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-    return subprocess.run([node22(), str(cli), "server", "--url", url, *extra],
-                          capture_output=True, text=True, timeout=240, env=node_env())
+@pytest.fixture(scope="module")
+def mcpsync_url() -> Iterator[str]:
+    """`python -m mcpsync --port 0` as a subprocess; its URL is read from its stderr banner."""
+    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/mcp)", line)
+        assert match, f"no URL in the banner: {line!r}"
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(SERVER_START_TIMEOUT_S)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == 0, "the server did not shut down cleanly on SIGTERM"
 
 
-def test_conformance_suite_all_scenarios_pass() -> None:
-    with serving(McpWsgiApp(server)) as base:
-        proc = run_suite(f"{base}/mcp", "--suite", "all")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    total = re.search(r"Total: (\d+) passed, (\d+) failed", out)
-    assert total is not None, out[-4000:]
-    passed, failed = int(total.group(1)), int(total.group(2))
-    assert failed == 0 and passed >= 46, out[-4000:]
-    assert out.count("✓") >= 32, out[-4000:]  # one line per scenario, all passing
+def run_suite(package: str, url: str, out_dir: pathlib.Path, *extra: str) -> tuple[str, list[dict]]:
+    cli = NODE_MODULES / package / "dist" / "index.js"
+    proc = subprocess.run([node22(), str(cli), "server", "--url", url, "--suite", "all",
+                           "-o", str(out_dir), *extra],
+                          capture_output=True, text=True, timeout=300, env=node_env())
+    output = proc.stdout + proc.stderr
+    checks = []
+    for path in sorted(out_dir.glob("*/checks.json")):
+        scenario = path.parent.name
+        for check in json.loads(path.read_text()):
+            checks.append({**check, "scenario": scenario})
+    assert proc.returncode == 0, output[-4000:]
+    return output, checks
 
 
-def test_conformance_sse_scenarios_have_no_warnings() -> None:
-    """The SSE polling and multiple-stream scenarios report warnings per check; none allowed."""
-    with serving(McpWsgiApp(server)) as base:
-        for scenario in ("server-sse-polling", "server-sse-multiple-streams", "dns-rebinding-protection"):
-            proc = run_suite(f"{base}/mcp", "--scenario", scenario)
-            out = proc.stdout + proc.stderr
-            assert proc.returncode == 0, out[-3000:]
-            assert re.search(r"\d+ failed, 0 warnings", out), out[-3000:]
+def assert_clean(output: str, checks: list[dict], min_scenarios: int) -> None:
+    bad = [f"{c['scenario']}: {c['status']} {c['id']}: {c.get('errorMessage') or c.get('description')}"
+           for c in checks if c["status"] in ("FAILURE", "WARNING")]
+    assert not bad, "\n".join(bad)
+    scenarios = {c["scenario"].rsplit("-20", 1)[0] for c in checks}
+    assert len(scenarios) >= min_scenarios, sorted(scenarios)
+    assert sum(c["status"] == "SUCCESS" for c in checks) >= min_scenarios
+    assert re.search(r"Total: \d+ passed, 0 failed", output), output[-2000:]
+
+
+def test_conformance_0_1_16_all_scenarios(mcpsync_url: str, tmp_path: pathlib.Path) -> None:
+    output, checks = run_suite("@modelcontextprotocol/conformance", mcpsync_url, tmp_path)
+    assert_clean(output, checks, min_scenarios=32)
+
+
+def test_conformance_next_prerelease_2025_11_25(mcpsync_url: str, tmp_path: pathlib.Path) -> None:
+    output, checks = run_suite("conformance-next", mcpsync_url, tmp_path, "--spec-version", "2025-11-25")
+    assert_clean(output, checks, min_scenarios=33)
+    assert any("session-lifecycle" in c["scenario"] for c in checks)

@@ -113,6 +113,13 @@ class McpWsgiApp:
         self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             path: self._mcp}
 
+    def end_streams(self) -> None:
+        """End every session's SSE streams (shutdown: long-lived GETs must not hold it up)."""
+        for session in self.app.store.snapshot():
+            streams = session.data.get("streams")
+            if streams is not None:
+                streams.close()
+
     # ---- WSGI entry ----------------------------------------------------------------------------
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
