@@ -49,8 +49,10 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     front = make_server(wsgi, host, port, kind=server_kind)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{front.port}{wsgi.path}"
+    base = f"{shown}:{front.port}"
     print(f"mcpsync: serving {server.name!r} over Streamable HTTP at {url}\n"
-          f"mcpsync: point an MCP client at that URL (transport: streamable-http); "
+          f"mcpsync: WebSocket (subprotocol mcp) at ws://{base}/ws\n"
+          f"mcpsync: point an MCP client at the HTTP URL (transport: streamable-http); "
           f"Ctrl-C stops", file=sys.stderr, flush=True)
     stop = threading.Event()
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from ..errors import McpError
 from ..protocol import jsonrpc
+from ..connection import ServerConnection
 from ..server import Server
 
 log = logging.getLogger("mcpsync.transports.stream")
@@ -44,11 +45,15 @@ class MessageStreamSession:
 
     def __init__(self, server: Server, write: Callable[[bytes], None], *,
                  name: str = "stream", session_id: str | None = None,
+                 conn: ServerConnection | None = None,
                  max_workers: int = STREAM_WORKERS) -> None:
         self._write = write
         # Serializes writes to the connection; held only for one write call.
         self.write_lock = threading.Lock()
-        self.conn = server.connect(session_id=session_id, send=self.send)
+        if conn is None:
+            conn = server.connect(session_id=session_id)
+        conn.send = self.send
+        self.conn = conn
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
                                         thread_name_prefix=f"mcpsync-{name}-worker")
         self.closed = False

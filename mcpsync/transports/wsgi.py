@@ -39,6 +39,7 @@ from ..protocol import jsonrpc, versions
 from ..server import Server
 from ..sessions import Session
 from . import sse
+from .websocket import WS_PATH, serve_websocket
 
 log = logging.getLogger("mcpsync.http")
 
@@ -100,7 +101,8 @@ class McpWsgiApp:
                  allowed_origins: Iterable[str] | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES,
                  principal: Callable[[Environ], Any] | None = None,
-                 sse_retry_ms: int = sse.SSE_RETRY_MS) -> None:
+                 sse_retry_ms: int = sse.SSE_RETRY_MS,
+                 websocket_path: str | None = WS_PATH) -> None:
         self.app = target if isinstance(target, McpApp) else McpApp(target)
         self.server = self.app.server
         self.path = path
@@ -112,6 +114,9 @@ class McpWsgiApp:
         self.sse_retry_ms = sse_retry_ms
         self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             path: self._mcp}
+        if websocket_path:
+            self.routes[websocket_path] = lambda environ, start_response: serve_websocket(
+                self.app, environ, start_response, principal=self.principal(environ))
 
     def end_streams(self) -> None:
         """End every session's SSE streams (shutdown: long-lived GETs must not hold it up)."""
