@@ -126,7 +126,10 @@ class SessionStreams:
 
     def push(self, msg: Any) -> None:
         """Queue a message on the standalone stream (the session's ``send``)."""
-        data = jsonrpc.encode(msg)
+        self.push_encoded(jsonrpc.encode(msg))
+
+    def push_encoded(self, data: bytes) -> None:
+        """Queue one already encoded message on the standalone stream."""
         with self._cond:
             if self.closed:
                 return

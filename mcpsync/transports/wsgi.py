@@ -38,7 +38,7 @@ from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
 from ..protocol import jsonrpc, versions
 from ..server import Server
 from ..sessions import Session
-from . import sse
+from . import legacy_sse, sse
 from .websocket import WS_PATH, serve_websocket
 
 log = logging.getLogger("mcpsync.http")
@@ -102,7 +102,9 @@ class McpWsgiApp:
                  max_body_bytes: int = MAX_BODY_BYTES,
                  principal: Callable[[Environ], Any] | None = None,
                  sse_retry_ms: int = sse.SSE_RETRY_MS,
-                 websocket_path: str | None = WS_PATH) -> None:
+                 websocket_path: str | None = WS_PATH,
+                 legacy_sse_path: str | None = legacy_sse.SSE_PATH,
+                 legacy_messages_path: str = legacy_sse.MESSAGES_PATH) -> None:
         self.app = target if isinstance(target, McpApp) else McpApp(target)
         self.server = self.app.server
         self.path = path
@@ -114,6 +116,10 @@ class McpWsgiApp:
         self.sse_retry_ms = sse_retry_ms
         self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             path: self._mcp}
+        self.legacy_messages_path = legacy_messages_path
+        if legacy_sse_path:
+            self.routes[legacy_sse_path] = lambda e, s: legacy_sse.open_stream(self, e, s)
+            self.routes[legacy_messages_path] = lambda e, s: legacy_sse.post_message(self, e, s)
         if websocket_path:
             self.routes[websocket_path] = lambda environ, start_response: serve_websocket(
                 self.app, environ, start_response, principal=self.principal(environ))
@@ -197,7 +203,7 @@ class McpWsgiApp:
             raise HttpError(400, f"Bad Request: unsupported MCP-Protocol-Version {header!r}")
         return session
 
-    def _read_body(self, environ: Environ) -> bytes:
+    def read_body(self, environ: Environ) -> bytes:
         ctype = environ.get("CONTENT_TYPE") or ""
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
             raise HttpError(415, "Unsupported Media Type: send application/json")
@@ -219,7 +225,7 @@ class McpWsgiApp:
         return b""
 
     def _post(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        body = self._read_body(environ)
+        body = self.read_body(environ)
         accept = environ.get("HTTP_ACCEPT") or "*/*"
         can_sse = "text/event-stream" in accept or "*/*" in accept
         if not can_sse and "application/json" not in accept and "application/*" not in accept:
