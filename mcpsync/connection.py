@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import (Cancelled, ConnectionClosed, InvalidParams, InvalidRequest, McpError,
                      MissingClientCapability, PeerError, RequestTimeout)
-from .protocol import jsonrpc, lifecycle, versions
+from .errors import MethodNotFound
+from .protocol import jsonrpc, lifecycle, modern, versions
 from .protocol.dispatch import wire_error
+from .protocol.modern import InputRequired
 
 if TYPE_CHECKING:
     from .server import Server
@@ -79,7 +81,8 @@ class Context:
 
     __slots__ = ("conn", "request_id", "method", "params", "meta", "sink", "_cancelled",
                  "_cancel_event", "_last_progress", "_pending_ids", "version",
-                 "client_capabilities", "log_level", "extra")
+                 "client_capabilities", "log_level", "extra", "modern", "input_responses",
+                 "_input_n", "principal")
 
     def __init__(self, conn: "ServerConnection", request_id: Any, method: str,
                  params: dict[str, Any], sink: Sink) -> None:
@@ -100,6 +103,12 @@ class Context:
         self.client_capabilities: dict[str, Any] = conn.client_capabilities
         self.log_level: str | None = conn.log_level
         self.extra: dict[str, Any] = {}
+        # Stateless era: no log level means no log messages; client input arrives as
+        # inputResponses (answers so far) instead of server -> client requests.
+        self.modern = False
+        self.input_responses: dict[str, Any] | None = None
+        self._input_n = 0
+        self.principal: str | None = None
 
     # ---- identity --------------------------------------------------------------------------
 
@@ -147,6 +156,15 @@ class Context:
         closer()
         return True
 
+    def wake(self) -> None:
+        """End a ``wait_cancelled`` early without cancelling (a server-side shutdown of a
+        long-lived request such as ``subscriptions/listen``)."""
+        with self.conn._lock:
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        event.set()
+
     # ---- request-scoped notifications ------------------------------------------------------
 
     def report_progress(self, progress: float, total: float | None = None,
@@ -173,6 +191,8 @@ class Context:
         if level not in _LEVEL_RANK:
             raise ValueError(f"unknown log level {level!r}")
         threshold = self.log_level
+        if threshold is None and self.modern:
+            return False  # 2026-07-28: only requests that carry a logLevel get log messages
         if threshold is not None and _LEVEL_RANK[level] < _LEVEL_RANK[threshold]:
             return False
         params: dict[str, Any] = {"level": level, "data": data}
@@ -199,7 +219,29 @@ class Context:
                 timeout: float | None = None) -> dict[str, Any]:
         """Send a request to the client on this request's stream and wait for its result.
         Raises ``RequestTimeout``, ``PeerError`` (the client answered with an error),
-        ``ConnectionClosed`` or ``Cancelled``."""
+        ``ConnectionClosed`` or ``Cancelled``.
+
+        One programming model for both protocol eras: in the handshake era the request goes
+        to the client now (over the request's stream) and this call blocks for the answer.
+        In the stateless era (2026-07-28) there are no server -> client requests: the n-th
+        call of a request looks up the n-th answer among the ``inputResponses`` the client
+        sent; if it is not there yet, ``InputRequired`` unwinds the handler, the client gets
+        an ``input_required`` result, answers, and retries, and the handler runs again from
+        the start, finding each earlier answer where it asked for it. So code before such a
+        call may run more than once: ask for input before doing anything with side effects."""
+        if self.modern:
+            self._input_n += 1
+            key = f"input-{self._input_n}"
+            answers = self.input_responses or {}
+            if key in answers:
+                answer = answers[key]
+                if not isinstance(answer, dict):
+                    raise InvalidParams(f"Invalid params: inputResponses[{key!r}] must be an object")
+                return answer
+            request: dict[str, Any] = {"method": method}
+            if params is not None:
+                request["params"] = params
+            raise InputRequired(key, request)
         return self.conn.request_client(method, params, call=self, timeout=timeout)
 
     def _require(self, capability: str, sub: str | None = None) -> None:
@@ -207,8 +249,8 @@ class Context:
         if not isinstance(caps, dict) or (sub is not None and not isinstance(caps.get(sub), dict)
                                           and not (sub == "form" and not caps)):
             what = f"{capability}.{sub}" if sub else capability
-            raise MissingClientCapability(f"the client did not declare the {what} capability",
-                                          {"requiredCapabilities": {capability: {sub: {}} if sub else {}}})
+            raise MissingClientCapability(f"Missing required client capability: {what}",
+                                          {"requiredCapabilities": {capability: {}}})
 
     def sample(self, messages: list[dict[str, Any]] | str, *, max_tokens: int = 1000,
                system_prompt: str | None = None, timeout: float | None = None,
@@ -320,6 +362,8 @@ class ServerConnection:
         rid = msg["id"]
         method = msg["method"]
         params = msg.get("params") or {}
+        if method == "server/discover" or modern.is_modern(params):
+            return self.handle_modern(msg, sink)
         with self._lock:
             phase = self.phase
             duplicate = rid in self._inflight
@@ -343,6 +387,60 @@ class ServerConnection:
         if ctx._cancelled:
             return None
         return reply
+
+    def handle_modern(self, msg: dict[str, Any], sink: Sink, *,
+                      principal: str | None = None) -> dict[str, Any] | None:
+        """Run one stateless-era (2026-07-28) request: the envelope in ``_meta`` stands in for
+        the session, results are decorated, and input from the client is a multi round-trip
+        (``input_required``). No session state is read or written."""
+        rid = msg["id"]
+        method = msg["method"]
+        params = msg.get("params")
+        if type(params) is not dict:
+            params = {}
+        ctx: Context | None = None
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        try:
+            env = modern.request_envelope(params)
+            if method not in modern.MODERN_METHODS:
+                raise MethodNotFound(f"Method not found: {method}")
+            handler = self.server.dispatcher.handler_for(method)
+            with self._lock:
+                if rid in self._inflight:
+                    raise InvalidRequest("Invalid Request: a request with this id is already in progress")
+                ctx = Context(self, rid, method, params, sink)
+                self._inflight[rid] = ctx
+            ctx.modern = True
+            ctx.version = env.version
+            ctx.client_capabilities = env.capabilities
+            ctx.log_level = env.log_level
+            ctx.principal = principal
+            if method in modern.MRTR_METHODS:
+                ctx.input_responses = self.server.mrtr_answers(method, params, principal)
+            result = modern.decorate_result(method, handler(params, ctx),
+                                            self.server.server_info(env.version))
+        except InputRequired as need:
+            assert ctx is not None
+            result = modern.decorate_result(method, {
+                "resultType": modern.INPUT_REQUIRED,
+                "inputRequests": {need.key: need.request},
+                "requestState": self.server.mrtr_state(method, params, ctx.input_responses or {},
+                                                       principal),
+            }, self.server.server_info(ctx.version))
+        except Cancelled:
+            result = None
+        except Exception as exc:
+            error = jsonrpc.error_response(rid, wire_error(exc, method))
+        finally:
+            if ctx is not None:
+                with self._lock:
+                    self._inflight.pop(rid, None)
+        if ctx is not None and ctx._cancelled:
+            return None
+        if error is not None:
+            return error
+        return None if result is None else jsonrpc.response(rid, result)
 
     def initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         """The ``initialize`` request: negotiate, record the client, move to INITIALIZING."""

@@ -63,6 +63,8 @@ def schema_for(hint: Any) -> Schema:
     """The JSON Schema fragment for one type hint (see the module table)."""
     if hint is inspect.Parameter.empty or hint is Any or hint is object:
         return {}
+    if hint is None:  # what `-> None` means; get_type_hints turns it into NoneType, users may not
+        hint = type(None)
     origin = get_origin(hint)
     if origin is typing.Annotated:
         base, *extras = get_args(hint)
@@ -213,10 +215,10 @@ def validate(schema: Schema, value: Any, path: str = "") -> list[str]:
 
 
 def _validate(schema: Schema, value: Any, path: str, out: list[str]) -> None:
-    if not schema or schema is True:
-        return
-    if schema is False:
+    if schema is False:  # before the emptiness test below, which False would pass
         out.append(f"{path}: no value is allowed here")
+        return
+    if not schema or schema is True:
         return
     t = schema.get("type")
     if t is not None:

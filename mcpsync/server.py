@@ -26,7 +26,9 @@ import inspect
 import json
 import logging
 import re
+import secrets
 import threading
+import time
 import typing
 import weakref
 from dataclasses import dataclass, field, replace
@@ -34,10 +36,12 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from . import content as content_mod
 from .connection import LOG_LEVELS, Context, ServerConnection
-from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound, ResourceNotFound,
-                     ToolError)
+from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound,
+                     MissingClientCapability, ResourceNotFound, ToolError)
 from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
+from .protocol.modern import (META_SUBSCRIPTION, InputRequired, StateSealer, all_supported,
+                              params_digest)
 from .schema import (convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex
@@ -183,6 +187,38 @@ def _template_regex(template: str) -> tuple[re.Pattern[str], list[str]]:
     return re.compile("^" + "".join(out) + "$"), names
 
 
+def _uri_variable(hint: Any, text: str) -> Any:
+    """A template variable (always text in the URI) as the parameter's type: ``"3"`` for an
+    ``int`` parameter is parsed as JSON. A value that fits neither way is not this resource."""
+    schema = schema_for(hint)
+    if not validate(schema, text):
+        return convert(hint, text)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if value is None or validate(schema, value):
+        raise InvalidParams(f"Invalid params: {text!r} is not a valid value for this resource template")
+    return convert(hint, value)
+
+
+def _for_revision(blocks: list[dict[str, Any]], feats: versions.Features) -> list[dict[str, Any]]:
+    """Content blocks the session's revision defines: audio (2025-03-26) and resource_link
+    (2025-06-18) become text for older clients, whose schemas have no such blocks."""
+    if feats.audio and feats.structured_content:
+        return blocks
+    out = []
+    for b in blocks:
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind == "audio" and not feats.audio:
+            b = {"type": "text", "text": f"[{b.get('mimeType') or 'audio'} audio omitted: "
+                                         "the client's protocol revision has no audio content]"}
+        elif kind == "resource_link" and not feats.structured_content:
+            b = {"type": "text", "text": f"{b.get('title') or b.get('name')}: {b.get('uri')}"}
+        out.append(b)
+    return out
+
+
 def _encode_cursor(offset: int, generation: int) -> str:
     return base64.urlsafe_b64encode(f"{generation}:{offset}".encode()).decode().rstrip("=")
 
@@ -225,6 +261,12 @@ class Server:
         self._conns_lock = threading.Lock()
         self._conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._roots_changed: list[Callable[[Context | ServerConnection], None]] = []
+        # Seals the requestState of multi round-trip requests (stateless era); the secret
+        # lives as long as this process, so a state outlives no restart.
+        self._sealer = StateSealer(secrets.token_bytes(32))
+        # Guards _listeners (the live subscriptions/listen streams); taken briefly.
+        self._listeners_lock = threading.Lock()
+        self._listeners: set[Listener] = set()
         self.dispatcher = self._build_dispatcher()
 
     # ---- registration API -----------------------------------------------------------------
@@ -438,9 +480,10 @@ class Server:
         pass
 
     def notify_list_changed(self, kind: str) -> int:
-        """Send ``notifications/<kind>/list_changed`` to every initialized session."""
+        """Send ``notifications/<kind>/list_changed`` to every initialized session and to the
+        ``subscriptions/listen`` streams that asked for it."""
         msg = jsonrpc.notification(f"notifications/{kind}/list_changed")
-        sent = 0
+        sent = self._to_listeners(lambda lst: lst.wants_list(kind), msg)
         for conn in self.connections():
             if conn.phase == "ready" and not conn.closed:
                 try:
@@ -453,7 +496,7 @@ class Server:
     def notify_resource_updated(self, uri: str) -> int:
         """Send ``notifications/resources/updated`` to the sessions subscribed to ``uri``."""
         msg = jsonrpc.notification("notifications/resources/updated", {"uri": uri})
-        sent = 0
+        sent = self._to_listeners(lambda lst: lst.wants_resource(uri), msg)
         for conn in self.connections():
             if conn.is_subscribed(uri) and not conn.closed:
                 try:
@@ -462,6 +505,75 @@ class Server:
                 except Exception:
                     log.debug("resource update not delivered to %s", conn.session_id)
         return sent
+
+    def _to_listeners(self, wanted: Callable[["Listener"], bool], msg: dict[str, Any]) -> int:
+        with self._listeners_lock:
+            targets = [lst for lst in self._listeners if wanted(lst)]
+        for lst in targets:
+            lst.deliver(msg)
+        return len(targets)
+
+    # ---- the stateless era (2026-07-28) --------------------------------------------------------
+
+    def mrtr_answers(self, method: str, params: dict[str, Any], principal: str | None) -> dict[str, Any]:
+        """The client's answers for a retried multi round-trip request: the ones sealed in its
+        requestState plus this round's inputResponses."""
+        responses = params.get("inputResponses")
+        if responses is not None and type(responses) is not dict:
+            raise InvalidParams("Invalid params: inputResponses must be an object")
+        answers: dict[str, Any] = {}
+        state = params.get("requestState")
+        if state is not None:
+            answers = self._sealer.open(state, method=method, digest=params_digest(method, params),
+                                        principal=principal, now=time.time())
+        answers.update(responses or {})
+        return answers
+
+    def mrtr_state(self, method: str, params: dict[str, Any], answers: dict[str, Any],
+                   principal: str | None) -> str:
+        return self._sealer.seal(method=method, digest=params_digest(method, params),
+                                 answers=answers, principal=principal, now=time.time())
+
+    def _discover(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        result: dict[str, Any] = {"supportedVersions": all_supported(),
+                                  "capabilities": self.capabilities(ctx.version)}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _listen(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """``subscriptions/listen``: acknowledge the honoured filter, then stream the chosen
+        notifications (tagged with the subscription id) until the client goes away."""
+        wanted = params.get("notifications") or {}
+        if type(wanted) is not dict:
+            raise InvalidParams("Invalid params: notifications must be an object")
+        listener = Listener(ctx, wanted)
+        ack = jsonrpc.notification("notifications/subscriptions/acknowledged",
+                                   {"_meta": {META_SUBSCRIPTION: ctx.request_id},
+                                    "notifications": listener.honoured})
+        ctx.sink(ack)
+        with self._listeners_lock:
+            self._listeners.add(listener)
+        try:
+            while not ctx.wait_cancelled(LISTEN_KEEPALIVE_S):
+                keepalive = getattr(ctx.sink, "keepalive", None)
+                if keepalive is not None:
+                    keepalive()
+                if listener.ended:
+                    break
+        finally:
+            with self._listeners_lock:
+                self._listeners.discard(listener)
+        if ctx.cancelled:
+            raise Cancelled()
+        return {"_meta": {META_SUBSCRIPTION: ctx.request_id}}
+
+    def end_listeners(self) -> None:
+        """End every subscriptions/listen stream gracefully (with its result): shutdown."""
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for lst in listeners:
+            lst.end()
 
     # ---- protocol handlers ---------------------------------------------------------------------
 
@@ -511,12 +623,14 @@ class Server:
         d.on_request("prompts/get", self._prompts_get)
         d.on_request("completion/complete", self._complete)
         d.on_request("logging/setLevel", self._set_level)
+        d.on_request("server/discover", self._discover)
+        d.on_request("subscriptions/listen", self._listen)
         d.on_notification("notifications/roots/list_changed", self._roots_list_changed)
         return d
 
-    def _page(self, kind: str, version: str | None, params: dict[str, Any],
+    def _page(self, kind: str, version: str | None, params: dict[str, Any], reg: Registry,
               render: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
-        reg = self._registry
+        # `reg` is the generation `render` reads: cached under its own number, never a newer one.
         key = (kind, version, reg.generation)
         items = self._list_cache.get(key)
         if items is None:
@@ -542,7 +656,7 @@ class Server:
                     d = {k: v for k, v in d.items() if k in fields}
                 out.append(d)
             return out
-        return self._page("tools", version, params, render)
+        return self._page("tools", version, params, reg, render)
 
     def _tools_call(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         name = params.get("name")
@@ -568,9 +682,13 @@ class Server:
             kwargs[tool.ctx_param] = ctx
         try:
             value = tool.fn(**kwargs)
+        except InputRequired:
+            raise  # the stateless era's multi round-trip: the driver answers input_required
         except (Cancelled, McpError) as exc:
             if isinstance(exc, Cancelled) or ctx.cancelled:
                 raise Cancelled() from None
+            if ctx.modern and isinstance(exc, MissingClientCapability):
+                raise  # 2026-07-28: a protocol error (-32021), not a tool failure
             return {"content": [{"type": "text", "text": exc.message}], "isError": True}
         except ToolError as exc:
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
@@ -578,15 +696,20 @@ class Server:
             log.exception("tool %s raised", tool.name)
             return {"content": [{"type": "text", "text": f"Tool {tool.name} failed: {type(exc).__name__}: {exc}"}],
                     "isError": True}
-        return self._tool_result(tool, value, feats)
+        result = self._tool_result(tool, value, feats)
+        result["content"] = _for_revision(result["content"], feats)
+        return result
 
     def _tool_result(self, tool: ToolDef, value: Any, feats: versions.Features) -> dict[str, Any]:
         if isinstance(value, content_mod.ToolResult):
             result: dict[str, Any] = {"content": content_mod.to_content_list(value.content)}
-            if value.structured is not None and feats.structured_content:
-                result["structuredContent"] = value.structured
+            if value.structured is not None:
+                # The text copy serves clients that ignore (or, before 2025-06-18, never get)
+                # structuredContent.
                 if not result["content"]:
                     result["content"] = [{"type": "text", "text": json.dumps(value.structured, ensure_ascii=False)}]
+                if feats.structured_content:
+                    result["structuredContent"] = value.structured
             if value.is_error:
                 result["isError"] = True
             if value.meta:
@@ -605,12 +728,12 @@ class Server:
 
     def _resources_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         reg = self._registry
-        return self._page("resources", None, params,
+        return self._page("resources", None, params, reg,
                           lambda: [reg.resources[u].describe(False) for u in sorted(reg.resources)])
 
     def _templates_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         reg = self._registry
-        return self._page("resourceTemplates", None, params,
+        return self._page("resourceTemplates", None, params, reg,
                           lambda: [reg.templates[u].describe(True) for u in sorted(reg.templates)])
 
     def find_resource(self, uri: str) -> tuple[ResourceDef, dict[str, str]] | None:
@@ -634,7 +757,7 @@ class Server:
             raise ResourceNotFound(f"Resource not found: {uri}", {"uri": uri},
                                    code=versions.features(ctx.version).resource_not_found_code)
         res, variables = found
-        kwargs: dict[str, Any] = {k: convert(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
+        kwargs: dict[str, Any] = {k: _uri_variable(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
         value = res.fn(**kwargs)
@@ -677,7 +800,7 @@ class Server:
 
     def _prompts_list(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         reg = self._registry
-        return self._page("prompts", None, params,
+        return self._page("prompts", None, params, reg,
                           lambda: [reg.prompts[n].describe() for n in sorted(reg.prompts)])
 
     def _prompts_get(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -698,6 +821,9 @@ class Server:
         value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}
+        feats = versions.features(ctx.version)
+        for m in result["messages"]:
+            m["content"] = _for_revision([m["content"]], feats)[0]
         return result
 
     @staticmethod
@@ -740,6 +866,46 @@ class Server:
     def _roots_list_changed(self, params: dict[str, Any], conn: ServerConnection) -> None:
         for fn in self._roots_changed:
             fn(conn)
+
+
+LISTEN_KEEPALIVE_S = 15.0
+
+
+class Listener:
+    """One ``subscriptions/listen`` stream: the notifications it asked for, and its sink."""
+
+    def __init__(self, ctx: Context, wanted: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.lists = {kind for kind, key in (("tools", "toolsListChanged"),
+                                             ("prompts", "promptsListChanged"),
+                                             ("resources", "resourcesListChanged"))
+                      if wanted.get(key) is True}
+        uris = wanted.get("resourceSubscriptions")
+        self.uris = frozenset(u for u in uris if isinstance(u, str)) if isinstance(uris, list) else frozenset()
+        self.honoured: dict[str, Any] = {key: True for kind, key in (
+            ("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+            ("resources", "resourcesListChanged")) if kind in self.lists}
+        if self.uris:
+            self.honoured["resourceSubscriptions"] = sorted(self.uris)
+        self.ended = False
+
+    def wants_list(self, kind: str) -> bool:
+        return kind in self.lists
+
+    def wants_resource(self, uri: str) -> bool:
+        return uri in self.uris or any(uri.startswith(u.rstrip("/") + "/") for u in self.uris)
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        params = dict(msg.get("params") or {})
+        params["_meta"] = {**(params.get("_meta") or {}), META_SUBSCRIPTION: self.ctx.request_id}
+        try:
+            self.ctx.sink({**msg, "params": params})
+        except Exception:
+            log.debug("listen stream %r: delivery failed", self.ctx.request_id)
+
+    def end(self) -> None:
+        self.ended = True
+        self.ctx.wake()
 
 
 __all__ = ["Server", "Context", "LOG_LEVELS", "MethodNotFound"]

@@ -12,6 +12,9 @@ through ``wire_error``:
 * anything else is our bug: logged with its traceback here, sent as -32603 "Internal error"
   with no detail, so nothing internal leaks to the client.
 
+``encode_outgoing`` applies the same rule at the other end: a reply we cannot encode as JSON
+is our bug, sent as -32603 for its id rather than left unanswered.
+
 Handlers for notifications return nothing and never produce a reply; their exceptions are
 logged and swallowed (JSON-RPC forbids answering a notification).
 """
@@ -21,7 +24,7 @@ import logging
 from typing import Any, Callable
 
 from ..errors import InternalError, McpError, MethodNotFound
-from .jsonrpc import error_response, response
+from .jsonrpc import encode, error_response, is_valid_id, response
 
 log = logging.getLogger("mcpsync.protocol")
 
@@ -35,6 +38,22 @@ def wire_error(exc: BaseException, method: str | None = None) -> McpError:
         return exc
     log.error("internal error while serving %s", method or "a message", exc_info=exc)
     return InternalError("Internal error")
+
+
+def encode_outgoing(msg: Any) -> bytes | None:
+    """``jsonrpc.encode`` for transports. A response we cannot encode (a NaN or a non-JSON
+    object in a result: our bug) is logged and becomes -32603 for its id, so the peer is never
+    left waiting; any other unencodable message is logged and dropped (None)."""
+    try:
+        return encode(msg)
+    except (ValueError, TypeError) as exc:
+        log.error("an outgoing message is not valid JSON", exc_info=exc)
+    if type(msg) is list:
+        parts = [p for p in map(encode_outgoing, msg) if p is not None]
+        return b"[" + b",".join(parts) + b"]" if parts else None
+    if type(msg) is dict and "method" not in msg and is_valid_id(msg.get("id")):
+        return encode(error_response(msg["id"], InternalError("Internal error")))
+    return None
 
 
 class Dispatcher:

@@ -43,9 +43,15 @@ def decode(data: bytes | str) -> Any:
     else:
         text = data
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ParseError("Parse error: invalid JSON") from None
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN, Infinity and -Infinity, which are not JSON (RFC 8259), and which
+    # we could not encode again (allow_nan=False).
+    raise ValueError(f"{name} is not JSON")
 
 
 def encode(msg: Any) -> bytes:

@@ -10,7 +10,8 @@ The reader thread calls ``feed(data)`` for every incoming message. Requests are 
 a worker pool so a slow tool never blocks the reader: pings, cancellations, responses to
 our own sampling/elicitation requests and other calls keep flowing. Everything else
 (notifications, responses, ``initialize``, parse errors) is handled on the reader thread
-at once, which keeps their order: a cancellation is processed before the next message.
+at once, which keeps their order: a cancellation is processed before the next message. A
+cancellation of a request still queued for a worker is remembered here, so it never starts.
 
 One writer: ``write_lock`` serializes every write of the connection (responses from the
 workers, notifications, server requests), so frames or lines never interleave.
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 from ..errors import McpError
 from ..protocol import jsonrpc
+from ..protocol.dispatch import encode_outgoing
 from ..connection import ServerConnection
 from ..server import Server
 
@@ -58,10 +60,17 @@ class MessageStreamSession:
                                         thread_name_prefix=f"mcpsync-{name}-worker")
         self.closed = False
         self.write_failed = False
+        # Ids of requests handed to the pool that no worker has started yet -> whether the
+        # client cancelled them meanwhile (the connection only knows a request once it runs).
+        # Guards _queued; taken by the reader thread and the workers, for one dict operation.
+        self._queued_lock = threading.Lock()
+        self._queued: dict[Any, bool] = {}
 
     def send(self, msg: Any) -> None:
         """Encode and write one message (or batch) as one unit."""
-        data = jsonrpc.encode(msg)
+        data = encode_outgoing(msg)
+        if data is None:
+            return
         with self.write_lock:
             if self.write_failed:
                 return
@@ -79,12 +88,28 @@ class MessageStreamSession:
             self.send(jsonrpc.error_response(None, exc))
             return
         if self._goes_to_worker(value):
+            rid = value.get("id") if type(value) is dict else None
+            if jsonrpc.is_valid_id(rid):
+                with self._queued_lock:
+                    self._queued.setdefault(rid, False)
             try:
                 self._pool.submit(self._run, value)
             except RuntimeError:  # pool shut down: we are closing
                 pass
             return
+        self._note_cancellation(value)
         self._run(value)
+
+    def _note_cancellation(self, value: Any) -> None:
+        """Mark a still-queued request as cancelled; a running one is the connection's job."""
+        if type(value) is not dict or value.get("method") != "notifications/cancelled" or "id" in value:
+            return
+        params = value.get("params")
+        rid = params.get("requestId") if type(params) is dict else None
+        if jsonrpc.is_valid_id(rid):
+            with self._queued_lock:
+                if rid in self._queued:
+                    self._queued[rid] = True
 
     @staticmethod
     def _goes_to_worker(value: Any) -> bool:
@@ -94,6 +119,13 @@ class MessageStreamSession:
                 and value.get("method") != "initialize")
 
     def _run(self, value: Any) -> None:
+        rid = value.get("id") if type(value) is dict and "method" in value else None
+        if jsonrpc.is_valid_id(rid):
+            with self._queued_lock:
+                cancelled = self._queued.pop(rid, False)
+            if cancelled:
+                log.debug("request %r cancelled before it started", rid)
+                return
         try:
             reply = self.conn.receive(value, self.send)
         except Exception:  # receive maps errors itself; this is a bug, keep serving

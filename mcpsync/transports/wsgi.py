@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 from ..app import McpApp
 from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
-from ..protocol import jsonrpc, versions
+from ..connection import ServerConnection
+from ..protocol import jsonrpc, modern, versions
 from ..server import Server
 from ..sessions import Session
 from . import legacy_sse, sse
@@ -125,7 +126,9 @@ class McpWsgiApp:
                 self.app, environ, start_response, principal=self.principal(environ))
 
     def end_streams(self) -> None:
-        """End every session's SSE streams (shutdown: long-lived GETs must not hold it up)."""
+        """End every session's SSE streams and every subscriptions/listen stream (shutdown:
+        long-lived responses must not hold it up)."""
+        self.server.end_listeners()
         for session in self.app.store.snapshot():
             streams = session.data.get("streams")
             if streams is not None:
@@ -234,6 +237,8 @@ class McpWsgiApp:
             value = jsonrpc.decode(body)
         except ParseError as exc:
             raise HttpError(400, exc.message, exc.code) from None
+        if _is_modern_post(environ, value):
+            return self._post_modern(environ, start_response, value, can_sse)
         if type(value) is dict and value.get("method") == "initialize":
             return self._initialize(environ, start_response, value)
         session = self._session(environ)
@@ -247,6 +252,39 @@ class McpWsgiApp:
             return []
         response = PostResponse(self, session, start_response, environ, can_sse)
         reply = conn.receive(value, response)
+        return response.finish(reply)
+
+    def _post_modern(self, environ: Environ, start_response: StartResponse, value: Any,
+                     can_sse: bool) -> Iterable[bytes]:
+        """A stateless-era (2026-07-28) POST: no session; the request carries its envelope.
+        ``Mcp-Session-Id`` and ``Last-Event-ID`` are ignored, as the revision asks."""
+        cors = environ["mcpsync.cors"]
+        if type(value) is not dict:
+            raise HttpError(400, "Invalid Request: one JSON-RPC message per POST", InvalidRequest.code)
+        if "method" not in value or "id" not in value:
+            try:
+                kind = jsonrpc.classify(value)
+            except McpError as exc:
+                raise HttpError(400, exc.message, exc.code) from None
+            if kind != jsonrpc.NOTIFICATION:
+                raise HttpError(400, "Invalid Request: this revision has no client responses",
+                                InvalidRequest.code)
+            start_response("202 Accepted", [("Content-Length", "0"), *cors])
+            return []  # notifications/cancelled is stdio-only here: closing the stream cancels
+        try:
+            jsonrpc.classify(value)
+            params = value.get("params") if type(value.get("params")) is dict else {}
+            tool = None
+            if value.get("method") == "tools/call" and isinstance(params.get("name"), str):
+                tool = self.server.registry.tools.get(params["name"])
+            modern.check_headers(_mcp_headers(environ), value, tool.input_schema if tool else None)
+        except McpError as exc:
+            reply = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
+            return _json_reply(start_response, modern.http_status(exc), reply, cors)
+        conn = ServerConnection(self.server)  # per request: no session, no broadcasts
+        response = StatelessResponse(start_response, cors, can_sse,
+                                     cancel=lambda: conn.cancel(value["id"], "stream closed"))
+        reply = conn.handle_modern(value, response, principal=_principal_key(self.principal(environ)))
         return response.finish(reply)
 
     def _initialize(self, environ: Environ, start_response: StartResponse,
@@ -271,6 +309,9 @@ class McpWsgiApp:
         return [body]
 
     def _get(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if _modern_header(environ):
+            raise HttpError(405, "Method Not Allowed: revision 2026-07-28 has no GET stream",
+                            headers=[("Allow", "POST")])
         accept = environ.get("HTTP_ACCEPT") or ""
         if "text/event-stream" not in accept and "*/*" not in accept:
             raise HttpError(406, "Not Acceptable: a GET stream is text/event-stream")
@@ -291,10 +332,49 @@ class McpWsgiApp:
         return _touching(self.app, session.id, events)
 
     def _delete(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if _modern_header(environ):
+            raise HttpError(405, "Method Not Allowed: revision 2026-07-28 has no sessions",
+                            headers=[("Allow", "POST")])
         session = self._session(environ)
         self.app.close_session(session.id)
         start_response("200 OK", [("Content-Length", "0"), *environ["mcpsync.cors"]])
         return []
+
+
+def _modern_header(environ: Environ) -> bool:
+    header = environ.get("HTTP_MCP_PROTOCOL_VERSION")
+    return header is not None and header in versions.MODERN_VERSIONS
+
+
+def _is_modern_post(environ: Environ, value: Any) -> bool:
+    """A POST belongs to the stateless era when its header or its envelope says so."""
+    if _modern_header(environ):
+        return True
+    return type(value) is dict and modern.is_modern(value.get("params"))
+
+
+def _mcp_headers(environ: Environ) -> dict[str, str | None]:
+    headers: dict[str, str | None] = {
+        "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
+        "mcp-method": environ.get("HTTP_MCP_METHOD"),
+        "mcp-name": environ.get("HTTP_MCP_NAME"),
+    }
+    for key, value in environ.items():
+        if key.startswith("HTTP_MCP_PARAM_"):
+            headers["mcp-param-" + key[15:].lower().replace("_", "-")] = value
+    return headers
+
+
+def _principal_key(principal: Any) -> str | None:
+    return None if principal is None else str(principal)
+
+
+def _json_reply(start_response: StartResponse, status: int, reply: Any,
+                extra: list[tuple[str, str]]) -> list[bytes]:
+    body = jsonrpc.encode(reply)
+    start_response(_STATUS.get(status, f"{status} Error"),
+                   [_JSON, ("Content-Length", str(len(body))), *extra])
+    return [body]
 
 
 def _has_request(value: Any) -> bool:
@@ -411,4 +491,60 @@ class PostResponse:
             if self._live:
                 self._live = False
                 self._streams.detach(self._log)
+            return []
+
+
+class StatelessResponse:
+    """The response to a stateless-era request: JSON, or SSE through ``write()`` once the
+    handler sends something first (progress, log messages, a listen stream). There is no
+    event log and no resumption; a failed write means the client closed the stream, which
+    in this revision cancels the request (``cancel``)."""
+
+    def __init__(self, start_response: StartResponse, cors: list[tuple[str, str]],
+                 can_sse: bool, cancel: Callable[[], Any]) -> None:
+        self._start_response = start_response
+        self._cors = cors
+        self._can_sse = can_sse
+        self._cancel = cancel
+        # Serializes writes to this response (the stream write lock); held for one write.
+        self._lock = threading.Lock()
+        self._write: Callable[[bytes], Any] | None = None
+        self._live = True
+
+    def _emit(self, data: bytes) -> None:
+        """Write once SSE has started (call with ``_lock`` held)."""
+        if self._write is None:
+            self._write = self._start_response("200 OK", [*_SSE_HEADERS, *self._cors])
+        if not self._live:
+            return
+        try:
+            self._write(data)
+        except (OSError, ValueError) as exc:
+            log.debug("stream closed by the client: %s", exc)
+            self._live = False
+            self._cancel()
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        if not self._can_sse:
+            return  # a JSON-only client gets the reply alone
+        data = b"event: message\ndata: " + jsonrpc.encode(msg) + b"\n\n"
+        with self._lock:
+            self._emit(data)
+
+    def keepalive(self) -> None:
+        """A comment on an idle stream; it also finds out whether the client is still there."""
+        with self._lock:
+            if self._write is not None:
+                self._emit(sse.KEEPALIVE)
+
+    def finish(self, reply: Any) -> Iterable[bytes]:
+        with self._lock:
+            if self._write is None:
+                if reply is None:
+                    self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
+                    return []
+                status = modern.http_status(reply["error"]) if "error" in reply else 200
+                return _json_reply(self._start_response, status, reply, self._cors)
+            if reply is not None:
+                self._emit(b"event: message\ndata: " + jsonrpc.encode(reply) + b"\n\n")
             return []

@@ -1,0 +1,260 @@
+"""The stateless revision (2026-07-28): per-request checks and result decoration, sans-IO.
+
+Theory of operation
+-------------------
+A modern request carries everything a session used to hold in ``params._meta``: the
+protocol version, the client's capabilities (and optionally its identity and a log
+level). ``request_envelope`` validates that envelope in the order the revision gives:
+the envelope keys (-32602), the version (-32022 naming what we support). For HTTP,
+``check_headers`` then compares the standard request headers with the body (-32020).
+
+Results get ``resultType`` and the server's identity in ``_meta``; list and read results
+also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``).
+
+Multi round-trip requests: a handler that needs input from the client (sampling,
+elicitation, roots) raises ``InputRequired``; the answer to the client is an
+``input_required`` result whose ``requestState`` is sealed by ``StateSealer`` (HMAC-SHA256
+over the method, a digest of the request's own params, the answers so far, the principal
+and an expiry). When the client retries with ``inputResponses``, ``StateSealer.open``
+checks the seal and returns the earlier answers, so the handler can be run again from the
+start and find every answer it asked for (see ``mcpsync.connection.Context.request``).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+from ..errors import HeaderMismatch, InvalidParams, McpError, UnsupportedProtocolVersion
+from . import versions
+
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+
+COMPLETE = "complete"
+INPUT_REQUIRED = "input_required"
+
+#: Methods a modern request may name; anything else is -32601 (HTTP 404).
+MODERN_METHODS = frozenset({
+    "server/discover", "subscriptions/listen", "tools/list", "tools/call", "prompts/list",
+    "prompts/get", "resources/list", "resources/templates/list", "resources/read",
+    "completion/complete",
+})
+#: Methods whose results are cacheable (ttlMs + cacheScope required).
+CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
+                       "resources/templates/list", "resources/read"})
+#: Methods that may answer input_required.
+MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+#: Methods whose Mcp-Name header names a params field.
+NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+DEFAULT_TTL_MS = 0
+STATE_TTL_S = 600.0
+_SENTINEL = re.compile(r"^=\?base64\?([A-Za-z0-9+/=]*)\?=$")
+
+
+def is_modern(params: Any) -> bool:
+    """Whether a request's params mark it as a stateless-era request."""
+    if type(params) is not dict:
+        return False
+    meta = params.get("_meta")
+    return type(meta) is dict and META_VERSION in meta
+
+
+def all_supported() -> list[str]:
+    return list(versions.MODERN_VERSIONS) + list(reversed(versions.HANDSHAKE_VERSIONS))
+
+
+class Envelope:
+    """The validated per-request envelope of a modern request."""
+
+    __slots__ = ("version", "capabilities", "client_info", "log_level")
+
+    def __init__(self, version: str, capabilities: dict[str, Any], client_info: dict[str, Any],
+                 log_level: str | None) -> None:
+        self.version = version
+        self.capabilities = capabilities
+        self.client_info = client_info
+        self.log_level = log_level
+
+
+def request_envelope(params: dict[str, Any]) -> Envelope:
+    """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
+    meta = params.get("_meta")
+    if type(meta) is not dict:
+        raise InvalidParams("Invalid params: params._meta must carry the protocol envelope")
+    missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
+    if missing:
+        raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
+    version = meta[META_VERSION]
+    caps = meta[META_CAPABILITIES]
+    if type(version) is not str:
+        raise InvalidParams("Invalid params: the protocol version must be a string")
+    if type(caps) is not dict:
+        raise InvalidParams("Invalid params: clientCapabilities must be an object")
+    if version not in versions.MODERN_VERSIONS:
+        raise UnsupportedProtocolVersion("Unsupported protocol version",
+                                         {"supported": all_supported(), "requested": version})
+    level = meta.get(META_LOG_LEVEL)
+    if level is not None and level not in LOG_LEVELS:
+        raise InvalidParams(f"Invalid params: unknown log level {level!r}")
+    info = meta.get(META_CLIENT_INFO)
+    return Envelope(version, caps, info if type(info) is dict else {}, level)
+
+
+def decode_header_value(value: str) -> str:
+    """Decode the ``=?base64?…?=`` form of an Mcp-Name / Mcp-Param-* header value."""
+    m = _SENTINEL.match(value)
+    if m is None:
+        return value
+    try:
+        return base64.b64decode(m.group(1), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise HeaderMismatch("Header mismatch: malformed base64 header value") from None
+
+
+def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
+                  input_schema: dict[str, Any] | None = None) -> None:
+    """Compare the standard MCP request headers with the body (-32020 on any mismatch).
+    ``headers`` maps lower-case names to values (None when absent)."""
+    params = msg.get("params") or {}
+    meta = params.get("_meta") if type(params) is dict else None
+    body_version = meta.get(META_VERSION) if type(meta) is dict else None
+    header_version = headers.get("mcp-protocol-version")
+    if header_version is None:
+        raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
+    if header_version != body_version:
+        raise HeaderMismatch(f"Header mismatch: MCP-Protocol-Version {header_version!r} does not match "
+                             f"the body's {body_version!r}")
+    method = msg.get("method")
+    header_method = headers.get("mcp-method")
+    if header_method != method:
+        raise HeaderMismatch(f"Header mismatch: Mcp-Method {header_method!r} does not match the body's {method!r}")
+    field = NAME_FIELDS.get(str(method))
+    if field is not None:
+        raw = headers.get("mcp-name")
+        if raw is None:
+            raise HeaderMismatch(f"Header mismatch: the Mcp-Name header is required for {method}")
+        body_name = params.get(field) if type(params) is dict else None
+        if decode_header_value(raw) != body_name:
+            raise HeaderMismatch(f"Header mismatch: Mcp-Name {raw!r} does not match the body's {body_name!r}")
+    if input_schema is not None and method == "tools/call":
+        _check_param_headers(headers, params.get("arguments") or {}, input_schema)
+
+
+def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
+                         schema: dict[str, Any]) -> None:
+    for prop, sub in (schema.get("properties") or {}).items():
+        name = sub.get("x-mcp-header") if type(sub) is dict else None
+        if not name:
+            continue
+        raw = headers.get(f"mcp-param-{str(name).lower()}")
+        value = args.get(prop) if type(args) is dict else None
+        if value is None:
+            if raw is not None:
+                raise HeaderMismatch(f"Header mismatch: Mcp-Param-{name} sent without the argument")
+            continue
+        if raw is None:
+            raise HeaderMismatch(f"Header mismatch: the Mcp-Param-{name} header is required")
+        text = decode_header_value(raw)
+        if type(value) is bool:
+            ok = text == ("true" if value else "false")
+        elif type(value) is int:
+            try:
+                ok = int(text) == value
+            except ValueError:
+                ok = False
+        else:
+            ok = text == value
+        if not ok:
+            raise HeaderMismatch(f"Header mismatch: Mcp-Param-{name} does not match the argument {prop!r}")
+
+
+def decorate_result(method: str, result: dict[str, Any], server_info: dict[str, Any], *,
+                    ttl_ms: int = DEFAULT_TTL_MS, cache_scope: str = "private") -> dict[str, Any]:
+    """Add ``resultType``, the server identity and (for cacheable results) the cache hints."""
+    out = dict(result)
+    out.setdefault("resultType", COMPLETE)
+    meta = dict(out.get("_meta") or {})
+    meta[META_SERVER_INFO] = server_info
+    out["_meta"] = meta
+    if method in CACHEABLE and out["resultType"] == COMPLETE:
+        out.setdefault("ttlMs", ttl_ms)
+        out.setdefault("cacheScope", cache_scope)
+    return out
+
+
+def http_status(error: McpError | dict[str, Any]) -> int:
+    """The HTTP status of a modern-era error response."""
+    code = error.code if isinstance(error, McpError) else error.get("code")
+    if code == -32601:
+        return 404
+    if code in (-32700, -32600, -32602, -32020, -32021, -32022):
+        return 400
+    return 200
+
+
+class InputRequired(Exception):
+    """Raised (by ``Context.request`` in the modern era) when a handler needs an answer
+    from the client that the request does not carry yet. Not an ``McpError``: it is
+    control flow, turned into an ``input_required`` result by the request's driver."""
+
+    def __init__(self, key: str, request: dict[str, Any]) -> None:
+        super().__init__(key)
+        self.key = key
+        self.request = request
+
+
+def params_digest(method: str, params: dict[str, Any]) -> str:
+    """A digest of what identifies a request across retries (not its answers or envelope)."""
+    core = {k: v for k, v in params.items() if k not in ("_meta", "inputResponses", "requestState")}
+    data = json.dumps([method, core], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
+class StateSealer:
+    """Seal and open ``requestState`` blobs with HMAC-SHA256 under a server secret."""
+
+    def __init__(self, secret: bytes, ttl_s: float = STATE_TTL_S) -> None:
+        if len(secret) < 16:
+            raise ValueError("the requestState secret must be at least 16 bytes")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def seal(self, *, method: str, digest: str, answers: dict[str, Any], principal: str | None,
+             now: float) -> str:
+        payload = json.dumps({"m": method, "d": digest, "a": answers, "p": principal,
+                              "x": int(now + self.ttl_s)}, separators=(",", ":")).encode()
+        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()
+        return (base64.urlsafe_b64encode(payload).decode().rstrip("=") + "."
+                + base64.urlsafe_b64encode(mac).decode().rstrip("="))
+
+    def open(self, state: Any, *, method: str, digest: str, principal: str | None,
+             now: float) -> dict[str, Any]:
+        """The answers sealed in ``state``; ``InvalidParams`` if it was tampered with, expired,
+        or belongs to another request or principal."""
+        if type(state) is not str or "." not in state:
+            raise InvalidParams("Invalid params: malformed requestState")
+        body, _, mac = state.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+        except ValueError:
+            raise InvalidParams("Invalid params: malformed requestState") from None
+        if not hmac.compare_digest(given, hmac.new(self._secret, payload, hashlib.sha256).digest()):
+            raise InvalidParams("Invalid params: requestState failed verification")
+        data = json.loads(payload)
+        if data.get("x", 0) < now:
+            raise InvalidParams("Invalid params: requestState expired; send the request again without it")
+        if data.get("m") != method or data.get("d") != digest or data.get("p") != principal:
+            raise InvalidParams("Invalid params: requestState belongs to another request")
+        answers = data.get("a")
+        return answers if type(answers) is dict else {}
