@@ -80,7 +80,7 @@ class Context:
     """
 
     __slots__ = ("conn", "request_id", "method", "params", "meta", "sink", "_cancelled",
-                 "_cancel_event", "_last_progress", "_pending_ids", "version",
+                 "_cancel_event", "_last_progress", "_pending_ids", "_finished", "version",
                  "client_capabilities", "log_level", "extra", "modern", "input_responses",
                  "_input_n", "principal")
 
@@ -94,6 +94,7 @@ class Context:
         self.meta: dict[str, Any] = meta if type(meta) is dict else {}
         self.sink = sink
         self._cancelled = False
+        self._finished = False  # set once the request's response is decided; progress stops
         self._cancel_event: threading.Event | None = None
         self._last_progress: float | None = None
         self._pending_ids: list[int] | None = None
@@ -172,7 +173,7 @@ class Context:
         """Send ``notifications/progress`` if the request carried a progress token. Progress must
         increase; a value that does not is dropped. Returns whether anything was sent."""
         token = self.progress_token
-        if token is None or self._cancelled:
+        if token is None or self._cancelled or self._finished:
             return False
         if self._last_progress is not None and progress <= self._last_progress:
             return False
@@ -384,6 +385,7 @@ class ServerConnection:
         finally:
             with self._lock:
                 self._inflight.pop(rid, None)
+                ctx._finished = True
         if ctx._cancelled:
             return None
         return reply
@@ -436,6 +438,7 @@ class ServerConnection:
             if ctx is not None:
                 with self._lock:
                     self._inflight.pop(rid, None)
+                    ctx._finished = True
         if ctx is not None and ctx._cancelled:
             return None
         if error is not None:
@@ -463,6 +466,9 @@ class ServerConnection:
                                 {"levels": list(LOG_LEVELS)})
         with self._lock:
             self.log_level = level
+            for ctx in self._inflight.values():  # running calls log at the new level from now on
+                if not ctx.modern:
+                    ctx.log_level = level
 
     def subscribe(self, uri: str, on: bool) -> None:
         with self._lock:

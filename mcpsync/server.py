@@ -548,12 +548,9 @@ class Server:
         if type(wanted) is not dict:
             raise InvalidParams("Invalid params: notifications must be an object")
         listener = Listener(ctx, wanted)
-        ack = jsonrpc.notification("notifications/subscriptions/acknowledged",
-                                   {"_meta": {META_SUBSCRIPTION: ctx.request_id},
-                                    "notifications": listener.honoured})
-        ctx.sink(ack)
-        with self._listeners_lock:
+        with self._listeners_lock:  # listening before the ack: nothing between is lost
             self._listeners.add(listener)
+        listener.acknowledge()
         try:
             while not ctx.wait_cancelled(LISTEN_KEEPALIVE_S):
                 keepalive = getattr(ctx.sink, "keepalive", None)
@@ -888,6 +885,22 @@ class Listener:
         if self.uris:
             self.honoured["resourceSubscriptions"] = sorted(self.uris)
         self.ended = False
+        # Orders writes to this listen stream: the ack strictly first, then notifications
+        # as they come (it is this stream's write lock; held across one sink call).
+        self._lock = threading.Lock()
+        self._acked = False
+        self._early: list[dict[str, Any]] = []
+
+    def acknowledge(self) -> None:
+        ack = jsonrpc.notification("notifications/subscriptions/acknowledged",
+                                   {"_meta": {META_SUBSCRIPTION: self.ctx.request_id},
+                                    "notifications": self.honoured})
+        with self._lock:
+            self.ctx.sink(ack)
+            for msg in self._early:
+                self._send(msg)
+            self._early = []
+            self._acked = True
 
     def wants_list(self, kind: str) -> bool:
         return kind in self.lists
@@ -898,8 +911,16 @@ class Listener:
     def deliver(self, msg: dict[str, Any]) -> None:
         params = dict(msg.get("params") or {})
         params["_meta"] = {**(params.get("_meta") or {}), META_SUBSCRIPTION: self.ctx.request_id}
+        tagged = {**msg, "params": params}
+        with self._lock:
+            if not self._acked:
+                self._early.append(tagged)
+                return
+            self._send(tagged)
+
+    def _send(self, msg: dict[str, Any]) -> None:
         try:
-            self.ctx.sink({**msg, "params": params})
+            self.ctx.sink(msg)
         except Exception:
             log.debug("listen stream %r: delivery failed", self.ctx.request_id)
 

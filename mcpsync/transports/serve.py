@@ -390,6 +390,8 @@ class _Connection:
             method, target, version = request_line.split(" ")
         except ValueError:
             raise _HttpError(400) from None
+        if not target:
+            raise _HttpError(400)
         if version != "HTTP/1.1" and version != "HTTP/1.0":
             raise _HttpError(505 if version.startswith("HTTP/") else 400)
 
@@ -608,7 +610,7 @@ class _Connection:
             return
         log.exception("error in WSGI app for %s %s",
                       environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-        if not self.head_sent:
+        if not self.head_sent and not upgrade:  # an upgrade's socket may belong to the app
             self.head_sent = True
             self.send_quietly(_error_response(500))
             self._linger = True
@@ -670,6 +672,8 @@ class _Connection:
             if lname in _WATCHED:
                 if lname == "content-length":
                     length = int(value)
+                    if length < 0:
+                        raise ValueError(f"negative Content-Length {value!r}")
                 elif lname == "connection":  # ours to send; the app may only ask to close
                     keep = keep and not _has_token(value, "close")
                     continue
@@ -796,9 +800,9 @@ class ThreadedWSGIServer:
         self._wake_w.setblocking(False)
         self.server_address: tuple[Any, ...] = self._listener.getsockname()
         self.port: int = self.server_address[1]
-        self.server_name = host
+        self.server_name = host or str(self.server_address[0])
 
-        # Guards _conns, every _Connection.busy, _busy, _stopping and _serving. Taken by
+        # Guards _conns, _retired, every _Connection.busy, _busy, _stopping, _serving. Taken by
         # the accept thread (register), connection threads (request start/end, exit) and
         # shutdown(). Held for a few set/flag operations; the only I/O under it is
         # socket.shutdown() in shutdown(), a non-blocking call that must not race a close.
@@ -806,6 +810,8 @@ class ThreadedWSGIServer:
         # Notified when a connection stops being busy or exits while _stopping; shutdown() waits.
         self._quiet = threading.Condition(self._lock)
         self._conns: set[_Connection] = set()
+        # Threads of closed connections, maybe still exiting: shutdown() joins them too.
+        self._retired: list[threading.Thread] = []
         self._busy = 0
         self._stopping = False     # written under _lock; read unlocked as a hint on hot paths
         self._serving = False
@@ -834,6 +840,7 @@ class ThreadedWSGIServer:
     def _forget(self, conn: _Connection) -> None:
         with self._lock:
             self._conns.discard(conn)
+            self._retired.append(threading.current_thread())
             if self._stopping:
                 self._quiet.notify_all()
 
@@ -873,18 +880,19 @@ class ThreadedWSGIServer:
             self._register(sock, addr)
 
     def _register(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
-        conn = None
+        conn = _Connection(self, sock, addr)
+        thread = conn.thread = threading.Thread(target=conn.run, name="mcpsync-http-conn",
+                                                daemon=True)
         with self._lock:
-            if not self._stopping and len(self._conns) < self.max_connections:
-                conn = _Connection(self, sock, addr)
-                conn.thread = threading.Thread(target=conn.run, name="mcpsync-http-conn",
-                                               daemon=True)
+            if len(self._retired) > 64:
+                self._retired = [t for t in self._retired if t.is_alive()]
+            admitted = not self._stopping and len(self._conns) < self.max_connections
+            if admitted:
                 self._conns.add(conn)
-        if conn is None:
-            _refuse(sock, self._stopping)
+        if admitted:
+            thread.start()
         else:
-            assert conn.thread is not None
-            conn.thread.start()
+            _refuse(sock, self._stopping)
 
     def start(self) -> ThreadedWSGIServer:
         """Serve in a background thread (``mcpsync-http-accept``); returns self."""
@@ -933,13 +941,14 @@ class ThreadedWSGIServer:
             if self._busy:
                 clean = False
                 log.warning("shutdown: %d request(s) still running at the deadline", self._busy)
-            conns = list(self._conns)
-            for conn in conns:  # stragglers, and idle ones that slipped in before _stopping
+            for conn in self._conns:  # stragglers, and idle ones that slipped in before _stopping
                 _shutdown_socket(conn.sock)
-        for conn in conns:
-            if conn.thread is not None and conn.thread.ident is not None:
-                conn.thread.join(max(deadline - time.monotonic(), 0.0))
-                clean = clean and not conn.thread.is_alive()
+            threads = [c.thread for c in self._conns if c.thread is not None] + self._retired
+        me = threading.current_thread()  # an app may call shutdown() from its request
+        for thread in threads:
+            if thread.ident is not None and thread is not me:  # started
+                thread.join(max(deadline - time.monotonic(), 0.0))
+                clean = clean and not thread.is_alive()
         with self._lock:
             self._result = clean
         return clean
