@@ -49,6 +49,11 @@ def make_server() -> tuple[Server, dict[str, Any]]:
         ctx.conn.subscribe(f"marker://{value}", True)
         return value
 
+    @srv.tool()
+    def infinite() -> dict[str, float]:
+        """A result that is not valid JSON (infinity): our bug, answered as -32603."""
+        return {"x": float("inf")}
+
     return srv, gates
 
 
@@ -152,6 +157,16 @@ def test_wrong_method_path_content_type_and_body(env: Any) -> None:
     other = HttpMcp(url.replace("/mcp", "/elsewhere"))
     with other:
         assert other.post(rpc(1, "ping"), session=False).status == 404
+
+
+def test_unencodable_result_becomes_internal_error_not_a_hang(env: Any) -> None:
+    url, _, _ = env
+    with HttpMcp(url) as c:
+        c.initialize()
+        reply = c.post(rpc(5, "tools/call", {"name": "infinite"}))
+        assert reply.status == 200
+        assert reply.json() == {"jsonrpc": "2.0", "id": 5, "error": {"code": -32603, "message": "Internal error"}}
+        assert c.call("ping") == {}
 
 
 def test_accept_leniency(env: Any) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any, Iterator
 
-from ..protocol import jsonrpc
+from ..protocol.dispatch import encode_outgoing
 
 SSE_RETRY_MS = 1000          # what clients wait before reconnecting a closed stream
 SSE_KEEPALIVE_S = 15.0       # comment line on an idle stream (detects dead clients too)
@@ -86,7 +86,7 @@ class SessionStreams:
 
     def append(self, log: StreamLog, msg: Any, *, final: bool = False) -> bytes:
         """Log one message on ``log``; returns its SSE bytes for the live writer."""
-        data = jsonrpc.encode(msg)
+        data = encode_outgoing(msg) or b"null"  # None only for a notification we could not encode
         with self._cond:
             n = log.next_n
             log.next_n += 1
@@ -126,7 +126,9 @@ class SessionStreams:
 
     def push(self, msg: Any) -> None:
         """Queue a message on the standalone stream (the session's ``send``)."""
-        self.push_encoded(jsonrpc.encode(msg))
+        data = encode_outgoing(msg)
+        if data is not None:
+            self.push_encoded(data)
 
     def push_encoded(self, data: bytes) -> None:
         """Queue one already encoded message on the standalone stream."""

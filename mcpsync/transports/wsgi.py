@@ -37,6 +37,7 @@ from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
 from ..connection import ServerConnection
 from ..protocol import jsonrpc, modern, versions
+from ..protocol.dispatch import encode_outgoing
 from ..server import Server
 from ..sessions import Session
 from . import legacy_sse, sse
@@ -303,7 +304,7 @@ class McpWsgiApp:
             headers = []
         else:
             headers = [(SESSION_HEADER, session.id)]
-        body = jsonrpc.encode(reply)
+        body = encode_outgoing(reply) or b""
         start_response("200 OK", [_JSON, ("Content-Length", str(len(body))), *headers,
                                   *environ["mcpsync.cors"]])
         return [body]
@@ -371,7 +372,7 @@ def _principal_key(principal: Any) -> str | None:
 
 def _json_reply(start_response: StartResponse, status: int, reply: Any,
                 extra: list[tuple[str, str]]) -> list[bytes]:
-    body = jsonrpc.encode(reply)
+    body = encode_outgoing(reply) or b""
     start_response(_STATUS.get(status, f"{status} Error"),
                    [_JSON, ("Content-Length", str(len(body))), *extra])
     return [body]
@@ -480,7 +481,7 @@ class PostResponse:
                     self._start_response("202 Accepted", [("Content-Length", "0"),
                                                           *self._environ["mcpsync.cors"]])
                     return []
-                body = jsonrpc.encode(reply)
+                body = encode_outgoing(reply) or b""
                 self._start_response("200 OK", [_JSON, ("Content-Length", str(len(body))),
                                                 *self._environ["mcpsync.cors"]])
                 return [body]
@@ -527,7 +528,10 @@ class StatelessResponse:
     def __call__(self, msg: dict[str, Any]) -> None:
         if not self._can_sse:
             return  # a JSON-only client gets the reply alone
-        data = b"event: message\ndata: " + jsonrpc.encode(msg) + b"\n\n"
+        encoded = encode_outgoing(msg)
+        if encoded is None:
+            return
+        data = b"event: message\ndata: " + encoded + b"\n\n"
         with self._lock:
             self._emit(data)
 
@@ -546,5 +550,5 @@ class StatelessResponse:
                 status = modern.http_status(reply["error"]) if "error" in reply else 200
                 return _json_reply(self._start_response, status, reply, self._cors)
             if reply is not None:
-                self._emit(b"event: message\ndata: " + jsonrpc.encode(reply) + b"\n\n")
+                self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
             return []
