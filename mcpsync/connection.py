@@ -561,7 +561,7 @@ class ServerConnection:
     def handle_response(self, msg: dict[str, Any], kind: str) -> None:
         rid = msg.get("id")
         with self._lock:
-            pending = self._pending.pop(rid, None) if jsonrpc.is_valid_id(rid) else None
+            pending = self._pending.pop(rid, None) if type(rid) is int else None
         if pending is None:
             log.debug("response to an unknown request id %r ignored", rid)
             return

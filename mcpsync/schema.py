@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Union, get_args, get_origin
 try:  # Python 3.11+: typing.is_typeddict
     from typing import is_typeddict
 except ImportError:  # pragma: no cover - 3.10
-    from typing_extensions import is_typeddict  # type: ignore[no-redef]
+    from typing_extensions import is_typeddict
 
 Schema = dict[str, Any]
 

@@ -847,7 +847,7 @@ class Server:
             raise InvalidParams(f"Invalid params: unknown prompt {target!r}")
         if kind not in ("ref/prompt", "ref/resource"):
             raise InvalidParams(f"Invalid params: unknown reference type {kind!r}")
-        completer = self._registry.completers.get((kind, target, argument.get("name")))
+        completer = self._registry.completers.get((str(kind), str(target), str(argument.get("name"))))
         values: list[str] = []
         if completer is not None:
             context = params.get("context") or {}

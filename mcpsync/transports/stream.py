@@ -143,8 +143,12 @@ class MessageStreamSession:
         self.conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         deadline = threading.Event()
-        joiner = threading.Thread(target=lambda: (self._pool.shutdown(wait=True), deadline.set()),
-                                  name="mcpsync-stream-closer", daemon=True)
+
+        def join_workers() -> None:
+            self._pool.shutdown(wait=True)
+            deadline.set()
+
+        joiner = threading.Thread(target=join_workers, name="mcpsync-stream-closer", daemon=True)
         joiner.start()
         if not deadline.wait(timeout):
             log.warning("%d call(s) still running after close; their replies are dropped",

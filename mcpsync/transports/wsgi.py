@@ -274,14 +274,15 @@ class McpWsgiApp:
             return []  # notifications/cancelled is stdio-only here: closing the stream cancels
         try:
             jsonrpc.classify(value)
-            params = value.get("params") if type(value.get("params")) is dict else {}
+            raw_params = value.get("params")
+            params: dict[str, Any] = raw_params if type(raw_params) is dict else {}
             tool = None
             if value.get("method") == "tools/call" and isinstance(params.get("name"), str):
                 tool = self.server.registry.tools.get(params["name"])
             modern.check_headers(_mcp_headers(environ), value, tool.input_schema if tool else None)
         except McpError as exc:
-            reply = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
-            return _json_reply(start_response, modern.http_status(exc), reply, cors)
+            refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
+            return _json_reply(start_response, modern.http_status(exc), refusal, cors)
         conn = ServerConnection(self.server)  # per request: no session, no broadcasts
         response = StatelessResponse(start_response, cors, can_sse,
                                      cancel=lambda: conn.cancel(value["id"], "stream closed"))
