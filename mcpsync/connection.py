@@ -524,6 +524,10 @@ class ServerConnection:
         with self._lock:
             if self.closed:
                 raise ConnectionClosed("the session is closed")
+            if self.phase != lifecycle.READY and method != "ping":
+                # Lifecycle: no server requests but ping before notifications/initialized.
+                raise InvalidRequest(f"cannot send {method} before the client sent "
+                                     "notifications/initialized")
             rid = next(self._ids)
             pending = PendingRequest(rid, method, call)
             self._pending[rid] = pending

@@ -487,3 +487,24 @@ def test_cancel_of_a_request_still_queued_for_a_worker() -> None:
         wire.close()
     assert ran == []
     assert not any(m.get("id") == 2 for m in wire.out)
+
+
+def test_no_server_requests_before_initialized() -> None:
+    """L-07: between the initialize response and notifications/initialized the server sends
+    no request but ping; a tool that asks for sampling then gets an error result."""
+    from mcpsync import Context, Server
+    from memclient import MemClient
+
+    srv = Server("l07")
+
+    @srv.tool()
+    def ask(ctx: Context) -> str:
+        """Asks the client's model."""
+        return str(ctx.sample("hi"))
+
+    client = MemClient(srv)
+    client.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
+                               "clientInfo": {"name": "t", "version": "1"}})
+    result = client.call("tools/call", {"name": "ask"})
+    assert result["isError"] is True and "notifications/initialized" in result["content"][0]["text"]
+    assert not [m for m in client.received if m.get("method") == "sampling/createMessage"]
