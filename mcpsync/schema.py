@@ -278,6 +278,52 @@ def _validate(schema: Schema, value: Any, path: str, out: list[str]) -> None:
                 _validate(extra, item, f"{path}.{key}", out)
 
 
+_SIMPLE_KEYS = frozenset({"type", "description", "title", "default"})
+_PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                          "boolean": (bool,)}
+
+
+def compile_validator(schema: Schema) -> Callable[[Any], list[str]]:
+    """A validator for ``schema`` specialised for the common tool shape (an object of
+    primitive-typed properties): one pass of exact type checks, falling back to ``validate``
+    (for the precise messages) as soon as anything is off. Other schemas get ``validate``."""
+    def slow(value: Any) -> list[str]:
+        return validate(schema, value)
+
+    props = schema.get("properties") or {}
+    if schema.get("type") != "object" or set(schema) - {"type", "properties", "required",
+                                                          "description", "title"}:
+        return slow
+    types: dict[str, tuple[type, ...]] = {}
+    for name, prop in props.items():
+        kind = prop.get("type") if isinstance(prop, dict) else None
+        if not isinstance(kind, str) or kind not in _PY_TYPES or set(prop) - _SIMPLE_KEYS:
+            return slow
+        types[name] = _PY_TYPES[kind]
+    required = tuple(schema.get("required") or ())
+
+    def fast(value: Any) -> list[str]:
+        if type(value) is not dict:
+            return slow(value)
+        for key in required:
+            if key not in value:
+                return slow(value)
+        for key, item in value.items():
+            allowed = types.get(key)
+            if allowed is not None and (type(item) not in allowed):
+                return slow(value)  # (bool is not int here: type(), not isinstance())
+        return []
+    return fast
+
+
+def compile_converter(hint: Any) -> Callable[[Any], Any] | None:
+    """``convert`` for one hint, or None where validated JSON needs no conversion."""
+    base = get_args(hint)[0] if get_origin(hint) is typing.Annotated else hint
+    if base in (str, bool, Any, inspect.Parameter.empty, type(None)):
+        return None
+    return lambda value: convert(hint, value)
+
+
 # ---- conversion ---------------------------------------------------------------------------
 
 def convert(hint: Any, value: Any) -> Any:

@@ -42,7 +42,7 @@ from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
 from .protocol.modern import (META_SUBSCRIPTION, InputRequired, StateSealer, all_supported,
                               params_digest)
-from .schema import (convert, is_structured, schema_for, signature_schema, to_jsonable,
+from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex
 
@@ -79,6 +79,13 @@ class ToolDef:
     meta: dict[str, Any] | None = None
     execution: dict[str, Any] | None = None
     var_keyword: bool = False      # the function takes **kwargs: pass every argument through
+    # Derived once (hot path): a specialised argument validator and per-argument converters.
+    check: Callable[[Any], list[str]] = field(init=False, repr=False)
+    converters: dict[str, Callable[[Any], Any] | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.check = compile_validator(self.input_schema)
+        self.converters = {name: compile_converter(hint) for name, hint in self.arg_hints.items()}
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "description": self.description,
@@ -667,14 +674,20 @@ class Server:
         if not isinstance(args, dict):
             problems = ["arguments must be an object"]
         else:
-            problems = validate(tool.input_schema, args)
+            problems = tool.check(args)
         if problems:
             message = f"Invalid arguments for tool {tool.name}: " + "; ".join(problems[:5])
             if feats.tool_input_errors_as_results:
                 return {"content": [{"type": "text", "text": message}], "isError": True}
             raise InvalidParams(message)
-        kwargs = {k: convert(tool.arg_hints.get(k, Any), v) for k, v in args.items()
-                  if tool.var_keyword or k in tool.arg_hints}
+        converters = tool.converters
+        kwargs = {}
+        for k, v in args.items():
+            if k in converters:
+                conv = converters[k]
+                kwargs[k] = v if conv is None else conv(v)
+            elif tool.var_keyword:
+                kwargs[k] = v
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:

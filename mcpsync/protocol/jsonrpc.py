@@ -29,7 +29,6 @@ ERROR = "error"
 
 JSONRPC = "2.0"
 
-_decoder = json.JSONDecoder()
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -43,7 +42,7 @@ def decode(data: bytes | str) -> Any:
     else:
         text = data
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _decoder.decode(text)
     except (ValueError, RecursionError):
         raise ParseError("Parse error: invalid JSON") from None
 
@@ -52,6 +51,9 @@ def _reject_constant(name: str) -> Any:
     # json.loads accepts NaN, Infinity and -Infinity, which are not JSON (RFC 8259), and which
     # we could not encode again (allow_nan=False).
     raise ValueError(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)  # stateless: shared by all threads
 
 
 def encode(msg: Any) -> bytes:
