@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
 from . import __version__
+from .auth import StaticTokenVerifier
 from .errors import ConfigError
 from .server import Server
 from .target import load_target
@@ -46,6 +48,9 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
                    help="HTTP front end: mcpsync's keep-alive threaded server (default) or werkzeug's dev server")
     p.add_argument("--log-level", default=d("INFO"), help="logging level for stderr (default INFO)")
+    p.add_argument("--auth-tokens", default=d(None), metavar="SPEC",
+                   help="require bearer tokens on the HTTP endpoints: 'token1:alice,token2:bob' "
+                        "(default: $MCPSYNC_AUTH_TOKENS, else no auth)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("hub: the hub is not built yet")
     server = _server_for(args)
     try:
+        spec = args.auth_tokens or os.environ.get("MCPSYNC_AUTH_TOKENS")
+        verifier = StaticTokenVerifier.from_spec(spec) if spec else None
         return serve(server, host=args.host, port=args.port, stdio=args.stdio,
-                     server_kind=args.server)
+                     server_kind=args.server, auth=verifier)
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 

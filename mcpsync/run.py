@@ -16,6 +16,7 @@ import threading
 from typing import Any, Iterable
 
 from .app import McpApp
+from .auth import AuthMiddleware, TokenVerifier
 from .server import Server
 from .transports.serve import make_server
 from .transports.stdio import serve_stdio
@@ -37,6 +38,8 @@ def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           stdio: bool = False, server_kind: str = "threaded",
           allowed_hosts: Iterable[str] | None = None,
+          auth: TokenVerifier | None = None, authorization_servers: Iterable[str] = (),
+          public_url: str | None = None,
           ready: threading.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status."""
     if stdio:
@@ -46,9 +49,16 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if allowed_hosts is None and host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
         hosts.add(host.lower())
     wsgi = build_wsgi_app(server, allowed_hosts=hosts)
-    front = make_server(wsgi, host, port, kind=server_kind)
+    app: Any = wsgi
+    guard: AuthMiddleware | None = None
+    if auth is not None:  # bearer tokens on /mcp, /ws, /sse (stdio never takes HTTP auth)
+        guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
+                                     authorization_servers=authorization_servers)
+    front = make_server(app, host, port, kind=server_kind)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{front.port}{wsgi.path}"
+    if guard is not None and public_url is None:
+        guard.set_resource_url(url)
     base = f"{shown}:{front.port}"
     print(f"mcpsync: serving {server.name!r} over Streamable HTTP at {url}\n"
           f"mcpsync: WebSocket (subprotocol mcp) at ws://{base}/ws\n"

@@ -114,7 +114,8 @@ class McpWsgiApp:
         self.allowed_origins = (frozenset(h.lower() for h in allowed_origins)
                                 if allowed_origins is not None else self.allowed_hosts)
         self.max_body_bytes = max_body_bytes
-        self.principal = principal or (lambda environ: None)
+        # Default: the subject an AuthMiddleware in front of us verified (None without auth).
+        self.principal = principal or (lambda environ: environ.get("mcpsync.principal"))
         self.sse_retry_ms = sse_retry_ms
         self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             path: self._mcp}
