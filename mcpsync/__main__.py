@@ -48,6 +48,8 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
                    help="HTTP front end: mcpsync's keep-alive threaded server (default) or werkzeug's dev server")
     p.add_argument("--log-level", default=d("INFO"), help="logging level for stderr (default INFO)")
+    p.add_argument("--access-log", action="store_true", default=d(False),
+                   help="log one line per request (session, method, outcome, duration) to stderr")
     p.add_argument("--auth-tokens", default=d(None), metavar="SPEC",
                    help="require bearer tokens on the HTTP endpoints: 'token1:alice,token2:bob' "
                         "(default: $MCPSYNC_AUTH_TOKENS, else no auth)")
@@ -99,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mcpsync.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
     try:
         return run(args)
     except UsageError as exc:

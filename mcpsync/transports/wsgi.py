@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ..app import McpApp
+from ..metrics import Metrics
 from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
 from ..connection import ServerConnection
@@ -44,12 +46,15 @@ from . import legacy_sse, sse
 from .websocket import WS_PATH, serve_websocket
 
 log = logging.getLogger("mcpsync.http")
+access_log = logging.getLogger("mcpsync.access")  # one line per request at INFO
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], Any]]
 
 MCP_PATH = "/mcp"
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_INFLIGHT = 512               # requests served at once; past it 503 + Retry-After
+MAX_INFLIGHT_PER_SESSION = 64    # the same, per session
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 SESSION_HEADER = "Mcp-Session-Id"
 CORS_ALLOW_HEADERS = ("Content-Type, Accept, Authorization, Mcp-Session-Id, "
@@ -106,7 +111,9 @@ class McpWsgiApp:
                  sse_retry_ms: int = sse.SSE_RETRY_MS,
                  websocket_path: str | None = WS_PATH,
                  legacy_sse_path: str | None = legacy_sse.SSE_PATH,
-                 legacy_messages_path: str = legacy_sse.MESSAGES_PATH) -> None:
+                 legacy_messages_path: str = legacy_sse.MESSAGES_PATH,
+                 max_inflight: int = MAX_INFLIGHT, max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION,
+                 observability: bool = True) -> None:
         self.app = target if isinstance(target, McpApp) else McpApp(target)
         self.server = self.app.server
         self.path = path
@@ -126,10 +133,22 @@ class McpWsgiApp:
         if websocket_path:
             self.routes[websocket_path] = lambda environ, start_response: serve_websocket(
                 self.app, environ, start_response, principal=self.principal(environ))
+        self.max_inflight = max_inflight
+        self.max_inflight_per_session = max_inflight_per_session
+        # Guards _inflight_total and every session's data["inflight"]; a few integer updates.
+        self._inflight_lock = threading.Lock()
+        self._inflight_total = 0
+        self.draining = False
+        self.metrics = Metrics()
+        if observability:
+            self.routes.update({"/healthz": self._health, "/readyz": self._ready,
+                                "/metrics": self._metrics})
+            self._register_gauges()
 
     def end_streams(self) -> None:
         """End every session's SSE streams and every subscriptions/listen stream (shutdown:
-        long-lived responses must not hold it up)."""
+        long-lived responses must not hold it up); /readyz answers 503 from now on."""
+        self.draining = True
         self.server.end_listeners()
         for session in self.app.store.snapshot():
             streams = session.data.get("streams")
@@ -252,9 +271,82 @@ class McpWsgiApp:
                 raise HttpError(400, err["error"]["message"], err["error"]["code"])
             start_response("202 Accepted", [("Content-Length", "0"), *environ["mcpsync.cors"]])
             return []
-        response = PostResponse(self, session, start_response, environ, can_sse)
-        reply = conn.receive(value, response)
+        self._admit(session)
+        started = time.perf_counter()
+        try:
+            response = PostResponse(self, session, start_response, environ, can_sse)
+            reply = conn.receive(value, response)
+        finally:
+            self._release(session)
+        self._record("http", value, reply, started, session.id)
         return response.finish(reply)
+
+    # ---- limits and observability -------------------------------------------------------------
+
+    def _admit(self, session: Session | None) -> None:
+        """Count a request in flight, or refuse it with 503 past the limits (instead of
+        letting threads pile up)."""
+        with self._inflight_lock:
+            if self._inflight_total >= self.max_inflight:
+                raise HttpError(503, "Service Unavailable: too many requests in flight",
+                                headers=[("Retry-After", "1")])
+            if session is not None:
+                mine = session.data.get("inflight", 0)
+                if mine >= self.max_inflight_per_session:
+                    raise HttpError(503, "Service Unavailable: too many requests in flight "
+                                    "for this session", headers=[("Retry-After", "1")])
+                session.data["inflight"] = mine + 1
+            self._inflight_total += 1
+
+    def _release(self, session: Session | None) -> None:
+        with self._inflight_lock:
+            self._inflight_total -= 1
+            if session is not None:
+                session.data["inflight"] -= 1
+
+    def _record(self, transport: str, value: Any, reply: Any, started: float,
+                session_id: str | None) -> None:
+        elapsed = time.perf_counter() - started
+        method = value.get("method", "?") if type(value) is dict else "batch"
+        outcome = "cancelled" if reply is None else (
+            "error" if type(reply) is dict and "error" in reply else "ok")
+        self.metrics.observe(transport, str(method), outcome, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("session=%s method=%s outcome=%s duration_ms=%.2f",
+                            (session_id or "-")[:8], method, outcome, elapsed * 1000)
+
+    def _health(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        return _json_reply(start_response, 200, {"status": "ok"}, [])
+
+    def _ready(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.draining:
+            return _json_reply(start_response, 503, {"status": "draining"}, [("Retry-After", "5")])
+        return _json_reply(start_response, 200, {"status": "ready"}, [])
+
+    def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = self.metrics.render().encode()
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+        m.gauge("mcpsync_sessions", "Live sessions.", lambda: [({}, len(self.app.store))])
+        m.gauge("mcpsync_inflight_requests", "HTTP requests being served.",
+                lambda: [({}, self._inflight_total)])
+        m.gauge("mcpsync_streams", "Open SSE GET streams (standalone and legacy).",
+                lambda: [({}, sum(1 for s in self.app.store.snapshot()
+                                  if s.data.get("streams") is not None
+                                  and s.data["streams"].standalone.attached))])
+
+        def mutex_stats() -> list[tuple[dict[str, str], float]]:
+            st = self.server._registry_mutex.stats()
+            return [({"mutex": "registry", "stat": "queue_depth"}, st.queue_depth),
+                    ({"mutex": "registry", "stat": "acquisitions"}, st.acquisitions),
+                    ({"mutex": "registry", "stat": "contended"}, st.contended),
+                    ({"mutex": "registry", "stat": "total_wait_seconds"}, st.total_wait_s),
+                    ({"mutex": "registry", "stat": "max_wait_seconds"}, st.max_wait_s)]
+        m.gauge("mcpsync_mutex", "FIFOMutex counters (waits in seconds).", mutex_stats)
 
     def _post_modern(self, environ: Environ, start_response: StartResponse, value: Any,
                      can_sse: bool) -> Iterable[bytes]:
@@ -287,7 +379,13 @@ class McpWsgiApp:
         conn = ServerConnection(self.server)  # per request: no session, no broadcasts
         response = StatelessResponse(start_response, cors, can_sse,
                                      cancel=lambda: conn.cancel(value["id"], "stream closed"))
-        reply = conn.handle_modern(value, response, principal=_principal_key(self.principal(environ)))
+        self._admit(None)
+        started = time.perf_counter()
+        try:
+            reply = conn.handle_modern(value, response, principal=_principal_key(self.principal(environ)))
+        finally:
+            self._release(None)
+        self._record("http-stateless", value, reply, started, None)
         return response.finish(reply)
 
     def _initialize(self, environ: Environ, start_response: StartResponse,

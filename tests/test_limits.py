@@ -1,0 +1,152 @@
+"""Limits, health and metrics endpoints, and graceful shutdown, over real HTTP."""
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from httpclient import HttpMcp
+from httpserver import serving
+
+from mcpsync import Context, Server
+from mcpsync.app import McpApp
+from mcpsync.transports.wsgi import McpWsgiApp
+
+WAIT_S = 10.0
+
+
+def blocking_server() -> tuple[Server, threading.Event, threading.Semaphore]:
+    srv = Server("limits")
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    @srv.tool()
+    def hold(ctx: Context) -> str:
+        """Blocks until the test releases it."""
+        entered.release()
+        release.wait(WAIT_S)
+        return "done"
+
+    @srv.tool()
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    return srv, release, entered
+
+
+def test_body_too_large_is_413() -> None:
+    srv, release, _ = blocking_server()
+    with serving(McpWsgiApp(McpApp(srv), max_body_bytes=1000)) as base, HttpMcp(f"{base}/mcp") as c:
+        reply = c.post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"pad": "x" * 2000}},
+                       session=False)
+        assert reply.status == 413
+
+
+def test_inflight_limits_answer_503_with_retry_after() -> None:
+    srv, release, entered = blocking_server()
+    app = McpWsgiApp(McpApp(srv), max_inflight_per_session=2, max_inflight=3)
+    with serving(app) as base:
+        with HttpMcp(f"{base}/mcp") as c, HttpMcp(f"{base}/mcp") as other:
+            c.initialize()
+            other.initialize()
+            sid, version = c.session_id, c.version
+
+            def hold(i: int) -> int:
+                with HttpMcp(f"{base}/mcp") as k:
+                    k.session_id, k.version = sid, version
+                    return k.post({"jsonrpc": "2.0", "id": 100 + i, "method": "tools/call",
+                                   "params": {"name": "hold"}}).status
+
+            with ThreadPoolExecutor(2) as pool:
+                futures = [pool.submit(hold, i) for i in range(2)]
+                for _ in range(2):
+                    assert entered.acquire(timeout=WAIT_S)
+                busy = c.post({"jsonrpc": "2.0", "id": 9, "method": "ping"})
+                assert busy.status == 503 and busy.headers["retry-after"] == "1"
+                assert other.call("ping") == {}  # another session still has room (3 total)
+                release.set()
+                assert [f.result(WAIT_S) for f in futures] == [200, 200]
+            assert c.call("ping") == {}  # the counters came back down
+    assert app._inflight_total == 0
+
+
+def test_session_limit_is_503() -> None:
+    srv, _, _ = blocking_server()
+    with serving(McpWsgiApp(McpApp(srv, max_sessions=2))) as base:
+        clients = [HttpMcp(f"{base}/mcp") for _ in range(3)]
+        try:
+            clients[0].initialize()
+            clients[1].initialize()
+            reply = clients[2].post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}},
+                session=False)
+            assert reply.status == 503 and "retry-after" in reply.headers
+            assert clients[0].delete().status == 200
+            clients[2].initialize()  # room again
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_health_ready_and_metrics() -> None:
+    srv, _, _ = blocking_server()
+    app = McpWsgiApp(McpApp(srv))
+    with serving(app) as base:
+        with HttpMcp(f"{base}/mcp") as c:
+            c.initialize()
+            c.call("tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        with HttpMcp(f"{base}/healthz") as h:
+            assert h.request("GET", session=False).json() == {"status": "ok"}
+        with HttpMcp(f"{base}/metrics") as m:
+            text = m.request("GET", session=False).body.decode()
+        assert 'mcpsync_requests_total{method="tools/call",outcome="ok",transport="http"} 1' in text
+        assert 'mcpsync_request_duration_seconds_count{method="tools/call",transport="http"} 1' in text
+        assert "mcpsync_sessions 1" in text
+        assert 'mcpsync_mutex{mutex="registry",stat="queue_depth"} 0' in text
+        with HttpMcp(f"{base}/readyz") as r:
+            assert r.request("GET", session=False).status == 200
+            app.end_streams()  # what shutdown does first
+            assert r.request("GET", session=False).status == 503
+
+
+def test_graceful_shutdown_lets_inflight_calls_finish() -> None:
+    """SIGTERM with a call in flight: the call completes, new connections are refused, the
+    process exits 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        url = re.search(r"(http://127\.0\.0\.1:(\d+)/mcp)", proc.stderr.readline())
+        assert url is not None
+        base, port = url.group(1), int(url.group(2))
+        with HttpMcp(base) as c:
+            c.initialize()
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(c.call, "tools/call", {"name": "sleep_ms", "arguments": {"ms": 1500}})
+                deadline = time.monotonic() + WAIT_S
+                with HttpMcp(base.replace("/mcp", "/metrics")) as m:  # wait until it is in flight
+                    while "mcpsync_inflight_requests 1" not in m.request("GET", session=False).body.decode():
+                        assert time.monotonic() < deadline
+                proc.send_signal(signal.SIGTERM)
+                result = slow.result(WAIT_S)
+                assert result["content"][0]["text"] == "slept 1500 ms"
+        assert proc.wait(WAIT_S) == 0
+        refused = socket.socket()
+        try:
+            assert refused.connect_ex(("127.0.0.1", port)) != 0
+        finally:
+            refused.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT_S)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
