@@ -82,7 +82,7 @@ class Context:
     __slots__ = ("conn", "request_id", "method", "params", "meta", "sink", "_cancelled",
                  "_cancel_event", "_last_progress", "_pending_ids", "_finished", "version",
                  "client_capabilities", "log_level", "extra", "modern", "input_responses",
-                 "_input_n", "principal")
+                 "_input_n", "principal", "_stopped")
 
     def __init__(self, conn: "ServerConnection", request_id: Any, method: str,
                  params: dict[str, Any], sink: Sink) -> None:
@@ -94,6 +94,7 @@ class Context:
         self.meta: dict[str, Any] = meta if type(meta) is dict else {}
         self.sink = sink
         self._cancelled = False
+        self._stopped = False  # told to stop by the server (a time limit); the reply still goes
         self._finished = False  # set once the request's response is decided; progress stops
         self._cancel_event: threading.Event | None = None
         self._last_progress: float | None = None
@@ -129,11 +130,12 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        """True once the client cancelled the request or the server stopped it (time limit)."""
+        return self._cancelled or self._stopped
 
     def check_cancelled(self) -> None:
-        """Raise ``Cancelled`` if the client cancelled this request (tools call this in loops)."""
-        if self._cancelled:
+        """Raise ``Cancelled`` if the request was cancelled (tools call this in loops)."""
+        if self._cancelled or self._stopped:
             raise Cancelled()
 
     def wait_cancelled(self, timeout: float | None) -> bool:
@@ -496,6 +498,16 @@ class ServerConnection:
             pass  # progress on our own outgoing requests: accepted, nothing to do with it
         else:
             self.server.dispatcher.notify(msg, self)
+
+    def cancel_call(self, ctx: Context) -> None:
+        """Mark ``ctx`` cancelled so a cooperative tool stops, without suppressing the reply
+        that the caller is about to send (a per-call timeout answers with an error result)."""
+        with self._lock:
+            ctx._stopped = True
+            if ctx._cancel_event is None:
+                ctx._cancel_event = threading.Event()
+            event = ctx._cancel_event
+        event.set()
 
     def cancel(self, request_id: Any, reason: Any = None) -> bool:
         """Cancel the in-flight request ``request_id`` (no response will be sent for it).

@@ -52,6 +52,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 PAGE_SIZE = 100
+MAX_TIMED_OUT_CALLS = 64       # tool threads still running past their limit before refusing
 MAX_COMPLETION_VALUES = 100
 
 # Fields of a Tool object by revision (older clients get only what their schema knows).
@@ -251,8 +252,17 @@ class Server:
     def __init__(self, name: str, version: str = "0.1.0", *, title: str | None = None,
                  description: str | None = None, instructions: str | None = None,
                  website_url: str | None = None, icons: list[dict[str, Any]] | None = None,
-                 page_size: int = PAGE_SIZE) -> None:
+                 page_size: int = PAGE_SIZE, tool_timeout_s: float | None = None,
+                 max_timed_out_calls: int = MAX_TIMED_OUT_CALLS) -> None:
         self.name = name
+        # Per-call limit: a tool still running after this many seconds gets its call answered
+        # with an error result and its Context cancelled; its thread is counted in
+        # _overrun until the function returns, and past max_timed_out_calls new calls are
+        # refused rather than letting abandoned threads pile up.
+        self.tool_timeout_s = tool_timeout_s
+        self.max_timed_out_calls = max_timed_out_calls
+        self._overrun_lock = threading.Lock()  # guards _overrun
+        self._overrun = 0
         self.version = version
         self.title = title
         self.description = description
@@ -691,7 +701,8 @@ class Server:
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:
-            value = tool.fn(**kwargs)
+            value = (tool.fn(**kwargs) if self.tool_timeout_s is None
+                     else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
             raise  # the stateless era's multi round-trip: the driver answers input_required
         except (Cancelled, McpError) as exc:
@@ -709,6 +720,40 @@ class Server:
         result = self._tool_result(tool, value, feats)
         result["content"] = _for_revision(result["content"], feats)
         return result
+
+    def _call_with_timeout(self, tool: ToolDef, kwargs: dict[str, Any], ctx: Context) -> Any:
+        """Run the tool on its own thread and wait at most ``tool_timeout_s`` for it."""
+        with self._overrun_lock:
+            if self._overrun >= self.max_timed_out_calls:
+                raise ToolError(f"Tool {tool.name} refused: {self._overrun} earlier calls are "
+                                "still running past their time limit")
+        outcome: dict[str, Any] = {}
+        done = threading.Event()  # set by the runner thread when the tool returned or raised
+
+        def runner() -> None:
+            try:
+                outcome["value"] = tool.fn(**kwargs)
+            except BaseException as exc:  # handed to the waiting thread, re-raised there
+                outcome["error"] = exc
+            finally:
+                with self._overrun_lock:
+                    if outcome.get("abandoned"):
+                        self._overrun -= 1
+                    outcome["finished"] = True
+                done.set()
+
+        threading.Thread(target=runner, name=f"mcpsync-tool-{tool.name}"[:60], daemon=True).start()
+        if not done.wait(self.tool_timeout_s):
+            with self._overrun_lock:
+                if not outcome.get("finished"):
+                    outcome["abandoned"] = True
+                    self._overrun += 1
+            if outcome.get("abandoned"):
+                ctx.conn.cancel_call(ctx)  # cooperative tools see ctx.cancelled and stop
+                raise ToolError(f"Tool {tool.name} timed out after {self.tool_timeout_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def _tool_result(self, tool: ToolDef, value: Any, feats: versions.Features) -> dict[str, Any]:
         if isinstance(value, content_mod.ToolResult):

@@ -150,3 +150,41 @@ def test_graceful_shutdown_lets_inflight_calls_finish() -> None:
             proc.stderr.close()
 
 
+
+
+def test_per_call_tool_timeout_answers_and_accounts_for_the_thread() -> None:
+    from memclient import MemClient
+
+    srv = Server("timeouts", tool_timeout_s=0.2, max_timed_out_calls=1)
+    stubborn_release = threading.Event()
+    stopped = threading.Event()
+
+    @srv.tool()
+    def polite(ctx: Context) -> str:
+        """Waits, but stops when told to."""
+        if ctx.wait_cancelled(WAIT_S):
+            stopped.set()
+        return "late"
+
+    @srv.tool()
+    def stubborn() -> str:
+        """Ignores cancellation until the test releases it."""
+        stubborn_release.wait(WAIT_S)
+        return "late"
+
+    client = MemClient(srv)
+    client.initialize()
+    result = client.call("tools/call", {"name": "polite"})
+    assert result["isError"] is True and "timed out after 0.2 s" in result["content"][0]["text"]
+    assert stopped.wait(WAIT_S)  # the polite tool saw ctx.cancelled and stopped
+    deadline = time.monotonic() + WAIT_S
+    while srv._overrun:  # its thread leaves the overrun count once it returns
+        assert time.monotonic() < deadline
+    assert client.call("tools/call", {"name": "stubborn"})["isError"] is True
+    refused = client.call("tools/call", {"name": "stubborn"})
+    assert refused["isError"] is True and "still running past their time limit" in refused["content"][0]["text"]
+    stubborn_release.set()
+    deadline = time.monotonic() + WAIT_S
+    while srv._overrun:
+        assert time.monotonic() < deadline
+    assert "timed out" in client.call("tools/call", {"name": "polite"})["content"][0]["text"]
