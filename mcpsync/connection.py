@@ -45,6 +45,7 @@ Sink = Callable[[dict[str, Any]], None]
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _LEVEL_RANK = {name: i for i, name in enumerate(LOG_LEVELS)}
 CLIENT_REQUEST_TIMEOUT_S = 120.0
+MAX_BATCH = 100  # messages in one JSON-RPC batch (2025-03-26 sessions only)
 
 
 def _drop(_msg: dict[str, Any]) -> None:
@@ -347,6 +348,9 @@ class ServerConnection:
                 "Invalid Request: JSON-RPC batches are not supported in this protocol revision"))
         if not batch:
             return jsonrpc.error_response(None, InvalidRequest("Invalid Request: empty batch"))
+        if len(batch) > MAX_BATCH:
+            return jsonrpc.error_response(None, InvalidRequest(
+                f"Invalid Request: a batch may hold at most {MAX_BATCH} messages"))
         replies = []
         for msg in batch:
             if type(msg) is dict and msg.get("method") == "initialize":

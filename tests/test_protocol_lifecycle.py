@@ -508,3 +508,15 @@ def test_no_server_requests_before_initialized() -> None:
     result = client.call("tools/call", {"name": "ask"})
     assert result["isError"] is True and "notifications/initialized" in result["content"][0]["text"]
     assert not [m for m in client.received if m.get("method") == "sampling/createMessage"]
+
+
+def test_batch_size_is_limited() -> None:
+    from mcpsync import Server
+    from memclient import MemClient
+    from mcpsync.connection import MAX_BATCH
+
+    client = MemClient(Server("batch"))
+    client.initialize("2025-03-26")
+    reply = client.raw([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH + 1)])
+    assert reply["error"]["code"] == -32600 and str(MAX_BATCH) in reply["error"]["message"]
+    assert len(client.raw([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH)])) == MAX_BATCH
