@@ -6,20 +6,20 @@ Theory of operation
 it can take it straight back while others have been waiting for seconds. Writers to the
 registry must not starve, so this mutex hands the lock over explicitly:
 
-* One internal ``threading.Lock`` (the *state lock*) guards every field: the owner's thread
-  ident, the ``locked`` flag, the deque of waiters and the counters. It is only ever held
-  for a few bytecodes and never while waiting.
-* A thread that finds the mutex held (or, equivalently, finds waiters queued: see the
-  invariant below) appends a ``_Waiter`` record to the tail of the deque and blocks on the
-  record's own lock, which was acquired when the record was created. This one-shot signal is
-  the trick ``threading.Condition`` uses; it wakes exactly one chosen thread.
-* ``release()`` with waiters queued pops the head, makes it the owner, marks it ``granted``
-  and only then releases its signal. The mutex is never free in between, so a thread
-  arriving at that moment sees it held and queues behind everyone else: no barging.
+* Ownership is an inner ``threading.Lock`` (``_held``), held exactly while some thread
+  owns the mutex. A second lock, the *state lock*, guards the queue of waiters and every
+  hand-off; it is only ever held for a few bytecodes and never while waiting.
+* An uncontended ``acquire`` is one non-blocking acquire of ``_held``: no state lock, no
+  clock read. A thread that finds ``_held`` taken appends a ``_Waiter`` record to the tail
+  of the deque (under the state lock, after trying ``_held`` once more there) and blocks on
+  the record's own lock, which was acquired when the record was created. This one-shot
+  signal is the trick ``threading.Condition`` uses; it wakes exactly one chosen thread.
+* ``release()`` (under the state lock) frees ``_held`` only when nobody is queued. With
+  waiters queued it pops the head, makes it the owner, marks it ``granted`` and releases its
+  signal, leaving ``_held`` held: the mutex is never free in between, so a thread arriving
+  at that moment sees it taken and queues behind everyone else: no barging.
 
-Invariant (under the state lock): ``not locked`` implies the deque is empty. Hence the
-uncontended fast path is one check of ``locked``, and it costs one acquire/release of the
-state lock and no clock read.
+Invariant (under the state lock): ``_held`` free implies the deque is empty.
 
 A waiter that times out removes itself from the deque under the state lock, so it can never
 be granted afterwards. If the grant and the timeout race (``release()`` granted the record
@@ -77,15 +77,19 @@ class FIFOMutex:
     release. Use as a context manager or with ``acquire()``/``release()``.
     """
 
-    __slots__ = ("_state", "_locked", "_owner", "_waiters", "_acquisitions", "_contended",
+    __slots__ = ("_state", "_held", "_owner", "_waiters", "_acquisitions", "_contended",
                  "_timeouts", "_total_wait_s", "_max_wait_s")
 
     def __init__(self) -> None:
-        # The state lock: guards every attribute below. Taken briefly by acquire(), release(),
-        # stats() and by a waiter whose wait ended; never held while blocking on a signal.
+        # The state lock: guards the queue and the hand-off. Taken by release(), by a queued
+        # acquire, stats() and by a waiter whose wait ended; never held while blocking.
         self._state = threading.Lock()
-        self._locked = False
-        self._owner: int | None = None
+        # Ownership itself: held exactly while some thread owns the mutex. An uncontended
+        # acquire takes it without the state lock; release() frees it (under the state lock)
+        # only when nobody is queued, and otherwise leaves it held and hands ownership over,
+        # so it is free only while the queue is empty: a newcomer can never barge.
+        self._held = threading.Lock()
+        self._owner: int | None = None  # written only by the owner or by the hand-off
         self._waiters: deque[_Waiter] = deque()  # head = longest waiter = next owner
         self._acquisitions = 0
         self._contended = 0
@@ -102,23 +106,31 @@ class FIFOMutex:
         ``threading.Lock`` does) and ``RuntimeError`` if the calling thread already owns it.
         """
         if timeout is None:
+            if self._held.acquire(False):  # the common call, uncontended: nothing to check
+                self._owner = _get_ident()
+                self._acquisitions += 1
+                return True
             timeout = -1
         elif not blocking and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
         elif timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number, -1 or None")
         me = _get_ident()
+        if self._held.acquire(False):
+            # Fast path: free means nobody is queued, so taking it is fair. Counters are
+            # written by the owner only (or under the state lock during a hand-off).
+            self._owner = me
+            self._acquisitions += 1
+            return True
+        if self._owner == me:
+            raise RuntimeError("FIFOMutex is not reentrant")
+        if not blocking or timeout == 0:
+            return False
         with self._state:
-            if not self._locked:
-                # Fast path; the invariant says nobody is queued, so taking it is fair.
-                self._locked = True
+            if self._held.acquire(False):  # released meanwhile with nobody queued
                 self._owner = me
                 self._acquisitions += 1
                 return True
-            if self._owner == me:
-                raise RuntimeError("FIFOMutex is not reentrant")
-            if not blocking or timeout == 0:
-                return False
             waiter = _Waiter(me, _monotonic())
             self._waiters.append(waiter)
         try:
@@ -153,14 +165,14 @@ class FIFOMutex:
 
         Raises ``RuntimeError`` if the calling thread is not the owner.
         """
+        if self._owner != _get_ident():
+            if not self._held.locked():
+                raise RuntimeError("release of an unlocked FIFOMutex")
+            raise RuntimeError("FIFOMutex released by a thread that does not own it")
         with self._state:
-            if self._owner != _get_ident() or not self._locked:
-                if not self._locked:
-                    raise RuntimeError("release of an unlocked FIFOMutex")
-                raise RuntimeError("FIFOMutex released by a thread that does not own it")
-            if not self._waiters:  # fast path, inlined: no waiter, so simply unlock
-                self._locked = False
+            if not self._waiters:  # nobody queued: simply unlock
                 self._owner = None
+                self._held.release()
                 return
             self._release_locked()
 
@@ -178,12 +190,12 @@ class FIFOMutex:
                 self._max_wait_s = waited
             waiter.signal.release()
         else:
-            self._locked = False
             self._owner = None
+            self._held.release()
 
     def locked(self) -> bool:
         """True while some thread owns the mutex (a racy snapshot, as for ``threading.Lock``)."""
-        return self._locked
+        return self._held.locked()
 
     def stats(self) -> MutexStats:
         """A consistent snapshot of the counters and the current queue depth."""
@@ -205,5 +217,5 @@ class FIFOMutex:
 
     def __repr__(self) -> str:
         with self._state:
-            state = f"locked owner={self._owner}" if self._locked else "unlocked"
+            state = f"locked owner={self._owner}" if self._held.locked() else "unlocked"
             return f"<FIFOMutex {state} waiters={len(self._waiters)}>"
