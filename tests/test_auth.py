@@ -3,15 +3,13 @@ Metadata, audience and scope checks, sessions bound to their principal, introspe
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import parse_qs
 
 import pytest
+from cliserver import mcpsync_cli
 from httpclient import HttpMcp
 from httpserver import serving
 
@@ -160,17 +158,6 @@ def test_introspection_verifier_against_a_real_endpoint() -> None:
 
 
 def test_cli_auth_tokens() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--auth-tokens", "t1:alice",
-                             "--log-level", "WARNING"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
-    try:
-        assert proc.stderr is not None
-        url = re.search(r"(http://127\.0\.0\.1:\d+/mcp)", proc.stderr.readline()).group(1)  # type: ignore[union-attr]
-        with HttpMcp(url) as c:
-            assert c.post(INIT, session=False).status == 401
-            assert c.post(INIT, bearer("t1"), session=False).status == 200
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with mcpsync_cli("--auth-tokens", "t1:alice") as srv, HttpMcp(srv.url) as c:
+        assert c.post(INIT, session=False).status == 401
+        assert c.post(INIT, bearer("t1"), session=False).status == 200

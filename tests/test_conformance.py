@@ -10,32 +10,17 @@ import json
 import pathlib
 import re
 import subprocess
-import sys
 from typing import Iterator
 
 import pytest
+from cliserver import mcpsync_cli
 from jsdeps import NODE_MODULES, node22, node_env
-
-SERVER_START_TIMEOUT_S = 30
-
 
 @pytest.fixture(scope="module")
 def mcpsync_url() -> Iterator[str]:
-    """`python -m mcpsync --port 0` as a subprocess; its URL is read from its stderr banner."""
-    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/mcp)", line)
-        assert match, f"no URL in the banner: {line!r}"
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(SERVER_START_TIMEOUT_S)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    assert proc.returncode == 0, "the server did not shut down cleanly on SIGTERM"
+    """`python -m mcpsync` as a subprocess; it must shut down cleanly on SIGTERM."""
+    with mcpsync_cli() as srv:
+        yield srv.url
 
 
 def run_suite(package: str, url: str, out_dir: pathlib.Path, *extra: str) -> tuple[str, list[dict]]:

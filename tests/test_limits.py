@@ -1,15 +1,13 @@
 """Limits, health and metrics endpoints, and graceful shutdown, over real HTTP."""
 from __future__ import annotations
 
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from cliserver import mcpsync_cli
 from httpclient import HttpMcp
 from httpserver import serving
 
@@ -118,13 +116,8 @@ def test_health_ready_and_metrics() -> None:
 def test_graceful_shutdown_lets_inflight_calls_finish() -> None:
     """SIGTERM with a call in flight: the call completes, new connections are refused, the
     process exits 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stderr is not None
-        url = re.search(r"(http://127\.0\.0\.1:(\d+)/mcp)", proc.stderr.readline())
-        assert url is not None
-        base, port = url.group(1), int(url.group(2))
+    with mcpsync_cli(require_clean_exit=False) as srv:
+        base, port, proc = srv.url, srv.port, srv.proc
         with HttpMcp(base) as c:
             c.initialize()
             with ThreadPoolExecutor(1) as pool:
@@ -142,12 +135,6 @@ def test_graceful_shutdown_lets_inflight_calls_finish() -> None:
             assert refused.connect_ex(("127.0.0.1", port)) != 0
         finally:
             refused.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(WAIT_S)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 

@@ -9,12 +9,10 @@ Our server is a subprocess with no asyncio at all.
 """
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from typing import Any, Iterator
 
 import pytest
+from cliserver import mcpsync_cli
 
 mcp = pytest.importorskip("mcp")
 anyio = pytest.importorskip("anyio")
@@ -29,18 +27,8 @@ SDK_DEPRECATION = "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stderr is not None
-        match = re.search(r"(http://127\.0\.0\.1:\d+/mcp)", proc.stderr.readline())
-        assert match
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with mcpsync_cli() as srv:
+        yield srv.url
 
 
 async def _sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
