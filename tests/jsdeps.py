@@ -2,6 +2,7 @@
 npm registry), installed on first use from the pinned tests/js/package-lock.json."""
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import platform
@@ -20,7 +21,9 @@ def ensure_js_deps() -> pathlib.Path:
     """tests/js/node_modules, installed with `npm ci` if missing. Skips only where npm itself
     is absent; an install failure fails the test (CI must not silently skip)."""
     with _install_lock:
-        if (NODE_MODULES / ".package-lock.json").exists():
+        lock_hash = hashlib.sha256((JS_DIR / "package-lock.json").read_bytes()).hexdigest()
+        stamp = NODE_MODULES / ".mcpsync-lock-sha256"
+        if stamp.exists() and stamp.read_text() == lock_hash:
             return NODE_MODULES
         npm = shutil.which("npm")
         if npm is None:
@@ -31,6 +34,7 @@ def ensure_js_deps() -> pathlib.Path:
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"npm ci failed in {JS_DIR}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        stamp.write_text(lock_hash)  # installed exactly what the lock file pins
         return NODE_MODULES
 
 

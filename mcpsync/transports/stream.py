@@ -11,7 +11,10 @@ a worker pool so a slow tool never blocks the reader: pings, cancellations, resp
 our own sampling/elicitation requests and other calls keep flowing. Everything else
 (notifications, responses, ``initialize``, parse errors) is handled on the reader thread
 at once, which keeps their order: a cancellation is processed before the next message. A
-cancellation of a request still queued for a worker is remembered here, so it never starts.
+cancellation of a request handed to the pool is also remembered here until the request
+finishes: a queued request then never starts, and one that a worker took just before the
+connection registered it (where ``ServerConnection.cancel`` cannot see it yet) still gets
+no response.
 
 One writer: ``write_lock`` serializes every write of the connection (responses from the
 workers, notifications, server requests), so frames or lines never interleave.
@@ -60,8 +63,9 @@ class MessageStreamSession:
                                         thread_name_prefix=f"mcpsync-{name}-worker")
         self.closed = False
         self.write_failed = False
-        # Ids of requests handed to the pool that no worker has started yet -> whether the
-        # client cancelled them meanwhile (the connection only knows a request once it runs).
+        # Ids of requests handed to the pool and not finished -> whether the client cancelled
+        # them (the connection only knows a request once a worker runs it; an entry lives until
+        # the worker is done, so no cancellation falls in between).
         # Guards _queued; taken by the reader thread and the workers, for one dict operation.
         self._queued_lock = threading.Lock()
         self._queued: dict[Any, bool] = {}
@@ -120,17 +124,25 @@ class MessageStreamSession:
 
     def _run(self, value: Any) -> None:
         rid = value.get("id") if type(value) is dict and "method" in value else None
-        if jsonrpc.is_valid_id(rid):
+        tracked = jsonrpc.is_valid_id(rid)
+        if tracked:
             with self._queued_lock:
-                cancelled = self._queued.pop(rid, False)
+                cancelled = self._queued.get(rid, False)
+                if cancelled:
+                    del self._queued[rid]
             if cancelled:
                 log.debug("request %r cancelled before it started", rid)
                 return
+        reply = None
         try:
             reply = self.conn.receive(value, self.send)
         except Exception:  # receive maps errors itself; this is a bug, keep serving
             log.exception("unexpected failure while handling a message")
-            return
+        finally:
+            if tracked:
+                with self._queued_lock:
+                    if self._queued.pop(rid, False):  # cancelled while it ran
+                        reply = None
         if reply is not None and not self.closed:
             self.send(reply)
 

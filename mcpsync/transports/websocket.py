@@ -14,7 +14,9 @@ worker pool, so pings and cancellations keep flowing while tools run). simple-we
 own reader thread writes pongs and close frames to the same socket, so the socket is
 wrapped: every ``send`` goes through ``LockedSocket`` and its lock, the connection's one
 write lock. When the client disconnects, the session is deleted from the store, which
-cancels its in-flight calls and joins its workers.
+cancels its in-flight calls and joins its workers. The session lives as long as the socket:
+an open, pinged connection is never idle to the store's reaper, and a session the store
+closes anyway (shutdown) ends its connection within ``WS_RECEIVE_POLL_S``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import threading
 from typing import Any, Callable, Iterable
 
 import simple_websocket
+from wsproto.utilities import LocalProtocolError
 
 from ..app import McpApp
 from ..errors import InvalidRequest, SessionLimitError
@@ -35,6 +38,20 @@ WS_PATH = "/ws"
 WS_SUBPROTOCOL = "mcp"
 WS_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 WS_PING_INTERVAL_S = 25.0   # server pings; a peer that stops answering is dropped
+# receive() wakes this often to look at ws.connected (simple-websocket's reader can mark the
+# connection closed after its last wake-up, on an oversized message, which would otherwise
+# leave us waiting forever) and at the session (expired or closed by the app: the
+# connection ends with it).
+WS_RECEIVE_POLL_S = 1.0
+WS_CLOSE_TIMEOUT_S = 2.0    # after our close frame, how long the peer has to answer it
+
+
+class _ReaderThread(threading.Thread):
+    """simple-websocket's reader thread, named like every thread mcpsync starts; it ends
+    when the socket does (the front end shuts the socket down on shutdown)."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        super().__init__(target=target, name="mcpsync-ws-reader", daemon=True)
 
 
 class LockedSocket:
@@ -81,23 +98,34 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     try:
         ws = simple_websocket.Server(environ, subprotocols=[WS_SUBPROTOCOL],
                                      max_message_size=max_message_bytes,
-                                     ping_interval=ping_interval_s)
+                                     ping_interval=ping_interval_s, thread_class=_ReaderThread)
     except Exception as exc:  # handshake failed (bad request, peer gone)
         log.debug("WebSocket handshake failed: %s", exc)
         app.close_session(session.id)
         return _after_takeover(environ)
 
     def write(data: bytes) -> None:
-        ws.send(data.decode("utf-8"))
+        try:
+            ws.send(data.decode("utf-8"))
+        except (simple_websocket.ConnectionClosed, LocalProtocolError) as exc:
+            # The peer closed (or sent its close frame) under us: an OSError, which the
+            # stream treats as a failed write, instead of an error raised into a tool.
+            raise ConnectionResetError(f"WebSocket closed: {exc}") from exc
 
     stream = MessageStreamSession(app.server, write, name="ws", conn=app.connection(session))
     try:
         while True:
             try:
-                frame = ws.receive()
+                frame = ws.receive(WS_RECEIVE_POLL_S)
             except simple_websocket.ConnectionClosed:
                 break
-            if frame is None:  # defensive: receive() without timeout should not return None
+            if session.closed:  # reaped or closed by the app: no zombie connection without it
+                break
+            if frame is None:  # nothing within the poll interval
+                if not ws.connected:
+                    break
+                if ping_interval_s:  # pings drop a dead peer, so an open socket is not idle
+                    app.store.touch(session.id)
                 continue
             if isinstance(frame, (bytes, bytearray)):
                 stream.send(jsonrpc.error_response(None, InvalidRequest(
@@ -108,11 +136,16 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     finally:
         stream.close()
         app.close_session(session.id)
-        if ws.connected:
+        if ws.connected:  # we end the connection (its session was closed)
             try:
-                ws.close()
+                with stream.write_lock:  # a straggling worker may still be writing
+                    ws.close()
             except Exception:
                 pass
+            # simple-websocket's reader sleeps in select() until the peer answers. Let it see
+            # the answer and end before the front end closes the socket: a descriptor closed
+            # under an epoll wait does not wake it (it would sleep until its next ping).
+            ws.thread.join(WS_CLOSE_TIMEOUT_S)
     return _after_takeover(environ)
 
 
