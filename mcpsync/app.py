@@ -21,6 +21,9 @@ class McpApp:
                  max_sessions: int = MAX_SESSIONS,
                  session_idle_ttl_s: float | None = SESSION_IDLE_TTL_S) -> None:
         self.server = server
+        # Set once at shutdown: long-lived connections (WebSocket) finish their in-flight
+        # calls and end instead of reading more. A plain flag: written once, read by loops.
+        self.draining = False
         self.store = store if store is not None else SessionStore(
             max_sessions=max_sessions, idle_ttl_s=session_idle_ttl_s)
 

@@ -121,6 +121,8 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
                 break
             if session.closed:  # reaped or closed by the app: no zombie connection without it
                 break
+            if app.draining and stream.conn.inflight_count() == 0:
+                break  # shutting down: in-flight calls have finished; end the connection
             if frame is None:  # nothing within the poll interval
                 if not ws.connected:
                     break

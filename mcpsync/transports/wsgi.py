@@ -149,6 +149,7 @@ class McpWsgiApp:
         """End every session's SSE streams and every subscriptions/listen stream (shutdown:
         long-lived responses must not hold it up); /readyz answers 503 from now on."""
         self.draining = True
+        self.app.draining = True
         self.server.end_listeners()
         for session in self.app.store.snapshot():
             streams = session.data.get("streams")
