@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from . import __version__
@@ -22,6 +24,7 @@ from .run import serve
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 EXIT_USAGE = 2
+HUB_STARTUP_WAIT_S = 60.0   # the longest the hub waits for its upstreams before serving
 
 DESCRIPTION = """\
 Serve MCP (Model Context Protocol) servers written as plain Python functions, on threads.
@@ -86,7 +89,7 @@ def _server_for(args: argparse.Namespace) -> "Server":
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed command line; returns the exit status."""
     if args.command == "hub":
-        raise UsageError("hub: the hub is not built yet")
+        return _run_hub(args)
     server = _server_for(args)
     try:
         spec = args.auth_tokens or os.environ.get("MCPSYNC_AUTH_TOKENS")
@@ -95,6 +98,41 @@ def run(args: argparse.Namespace) -> int:
                      server_kind=args.server, auth=verifier)
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    """``hub CONFIG.json``: check the config (nothing starts if it is invalid), start the
+    upstreams, wait for their first attempt, serve; SIGHUP reloads the config."""
+    from .hub import Hub, load_config
+    from .transports.hub_routes import HEALTHZ_PATH, healthz_route
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(f"config: {exc.key}: {exc.reason}") from None
+    spec = args.auth_tokens or os.environ.get("MCPSYNC_AUTH_TOKENS")
+    verifier = StaticTokenVerifier.from_spec(spec) if spec else None
+    hub = Hub(config, config_path=os.path.abspath(args.config))
+    previous = None
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGHUP, lambda _sig, _frame: hub.request_reload())
+    hub.start()
+    try:
+        enabled = [u for u in config.upstreams.values() if u.enabled]
+        startup = max((u.timeouts.connect + u.timeouts.probe for u in enabled), default=0.0)
+        hub.wait_ready(min(startup + 1.0, HUB_STARTUP_WAIT_S))
+        states = ", ".join(f"{n}={h['state']}" for n, h in hub.health()["upstreams"].items())
+        print(f"mcpsync: hub: {len(config.upstreams)} upstream(s): {states or 'none'}",
+              file=sys.stderr, flush=True)
+        try:
+            return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
+                         server_kind=args.server, auth=verifier,
+                         routes={HEALTHZ_PATH: healthz_route(hub.health)})
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    finally:
+        hub.close()
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

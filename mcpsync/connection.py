@@ -83,7 +83,7 @@ class Context:
     __slots__ = ("conn", "request_id", "method", "params", "meta", "sink", "_cancelled",
                  "_cancel_event", "_last_progress", "_pending_ids", "_finished", "version",
                  "client_capabilities", "log_level", "extra", "modern", "input_responses",
-                 "_input_n", "principal", "_stopped")
+                 "_input_n", "principal", "_stopped", "_on_cancel")
 
     def __init__(self, conn: "ServerConnection", request_id: Any, method: str,
                  params: dict[str, Any], sink: Sink) -> None:
@@ -112,6 +112,7 @@ class Context:
         self.input_responses: dict[str, Any] | None = None
         self._input_n = 0
         self.principal: str | None = None
+        self._on_cancel: list[Callable[[], None]] | None = None
 
     # ---- identity --------------------------------------------------------------------------
 
@@ -149,6 +150,26 @@ class Context:
                     self._cancel_event.set()
             event = self._cancel_event
         return event.wait(timeout)
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` once when this request is cancelled (at once, on this thread, if
+        it already is); it runs on the cancelling thread with no lock held, so it must be quick
+        (the hub uses it to wake a call blocked on an upstream). Returns a function that
+        unregisters it."""
+        with self.conn._lock:
+            fire = self._cancelled or self._stopped
+            if not fire:
+                if self._on_cancel is None:
+                    self._on_cancel = []
+                self._on_cancel.append(callback)
+        if fire:
+            callback()
+
+        def remove() -> None:
+            with self.conn._lock:
+                if self._on_cancel is not None and callback in self._on_cancel:
+                    self._on_cancel.remove(callback)
+        return remove
 
     def close_stream(self) -> bool:
         """Ask the transport to end this request's response stream now (the client resumes
@@ -511,7 +532,13 @@ class ServerConnection:
             if ctx._cancel_event is None:
                 ctx._cancel_event = threading.Event()
             event = ctx._cancel_event
+            callbacks, ctx._on_cancel = ctx._on_cancel or [], None
         event.set()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("cancellation callback of request %r failed", ctx.request_id)
 
     def cancel(self, request_id: Any, reason: Any = None) -> bool:
         """Cancel the in-flight request ``request_id`` (no response will be sent for it).
@@ -525,11 +552,17 @@ class ServerConnection:
             ctx._cancelled = True
             event = ctx._cancel_event
             pending = [self._pending.pop(i) for i in (ctx._pending_ids or ()) if i in self._pending]
+            callbacks, ctx._on_cancel = ctx._on_cancel or [], None
         log.debug("request %r cancelled: %s", request_id, reason)
         if event is not None:
             event.set()
         for p in pending:
             p.settle(error=McpError("cancelled"))
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("cancellation callback of request %r failed", request_id)
         return True
 
     # ---- server -> client requests -----------------------------------------------------------
@@ -613,3 +646,4 @@ class ServerConnection:
         for p in pending:
             p.settle(error=ConnectionClosed("the session closed"))
         self.server._forget(self)
+        self.server._session_closed(self)

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .app import McpApp
 from .auth import AuthMiddleware, TokenVerifier
@@ -40,8 +40,10 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           allowed_hosts: Iterable[str] | None = None,
           auth: TokenVerifier | None = None, authorization_servers: Iterable[str] = (),
           public_url: str | None = None,
-          ready: threading.Event | None = None) -> int:
-    """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status."""
+          ready: threading.Event | None = None,
+          routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
+    ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``)."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -49,6 +51,7 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if allowed_hosts is None and host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
         hosts.add(host.lower())
     wsgi = build_wsgi_app(server, allowed_hosts=hosts)
+    wsgi.routes.update(routes or {})
     app: Any = wsgi
     guard: AuthMiddleware | None = None
     if auth is not None:  # bearer tokens on /mcp, /ws, /sse (stdio never takes HTTP auth)

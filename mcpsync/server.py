@@ -80,6 +80,7 @@ class ToolDef:
     meta: dict[str, Any] | None = None
     execution: dict[str, Any] | None = None
     var_keyword: bool = False      # the function takes **kwargs: pass every argument through
+    validate_arguments: bool = True  # False: arguments go to fn unchecked (a hub proxy: the upstream judges)
     # Derived once (hot path): a specialised argument validator and per-argument converters.
     check: Callable[[Any], list[str]] = field(init=False, repr=False)
     converters: dict[str, Callable[[Any], Any] | None] = field(init=False, repr=False)
@@ -278,6 +279,7 @@ class Server:
         self._conns_lock = threading.Lock()
         self._conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._roots_changed: list[Callable[[Context | ServerConnection], None]] = []
+        self._session_closed_hooks: list[Callable[[ServerConnection], None]] = []
         # Seals the requestState of multi round-trip requests (stateless era); the secret
         # lives as long as this process, so a state outlives no restart.
         self._sealer = StateSealer(secrets.token_bytes(32))
@@ -452,22 +454,27 @@ class Server:
                resources: Iterable[ResourceDef] | None = None,
                templates: Iterable[ResourceDef] | None = None,
                prompts: Iterable[PromptDef] | None = None,
-               replace_prefix: str | None = None) -> None:
+               replace_prefix: str | None = None,
+               replace_uri_prefix: str | None = None) -> None:
         """Replace a whole set of definitions at once (the hub's refresh): the entries whose
-        name starts with ``replace_prefix`` are dropped and the given ones added, in one
-        commit, so no reader ever sees half an update."""
+        name starts with ``replace_prefix`` (resources and templates: whose URI starts with
+        ``replace_uri_prefix``, default ``replace_prefix``) are dropped and the given ones
+        added, in one commit, so no reader ever sees half an update. A kind passed as None
+        is left alone."""
+        uri_prefix = replace_prefix if replace_uri_prefix is None else replace_uri_prefix
+
         def change(r: Registry) -> Registry:
-            def merged(old: dict[str, Any], new: Iterable[Any] | None, key: str) -> dict[str, Any]:
+            def merged(old: dict[str, Any], new: Iterable[Any] | None, key: str,
+                       prefix: str | None) -> dict[str, Any]:
                 if new is None:
                     return old
-                kept = {k: v for k, v in old.items()
-                        if replace_prefix is None or not k.startswith(replace_prefix)}
+                kept = {k: v for k, v in old.items() if prefix is None or not k.startswith(prefix)}
                 kept.update({getattr(d, key): d for d in new})
                 return kept
-            return replace(r, tools=merged(r.tools, tools, "name"),
-                           resources=merged(r.resources, resources, "uri"),
-                           templates=merged(r.templates, templates, "uri"),
-                           prompts=merged(r.prompts, prompts, "name"))
+            return replace(r, tools=merged(r.tools, tools, "name", replace_prefix),
+                           resources=merged(r.resources, resources, "uri", uri_prefix),
+                           templates=merged(r.templates, templates, "uri", uri_prefix),
+                           prompts=merged(r.prompts, prompts, "name", replace_prefix))
         with self._registry_mutex:
             self._registry = replace(change(self._registry), generation=self._registry.generation + 1)
             self._list_cache = {}
@@ -488,6 +495,24 @@ class Server:
     def _forget(self, conn: ServerConnection) -> None:
         with self._conns_lock:
             self._conns.discard(conn)
+
+    def is_connected(self, conn: ServerConnection) -> bool:
+        """Whether ``conn`` is a live session made by ``connect`` (not a stateless request's)."""
+        with self._conns_lock:
+            return conn in self._conns
+
+    def on_session_closed(self, fn: Callable[[ServerConnection], None]) -> Callable[[ServerConnection], None]:
+        """Call ``fn(connection)`` when a session ends (``ServerConnection.close``), on the
+        closing thread with no lock held (the hub reaps per-session upstreams with it)."""
+        self._session_closed_hooks.append(fn)
+        return fn
+
+    def _session_closed(self, conn: ServerConnection) -> None:
+        for fn in list(self._session_closed_hooks):
+            try:
+                fn(conn)
+            except Exception:
+                log.exception("session-closed hook %r failed", fn)
 
     def connections(self) -> list[ServerConnection]:
         with self._conns_lock:
