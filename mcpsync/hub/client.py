@@ -110,12 +110,12 @@ class UpstreamSession:
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
         self.tool_schemas: dict[str, dict[str, Any]] = {}  # original name -> inputSchema (HTTP headers)
-        # Guards lost and _reinit_epoch; a flag flip, never held across I/O.
+        # Guards lost, _reinit_epoch and _reinit_done; flag flips, never held across I/O.
         self._lock = threading.Lock()
         self.lost: str | None = None
         self._reinit_epoch = 0
-        # Serializes re-initializations after a 404 (one at a time; later ones see the new epoch).
-        self._reinit_mutex = threading.Lock()
+        # Set when the re-initialization in progress (after a 404) ends; None when none is.
+        self._reinit_done: threading.Event | None = None
         self._closing = threading.Event()  # set once by close(); the events thread exits on it
         self._events_thread: threading.Thread | None = None
 
@@ -192,18 +192,31 @@ class UpstreamSession:
                 log.debug("upstream %s: logging/setLevel failed: %s", self.name, exc)
 
     def _reinitialize(self, epoch: int) -> None:
-        """After a 404: a new HTTP session (once per epoch, whoever comes first)."""
-        with self._reinit_mutex:
-            with self._lock:
-                if self._reinit_epoch != epoch:
-                    return  # another thread already did it
+        """After a 404: a new HTTP session, once per epoch. The first caller re-initializes
+        (no lock held); callers that hit the same 404 meanwhile wait for it (bounded)."""
+        with self._lock:
+            if self._reinit_epoch != epoch:
+                return  # another thread already did it
+            mine = self._reinit_done is None
+            if mine:
+                self._reinit_done = threading.Event()
+            done = self._reinit_done
+        assert done is not None
+        if not mine:
+            if not done.wait(self.cfg.timeouts.connect):
+                raise RequestTimeout(f"upstream {self.name!r}: re-initializing took too long")
+            return
+        try:
             log.info("upstream %s: session expired; initializing a new one", self.name)
             forget = getattr(self.channel, "forget_session", None)
             if forget is not None:
                 forget()
             self._initialize(self.revision or versions.LATEST_HANDSHAKE_VERSION)
+        finally:
             with self._lock:
                 self._reinit_epoch += 1
+                self._reinit_done = None
+            done.set()
         self._on_list_changed("all")  # the new session may offer other things
 
     def _lost(self, reason: str) -> None:

@@ -322,8 +322,11 @@ class Hub:
         changed = [n for n in new.upstreams if n in current and current[n].cfg != new.upstreams[n]]
         unchanged = [n for n in new.upstreams if n in current and n not in changed]
         for name in removed + changed:
-            keep_names = name in changed and current[name].cfg.prefix == new.upstreams[name].prefix \
-                and current[name].cfg.separator == new.upstreams[name].separator
+            # A restarted upstream keeps its names listed until its first refresh replaces
+            # them (no flicker), unless they are about to change or it is being disabled.
+            after = new.upstreams.get(name)
+            keep_names = (after is not None and after.enabled and current[name].cfg.prefix == after.prefix
+                          and current[name].cfg.separator == after.separator)
             current[name].stop(unregister=not keep_names)
         fresh = {name: self._make(new.upstreams[name]) for name in added + changed}
         with self._cond:

@@ -63,8 +63,11 @@ def make_channel(cfg: UpstreamConfig) -> Channel:
         from .stdio import StdioChannel
         return StdioChannel(cfg)
     if cfg.transport in (STREAMABLE_HTTP, SSE):
-        from .streamable import HttpChannel, LegacySseChannel
-        return HttpChannel(cfg) if cfg.transport == STREAMABLE_HTTP else LegacySseChannel(cfg)
+        if cfg.transport == STREAMABLE_HTTP:
+            from .streamable import HttpChannel
+            return HttpChannel(cfg)
+        from .legacy_sse import LegacySseChannel
+        return LegacySseChannel(cfg)
     if cfg.transport == WEBSOCKET:
         from .websocket import WebSocketChannel
         return WebSocketChannel(cfg)
@@ -491,8 +494,22 @@ class Upstream:
             raise UpstreamUnavailable(f"upstream {self.name!r}: the client session ended")
         return session
 
+    def _instance_lost(self, session: UpstreamSession, reason: str) -> None:
+        """A per-session upstream died: forget it now (the next call of its client starts a
+        new one) and have it reaped, so no dead child waits for its client to leave."""
+        with self._cond:
+            dead = [c for c, slot in self._slots.items() if slot.session is session]
+            for conn in dead:
+                del self._slots[conn]
+            if dead:
+                self.instance_failures += 1
+        if dead:
+            log.warning("upstream %s: a per-session instance was lost (%s)", self.name, reason)
+            self._reap(session)
+        self._on_change()
+
     def _open_instance(self, label: str) -> UpstreamSession:
-        session = self._new_session(on_lost=lambda s, reason: self._on_change())
+        session = self._new_session(on_lost=self._instance_lost)
         log.info("upstream %s: starting an instance for %s", self.name, label)
         try:
             session.open()

@@ -145,12 +145,9 @@ class WebSocketChannel:
             except Exception:  # already closed under us
                 pass
         # Closing a socket does not wake a thread blocked on it (simple-websocket's reader
-        # sits in select() between pings); shutting it down does. Then wake ours.
+        # sits in poll() between pings), and closing it right after a shutdown can even
+        # swallow the wake-up: shut it down, wake ours, and close it only once joined.
         shutdown_socket(ws.sock)
-        try:
-            ws.sock.close()
-        except OSError:
-            pass
         ws.connected = False
         ws.event.set()
         me = threading.current_thread()
@@ -159,3 +156,7 @@ class WebSocketChannel:
                 t.join(self.cfg.timeouts.shutdown)
                 if t.is_alive():
                     log.warning("upstream %s: thread %s did not stop", self.name, t.name)
+        try:
+            ws.sock.close()
+        except OSError:
+            pass

@@ -17,7 +17,8 @@ from .stream import MessageStreamSession
 
 log = logging.getLogger("mcpsync.transports.stdio")
 
-MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is answered with a parse error and skipped
+MAX_LINE_BYTES = 16 * 1024 * 1024
+EOF_DRAIN_S = 5.0  # after EOF, how long requests already read may still run and answer  # a longer line is answered with a parse error and skipped
 
 
 def serve_stdio(server: Server, stdin: BinaryIO | None = None,
@@ -31,10 +32,12 @@ def serve_stdio(server: Server, stdin: BinaryIO | None = None,
         out.flush()
 
     session = MessageStreamSession(server, write, name="stdio")
+    eof = False
     try:
         while True:
             line = inp.readline(MAX_LINE_BYTES + 1)
             if not line:
+                eof = True
                 break
             if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                 # Skip the rest of the oversized line, then answer once.
@@ -51,4 +54,6 @@ def serve_stdio(server: Server, stdin: BinaryIO | None = None,
     except KeyboardInterrupt:
         pass
     finally:
+        if eof:  # `printf requests | mcpsync --stdio`: answer what was asked before leaving
+            session.drain(EOF_DRAIN_S)
         session.close()

@@ -146,6 +146,19 @@ class MessageStreamSession:
         if reply is not None and not self.closed:
             self.send(reply)
 
+    def drain(self, timeout: float) -> bool:
+        """Take no more work and let queued and running requests finish and answer, for at
+        most ``timeout`` seconds (the peer closed its side but may still read ours: stdio EOF).
+        True if everything finished."""
+        done = threading.Event()
+
+        def wait_all() -> None:
+            self._pool.shutdown(wait=True)
+            done.set()
+
+        threading.Thread(target=wait_all, name="mcpsync-stream-drain", daemon=True).start()
+        return done.wait(timeout)
+
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Cancel in-flight work and join the workers (bounded by ``timeout`` for calls that
         ignore cancellation; those threads finish on their own and their replies are dropped)."""
