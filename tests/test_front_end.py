@@ -444,6 +444,7 @@ def test_exception_after_headers_cuts_the_stream(serve: Any) -> None:
 
 def test_app_iterable_close_is_always_called(serve: Any) -> None:
     closed: list[str] = []
+    changed = threading.Condition()  # notified by close(), which runs on connection threads
 
     class Body:
         def __init__(self, fail: bool) -> None:
@@ -455,7 +456,9 @@ def test_app_iterable_close_is_always_called(serve: Any) -> None:
                 raise RuntimeError("fail")
 
         def close(self) -> None:
-            closed.append("fail" if self.fail else "ok")
+            with changed:
+                closed.append("fail" if self.fail else "ok")
+                changed.notify_all()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Body:
         start_response("200 OK", [("Content-Length", "1")])
@@ -469,7 +472,9 @@ def test_app_iterable_close_is_always_called(serve: Any) -> None:
         c.send(get("/fail"))
         assert c.response()[2] == b"x"
         assert c.at_eof()
-    assert closed == ["ok", "fail"]
+    with changed:  # the response reaches the client before close() runs: wait for both
+        assert changed.wait_for(lambda: len(closed) == 2, timeout=10)
+    assert sorted(closed) == ["fail", "ok"]
 
 
 @pytest.mark.parametrize("request_bytes, status", [
