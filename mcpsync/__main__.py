@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .auth import StaticTokenVerifier
@@ -100,6 +100,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
 
+def _hub_gauges(hub: Any) -> dict[str, Any]:
+    """/metrics gauges for each upstream of the hub: up (1 when ready), restarts, tools."""
+    def reading(key: str) -> Any:
+        def read() -> list[tuple[dict[str, str], float]]:
+            out = []
+            for name, h in hub.health()["upstreams"].items():
+                value = (1.0 if h.get("state") == "ready" else 0.0) if key == "up" else float(h.get(key) or 0)
+                out.append(({"upstream": name, "state": str(h.get("state"))}, value))
+            return out
+        return read
+    return {"mcpsync_hub_upstream_up": ("1 while the upstream is ready.", reading("up")),
+            "mcpsync_hub_upstream_restarts": ("Restarts of the upstream.", reading("restarts")),
+            "mcpsync_hub_upstream_tools": ("Tools the upstream contributes.", reading("tools"))}
+
+
 def _run_hub(args: argparse.Namespace) -> int:
     """``hub CONFIG.json``: check the config (nothing starts if it is invalid), start the
     upstreams, wait for their first attempt, serve; SIGHUP reloads the config."""
@@ -126,7 +141,8 @@ def _run_hub(args: argparse.Namespace) -> int:
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
                          server_kind=args.server, auth=verifier,
-                         routes={HEALTHZ_PATH: healthz_route(hub.health)})
+                         routes={HEALTHZ_PATH: healthz_route(hub.health)},
+                         gauges=_hub_gauges(hub))
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     finally:

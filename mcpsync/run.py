@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .app import McpApp
 from .auth import AuthMiddleware, TokenVerifier
+from .metrics import Gauge
 from .server import Server
 from .transports.serve import make_server
 from .transports.stdio import serve_stdio
@@ -41,9 +42,11 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           auth: TokenVerifier | None = None, authorization_servers: Iterable[str] = (),
           public_url: str | None = None,
           ready: threading.Event | None = None,
-          routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None) -> int:
+          routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
+          gauges: Mapping[str, tuple[str, Gauge]] | None = None) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
-    ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``)."""
+    ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
+    adds ``/metrics`` gauges (name -> (help, read))."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -52,6 +55,8 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         hosts.add(host.lower())
     wsgi = build_wsgi_app(server, allowed_hosts=hosts)
     wsgi.routes.update(routes or {})
+    for name, (help_text, read) in (gauges or {}).items():
+        wsgi.metrics.gauge(name, help_text, read)
     app: Any = wsgi
     guard: AuthMiddleware | None = None
     if auth is not None:  # bearer tokens on /mcp, /ws, /sse (stdio never takes HTTP auth)

@@ -849,6 +849,11 @@ def test_cli_serves_healthz_and_reloads_on_sighup(tmp_path: pathlib.Path) -> Non
         health_conn.request("GET", "/healthz")
         health = json.loads(health_conn.getresponse().read())
         assert health["hub"]["reloads"] == 1 and health["upstreams"]["b"]["state"] == "ready"
+        health_conn.request("GET", "/metrics")
+        metrics = health_conn.getresponse().read().decode()
+        for name in ("a", "b"):
+            assert f'mcpsync_hub_upstream_up{{state="ready",upstream="{name}"}} 1' in metrics
+            assert f'mcpsync_hub_upstream_restarts{{state="ready",upstream="{name}"}} 0' in metrics
         pids = [health["upstreams"][n]["upstream"]["pid"] for n in ("a", "b")]
         health_conn.close()
         proc.terminate()

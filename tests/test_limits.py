@@ -107,6 +107,13 @@ def test_health_ready_and_metrics() -> None:
         assert 'mcpsync_request_duration_seconds_count{method="tools/call",transport="http"} 1' in text
         assert "mcpsync_sessions 1" in text
         assert 'mcpsync_mutex{mutex="registry",stat="queue_depth"} 0' in text
+        import simple_websocket
+        ws = simple_websocket.Client.connect(f"{base.replace('http', 'ws')}/ws", subprotocols=["mcp"])
+        try:
+            with HttpMcp(f"{base}/metrics") as m:
+                assert "mcpsync_websocket_connections 1" in m.request("GET", session=False).body.decode()
+        finally:
+            ws.close()
         with HttpMcp(f"{base}/readyz") as r:
             assert r.request("GET", session=False).status == 200
             app.end_streams()  # what shutdown does first

@@ -86,7 +86,7 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
                                                 ("Upgrade", "websocket")])
         return [body]
     try:
-        session = app.open_session(principal=principal)
+        session = app.open_session(principal=principal, setup=lambda s: s.data.update(websocket=True))
     except SessionLimitError:
         body = b"too many sessions"
         start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "5"),

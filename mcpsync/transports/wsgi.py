@@ -335,6 +335,8 @@ class McpWsgiApp:
         m.gauge("mcpsync_sessions", "Live sessions.", lambda: [({}, len(self.app.store))])
         m.gauge("mcpsync_inflight_requests", "HTTP requests being served.",
                 lambda: [({}, self._inflight_total)])
+        m.gauge("mcpsync_websocket_connections", "Open WebSocket connections.",
+                lambda: [({}, sum(1 for s in self.app.store.snapshot() if s.data.get("websocket")))])
         m.gauge("mcpsync_streams", "Open SSE GET streams (standalone and legacy).",
                 lambda: [({}, sum(1 for s in self.app.store.snapshot()
                                   if s.data.get("streams") is not None
