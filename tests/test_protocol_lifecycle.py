@@ -520,3 +520,20 @@ def test_batch_size_is_limited() -> None:
     reply = client.raw([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH + 1)])
     assert reply["error"]["code"] == -32600 and str(MAX_BATCH) in reply["error"]["message"]
     assert len(client.raw([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH)])) == MAX_BATCH
+
+
+def test_nesting_depth_is_limited() -> None:
+    """Deeply nested JSON is a parse error (-32700), not a recursion blow-up; brackets inside
+    strings do not count."""
+    from mcpsync.errors import ParseError
+    from mcpsync.protocol import jsonrpc
+
+    with pytest.raises(ParseError):
+        jsonrpc.decode("[" * (jsonrpc.MAX_DEPTH + 1) + "]" * (jsonrpc.MAX_DEPTH + 1))
+    value, depth = jsonrpc.decode("[" * jsonrpc.MAX_DEPTH + "]" * jsonrpc.MAX_DEPTH), 1
+    while value:
+        value, depth = value[0], depth + 1
+    assert depth == jsonrpc.MAX_DEPTH  # the limit itself is accepted
+    assert jsonrpc.decode('{"s": "' + "[" * 500 + '"}')["s"] == "[" * 500
+    with pytest.raises(ParseError):
+        jsonrpc.decode("[" * 100_000)

@@ -28,6 +28,7 @@ RESPONSE = "response"
 ERROR = "error"
 
 JSONRPC = "2.0"
+MAX_DEPTH = 64  # nesting of arrays/objects accepted in one message
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -41,10 +42,36 @@ def decode(data: bytes | str) -> Any:
             raise ParseError("Parse error: body is not valid UTF-8") from None
     else:
         text = data
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels")
     try:
         return _decoder.decode(text)
     except (ValueError, RecursionError):
         raise ParseError("Parse error: invalid JSON") from None
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of arrays/objects in a JSON text (brackets inside strings skipped).
+    Only called when the text has more brackets than MAX_DEPTH at all."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
