@@ -22,8 +22,9 @@ a session id presented with another user's token is "not found". Tokens are neve
 on (the hub talks to its upstreams with its own configured credentials).
 
 Verifiers here: ``StaticTokenVerifier`` (a fixed token → subject table, for simple
-deployments) and ``IntrospectionVerifier`` (RFC 7662 against the authorization server).
-Anything with a ``verify(token) -> TokenInfo`` method works (e.g. a JWT/JWKS verifier).
+deployments), ``IntrospectionVerifier`` (RFC 7662 against the authorization server) and
+``JwtVerifier`` (JWTs against a JWKS file or URL; the optional ``jwt`` extra). Anything with
+a ``verify(token) -> TokenInfo`` method works.
 """
 from __future__ import annotations
 
@@ -153,6 +154,56 @@ class IntrospectionVerifier:
         if not isinstance(data, dict):
             raise InvalidToken("introspection answered no object")
         return data
+
+
+class JwtVerifier:
+    """JWT access tokens (RFC 9068) checked against a JWKS — a file path or an https URL —
+    with issuer, audience (``resource_url``) and expiry validation. Needs the optional
+    extra ``pip install 'mcpsync[jwt]'`` (PyJWT with cryptography)."""
+
+    def __init__(self, jwks: str, *, issuer: str | None, audience: str,
+                 algorithms: Iterable[str] = ("RS256", "ES256", "PS256", "EdDSA"),
+                 leeway_s: float = 30.0) -> None:
+        try:
+            import jwt  # optional dependency: the "jwt" extra
+        except ImportError:
+            raise RuntimeError("JwtVerifier needs PyJWT: pip install 'mcpsync[jwt]'") from None
+        self._jwt = jwt
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = list(algorithms)
+        self.leeway_s = leeway_s
+        if jwks.startswith(("https://", "http://")):
+            self._client: Any = jwt.PyJWKClient(jwks, cache_keys=True)
+            self._keys: Any = None
+        else:
+            with open(jwks, encoding="utf-8") as f:
+                self._keys = jwt.PyJWKSet.from_dict(json.load(f))
+            self._client = None
+
+    def _key(self, token: str) -> Any:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        kid = self._jwt.get_unverified_header(token).get("kid")
+        for key in self._keys.keys:
+            if kid is None or key.key_id == kid:
+                return key.key
+        raise InvalidToken("no key for this token")
+
+    def verify(self, token: str) -> TokenInfo:
+        jwt = self._jwt
+        try:
+            claims = jwt.decode(token, self._key(token), algorithms=self.algorithms,
+                                audience=self.audience, issuer=self.issuer, leeway=self.leeway_s,
+                                options={"require": ["exp", "sub"]})
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise InvalidToken(str(exc)) from None
+        aud = claims.get("aud")
+        scopes = claims.get("scope") or claims.get("scp") or ""
+        return TokenInfo(str(claims["sub"]),
+                         frozenset(scopes.split() if isinstance(scopes, str) else scopes),
+                         tuple(aud) if isinstance(aud, list) else (str(aud),),
+                         float(claims["exp"]), claims)
 
 
 class AuthMiddleware:

@@ -161,3 +161,32 @@ def test_cli_auth_tokens() -> None:
     with mcpsync_cli("--auth-tokens", "t1:alice") as srv, HttpMcp(srv.url) as c:
         assert c.post(INIT, session=False).status == 401
         assert c.post(INIT, bearer("t1"), session=False).status == 200
+
+
+def test_jwt_verifier_with_a_jwks_file(tmp_path: Any) -> None:
+    jwt = pytest.importorskip("jwt")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from mcpsync.auth import InvalidToken, JwtVerifier
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public]}))
+    verifier = JwtVerifier(str(jwks), issuer="https://as.example.com", audience="https://mcp.example.com/mcp")
+    import time as _time
+    claims = {"sub": "frank", "iss": "https://as.example.com", "aud": "https://mcp.example.com/mcp",
+              "exp": int(_time.time()) + 300, "scope": "mcp:read mcp:call"}
+    info = verifier.verify(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"}))
+    assert info.subject == "frank" and info.scopes == {"mcp:read", "mcp:call"}
+    assert info.audience == ("https://mcp.example.com/mcp",)
+    for bad in ({**claims, "aud": "https://other/mcp"}, {**claims, "iss": "https://evil"},
+                {**claims, "exp": int(_time.time()) - 3600}):
+        with pytest.raises(InvalidToken):
+            verifier.verify(jwt.encode(bad, key, algorithm="RS256", headers={"kid": "k1"}))
+    with pytest.raises(InvalidToken):  # signed by a key that is not in the JWKS
+        verifier.verify(jwt.encode(claims, other, algorithm="RS256", headers={"kid": "k1"}))
+    with pytest.raises(InvalidToken):
+        verifier.verify("not.a.jwt")
