@@ -107,6 +107,7 @@ def test_health_ready_and_metrics() -> None:
         assert 'mcpsync_request_duration_seconds_count{method="tools/call",transport="http"} 1' in text
         assert "mcpsync_sessions 1" in text
         assert 'mcpsync_mutex{mutex="registry",stat="queue_depth"} 0' in text
+        assert 'mcpsync_mutex_wait_seconds_bucket{le="+Inf",mutex="registry"}' in text
         import simple_websocket
         ws = simple_websocket.Client.connect(f"{base.replace('http', 'ws')}/ws", subprotocols=["mcp"])
         try:

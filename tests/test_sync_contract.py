@@ -19,6 +19,7 @@ import pytest
 
 import mcpsync.sync.fifo as fifo_module
 from mcpsync.sync import FIFOMutex, KeyedMutex, MutexStats
+from mcpsync.sync.fifo import WAIT_BUCKETS_S
 
 JOIN_TIMEOUT_S = 20.0  # upper bound for any helper thread to finish
 WAIT_TIMEOUT_S = 10.0  # upper bound for an observable condition to become true
@@ -559,7 +560,8 @@ def test_interrupted_waiter_leaves_queue_and_passes_ownership_on(
 
 def test_stats_uncontended() -> None:
     lock = FIFOMutex()
-    assert lock.stats() == MutexStats(0, 0, 0, 0.0, 0.0, 0)
+    no_waits = (0,) * (len(WAIT_BUCKETS_S) + 1)
+    assert lock.stats() == MutexStats(0, 0, 0, 0.0, 0.0, 0, no_waits)
     for _ in range(3):
         with lock:
             pass
@@ -567,7 +569,8 @@ def test_stats_uncontended() -> None:
     assert try_from_other_thread(lock, blocking=False) is False  # a failed try is no timeout
     lock.release()
     assert lock.stats() == MutexStats(acquisitions=4, contended=0, timeouts=0,
-                                      total_wait_s=0.0, max_wait_s=0.0, queue_depth=0)
+                                      total_wait_s=0.0, max_wait_s=0.0, queue_depth=0,
+                                      wait_buckets=no_waits)
 
 
 def test_stats_contended_and_timeouts() -> None:
@@ -595,3 +598,29 @@ def test_stats_contended_and_timeouts() -> None:
     # Both waiters queued before the timed-out attempt, which took >= SHORT_TIMEOUT_S.
     assert stats.max_wait_s >= SHORT_TIMEOUT_S * 0.9
     assert stats.max_wait_s <= stats.total_wait_s <= 2 * stats.max_wait_s
+
+
+def test_fifo_wait_histogram_counts_contended_waits() -> None:
+    """Every contended acquisition lands in exactly one wait bucket."""
+    m = FIFOMutex()
+    m.acquire()
+    queued = threading.Event()
+    got = threading.Event()
+
+    def waiter() -> None:
+        queued.set()
+        with m:
+            got.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert queued.wait(10)
+    deadline = time.monotonic() + 10
+    while m.stats().queue_depth != 1:  # observe the waiter queued (bounded)
+        assert time.monotonic() < deadline
+    m.release()
+    assert got.wait(10)
+    t.join(10)
+    st = m.stats()
+    assert len(st.wait_buckets) == len(WAIT_BUCKETS_S) + 1
+    assert sum(st.wait_buckets) == st.contended == 1

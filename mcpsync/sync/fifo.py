@@ -38,6 +38,8 @@ import time
 from collections import deque
 from typing import NamedTuple
 
+WAIT_BUCKETS_S = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)  # upper bounds of the wait histogram
+
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
@@ -51,6 +53,7 @@ class MutexStats(NamedTuple):
     total_wait_s: float  # seconds spent queued by the contended acquisitions, summed
     max_wait_s: float  # longest single queued wait of a contended acquisition, seconds
     queue_depth: int  # threads queued right now, not counting the owner
+    wait_buckets: tuple[int, ...] = ()  # contended waits per WAIT_BUCKETS_S bound (last: above all)
 
 
 class _Waiter:
@@ -78,7 +81,7 @@ class FIFOMutex:
     """
 
     __slots__ = ("_state", "_held", "_owner", "_waiters", "_acquisitions", "_contended",
-                 "_timeouts", "_total_wait_s", "_max_wait_s")
+                 "_timeouts", "_total_wait_s", "_max_wait_s", "_wait_buckets")
 
     def __init__(self) -> None:
         # The state lock: guards the queue and the hand-off. Taken by release(), by a queued
@@ -96,6 +99,7 @@ class FIFOMutex:
         self._timeouts = 0
         self._total_wait_s = 0.0
         self._max_wait_s = 0.0
+        self._wait_buckets = [0] * (len(WAIT_BUCKETS_S) + 1)  # a histogram of contended waits
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take the mutex; True once owned, False if not owned (non-blocking or timed out).
@@ -188,6 +192,10 @@ class FIFOMutex:
             self._total_wait_s += waited
             if waited > self._max_wait_s:
                 self._max_wait_s = waited
+            slot = 0
+            while slot < len(WAIT_BUCKETS_S) and waited > WAIT_BUCKETS_S[slot]:
+                slot += 1
+            self._wait_buckets[slot] += 1
             waiter.signal.release()
         else:
             self._owner = None
@@ -207,6 +215,7 @@ class FIFOMutex:
                 total_wait_s=self._total_wait_s,
                 max_wait_s=self._max_wait_s,
                 queue_depth=len(self._waiters),
+                wait_buckets=tuple(self._wait_buckets),
             )
 
     def __enter__(self) -> bool:

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from ..app import McpApp
 from ..metrics import Metrics
+from ..sync.fifo import WAIT_BUCKETS_S
 from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
 from ..connection import ServerConnection
@@ -341,6 +342,17 @@ class McpWsgiApp:
                 lambda: [({}, sum(1 for s in self.app.store.snapshot()
                                   if s.data.get("streams") is not None
                                   and s.data["streams"].standalone.attached))])
+
+        def mutex_waits() -> list[tuple[dict[str, str], float]]:
+            st = self.server._registry_mutex.stats()
+            out, running = [], 0
+            for bound, count in zip((*WAIT_BUCKETS_S, float("inf")), st.wait_buckets):
+                running += count
+                out.append(({"mutex": "registry", "le": "+Inf" if bound == float("inf") else repr(bound)},
+                            float(running)))
+            return out
+        m.gauge("mcpsync_mutex_wait_seconds_bucket",
+                "Contended FIFOMutex waits, cumulative by upper bound in seconds.", mutex_waits)
 
         def mutex_stats() -> list[tuple[dict[str, str], float]]:
             st = self.server._registry_mutex.stats()
