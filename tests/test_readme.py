@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -33,3 +35,16 @@ def test_readme_demo_server_runs(tmp_path: pathlib.Path) -> None:
     assert names == {"echo", "add", "slow_job"}
     assert replies[3]["result"]["structuredContent"] == {"sum": 5.0}
     assert replies[4]["result"]["contents"][0]["text"] == "contents of todo"
+
+
+def test_readme_hub_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcpsync.hub.config import parse_config
+
+    monkeypatch.setenv("SEARCH_TOKEN", "example-token")  # the example expands ${SEARCH_TOKEN}
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```json\n(.*?)```", readme, re.S)
+    assert block, "the README lost its hub config example"
+    config = parse_config(json.loads(block.group(1)))
+    assert sorted(config.upstreams) == ["files", "legacy", "memory", "search"]
+    assert not config.upstreams["legacy"].enabled
