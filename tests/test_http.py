@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import pytest
 from httpclient import HttpMcp, parse_sse
 from httpserver import serving
+from rpcutil import rpc
 
 from mcpsync import Context, Server
 from mcpsync.app import McpApp
@@ -65,13 +66,6 @@ def env() -> Iterator[tuple[str, McpApp, dict[str, Any]]]:
         yield f"{base}/mcp", app, gates
     gates["release"].set()
     app.close()
-
-
-def rpc(rid: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-    if params is not None:
-        msg["params"] = params
-    return msg
 
 
 # ---- session lifecycle and status codes --------------------------------------------------------

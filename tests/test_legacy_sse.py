@@ -17,36 +17,20 @@ from typing import Any, Callable, Iterator
 import pytest
 from httpclient import HttpMcp
 from httpserver import serving
+from rpcutil import call_tool, rpc
+from rpcutil import wait_until as _wait_until
 
 from mcpsync.app import McpApp
 from mcpsync.examples.everything import server as everything
 from mcpsync.transports.wsgi import McpWsgiApp
 
 WAIT_S = 10.0
-POLL_S = 0.01  # the step of wait_until's predicate loop (observation, not synchronization)
 SDK_DEPRECATION = "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
 ENDPOINT = re.compile(r"/messages\?session_id=([A-Za-z0-9_-]{22,})")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    """Poll a condition another thread brings about, up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
-def rpc(rid: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-    if params is not None:
-        msg["params"] = params
-    return msg
-
-
-def call_tool(rid: Any, name: str, **arguments: Any) -> dict[str, Any]:
-    return rpc(rid, "tools/call", {"name": name, "arguments": arguments})
+    return _wait_until(predicate, timeout)
 
 
 class SseStream:
