@@ -192,11 +192,9 @@ class McpWsgiApp:
     @staticmethod
     def _error(start_response: StartResponse, exc: HttpError,
                extra: list[tuple[str, str]]) -> list[bytes]:
-        body = jsonrpc.encode({"jsonrpc": "2.0", "id": None,
-                               "error": {"code": exc.code, "message": str(exc)}})
-        start_response(_STATUS.get(exc.status, f"{exc.status} Error"),
-                       [_JSON, ("Content-Length", str(len(body))), *exc.headers, *extra])
-        return [body]
+        return _json_reply(start_response, exc.status,
+                           {"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": str(exc)}},
+                           [*exc.headers, *extra])
 
     # ---- the MCP endpoint ------------------------------------------------------------------------
 
@@ -419,10 +417,7 @@ class McpWsgiApp:
             headers = []
         else:
             headers = [(SESSION_HEADER, session.id)]
-        body = encode_outgoing(reply) or b""
-        start_response("200 OK", [_JSON, ("Content-Length", str(len(body))), *headers,
-                                  *environ["mcpsync.cors"]])
-        return [body]
+        return _json_reply(start_response, 200, reply, [*headers, *environ["mcpsync.cors"]])
 
     def _get(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if _modern_header(environ):
@@ -596,10 +591,7 @@ class PostResponse:
                     self._start_response("202 Accepted", [("Content-Length", "0"),
                                                           *self._environ["mcpsync.cors"]])
                     return []
-                body = encode_outgoing(reply) or b""
-                self._start_response("200 OK", [_JSON, ("Content-Length", str(len(body))),
-                                                *self._environ["mcpsync.cors"]])
-                return [body]
+                return _json_reply(self._start_response, 200, reply, self._environ["mcpsync.cors"])
             if reply is not None:
                 self._emit(self._streams.append(self._log, reply, final=True))
             else:
