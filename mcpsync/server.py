@@ -951,20 +951,20 @@ class Server:
 LISTEN_KEEPALIVE_S = 15.0
 
 
+#: list kind -> its flag in a subscriptions/listen filter
+LIST_FILTERS = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+                ("resources", "resourcesListChanged"))
+
+
 class Listener:
     """One ``subscriptions/listen`` stream: the notifications it asked for, and its sink."""
 
     def __init__(self, ctx: Context, wanted: dict[str, Any]) -> None:
         self.ctx = ctx
-        self.lists = {kind for kind, key in (("tools", "toolsListChanged"),
-                                             ("prompts", "promptsListChanged"),
-                                             ("resources", "resourcesListChanged"))
-                      if wanted.get(key) is True}
+        self.lists = {kind for kind, key in LIST_FILTERS if wanted.get(key) is True}
         uris = wanted.get("resourceSubscriptions")
         self.uris = frozenset(u for u in uris if isinstance(u, str)) if isinstance(uris, list) else frozenset()
-        self.honoured: dict[str, Any] = {key: True for kind, key in (
-            ("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
-            ("resources", "resourcesListChanged")) if kind in self.lists}
+        self.honoured: dict[str, Any] = {key: True for kind, key in LIST_FILTERS if kind in self.lists}
         if self.uris:
             self.honoured["resourceSubscriptions"] = sorted(self.uris)
         self.ended = False
