@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterable
 
 import pytest
@@ -371,6 +372,48 @@ def test_no_lost_wakeups(make_fifo: Callable[[], Any]) -> None:
     assert counter[0] == LOST_WAKEUP_CYCLES
     assert not lock.locked()
     assert queue_depth(lock) == 0
+
+
+class _YieldingDeque(deque):  # type: ignore[type-arg]
+    """A waiter queue that gives up the GIL right after its length is read, so every look at
+    the queue (the release's "anyone queued?" included) acts on a possibly stale answer."""
+
+    def __len__(self) -> int:
+        length = super().__len__()
+        time.sleep(0)  # others run between the read and its use: the answer may be stale
+        return length
+
+
+def test_unlock_racing_an_enqueue_loses_no_wakeup() -> None:
+    """The uncontended release frees the mutex without the state lock; a thread that queues
+    between its look at the queue and the unlock must still be woken. The queue yields the
+    GIL on every look, so that window is hit many times in 20,000 cycles over 3 threads
+    (without the release's second look at the queue a waiter hangs and this test fails).
+    Mutual exclusion is checked with a non-atomic counter on the way."""
+    lock = FIFOMutex()
+    lock._waiters = _YieldingDeque()
+    threads = 3
+    per_thread = LOST_WAKEUP_CYCLES // threads
+    barrier = threading.Barrier(threads, timeout=WAIT_TIMEOUT_S)
+    counter = [0]
+    failures: list[int] = []
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for cycle in range(per_thread):
+            if not lock.acquire(True, 2.0):
+                failures.append(cycle)
+                return
+            value = counter[0]
+            counter[0] = value + 1
+            lock.release()
+
+    join_all([start(work, i, name=f"test-race-{i}") for i in range(threads)])
+    assert failures == []
+    assert counter[0] == per_thread * threads
+    assert not lock.locked()
+    assert lock.stats().queue_depth == 0
+    assert lock.stats().contended > 0  # the threads really did queue
 
 
 # ---- timeouts leave the queue cleanly ----------------------------------------------------------

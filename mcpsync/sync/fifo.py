@@ -9,17 +9,27 @@ registry must not starve, so this mutex hands the lock over explicitly:
 * Ownership is an inner ``threading.Lock`` (``_held``), held exactly while some thread
   owns the mutex. A second lock, the *state lock*, guards the queue of waiters and every
   hand-off; it is only ever held for a few bytecodes and never while waiting.
-* An uncontended ``acquire`` is one non-blocking acquire of ``_held``: no state lock, no
-  clock read. A thread that finds ``_held`` taken appends a ``_Waiter`` record to the tail
-  of the deque (under the state lock, after trying ``_held`` once more there) and blocks on
-  the record's own lock, which was acquired when the record was created. This one-shot
-  signal is the trick ``threading.Condition`` uses; it wakes exactly one chosen thread.
-* ``release()`` (under the state lock) frees ``_held`` only when nobody is queued. With
-  waiters queued it pops the head, makes it the owner, marks it ``granted`` and releases its
-  signal, leaving ``_held`` held: the mutex is never free in between, so a thread arriving
-  at that moment sees it taken and queues behind everyone else: no barging.
+* An uncontended ``acquire`` looks at the queue and, finding it empty, makes one
+  non-blocking acquire of ``_held``: no state lock, no clock read. A thread that cannot
+  take it that way appends a ``_Waiter`` record to the tail of the deque under the state
+  lock, then (still under it, and only if its record is the head) tries ``_held`` once more,
+  and otherwise blocks on the record's own lock, which was acquired when the record was
+  created. This one-shot signal is the trick ``threading.Condition`` uses; it wakes exactly
+  one chosen thread.
+* ``release()`` with waiters queued pops the head under the state lock, makes it the owner,
+  marks it ``granted`` and releases its signal, leaving ``_held`` held: the mutex is never
+  free in between, so a thread arriving at that moment sees it taken and queues behind
+  everyone else: no barging.
+* ``release()`` with nobody queued frees ``_held`` without the state lock, then looks at
+  the queue again. A thread may have queued in between; it tried ``_held`` after queueing.
+  If that try came before the unlock it failed, and the second look sees the record: the
+  releaser then takes the state lock, takes ``_held`` back if it is still free and hands it
+  to the head. If the try came after the unlock it succeeded. Either way nobody is left
+  queued behind a free mutex (no lost wake-up), and a newcomer that finds a record queued
+  goes to the back of the queue instead of taking ``_held``.
 
-Invariant (under the state lock): ``_held`` free implies the deque is empty.
+Invariant (under the state lock, outside a release's unlock-and-look): ``_held`` free
+implies the deque is empty.
 
 A waiter that times out removes itself from the deque under the state lock, so it can never
 be granted afterwards. If the grant and the timeout race (``release()`` granted the record
@@ -87,10 +97,11 @@ class FIFOMutex:
         # The state lock: guards the queue and the hand-off. Taken by release(), by a queued
         # acquire, stats() and by a waiter whose wait ended; never held while blocking.
         self._state = threading.Lock()
-        # Ownership itself: held exactly while some thread owns the mutex. An uncontended
-        # acquire takes it without the state lock; release() frees it (under the state lock)
-        # only when nobody is queued, and otherwise leaves it held and hands ownership over,
-        # so it is free only while the queue is empty: a newcomer can never barge.
+        # Ownership itself: held exactly while some thread owns the mutex (or, for a few
+        # bytecodes, by a releaser handing it to a thread that queued during its unlock).
+        # Uncontended acquires and releases take and free it without the state lock; with
+        # waiters queued, release() leaves it held and hands ownership over, so a newcomer
+        # can never barge past a queued thread.
         self._held = threading.Lock()
         self._owner: int | None = None  # written only by the owner or by the hand-off
         self._waiters: deque[_Waiter] = deque()  # head = longest waiter = next owner
@@ -110,7 +121,8 @@ class FIFOMutex:
         ``threading.Lock`` does) and ``RuntimeError`` if the calling thread already owns it.
         """
         if timeout is None:
-            if self._held.acquire(False):  # the common call, uncontended: nothing to check
+            # The common call, uncontended: nobody queued and ``_held`` free.
+            if not self._waiters and self._held.acquire(False):
                 self._owner = _get_ident()
                 self._acquisitions += 1
                 return True
@@ -120,9 +132,9 @@ class FIFOMutex:
         elif timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number, -1 or None")
         me = _get_ident()
-        if self._held.acquire(False):
-            # Fast path: free means nobody is queued, so taking it is fair. Counters are
-            # written by the owner only (or under the state lock during a hand-off).
+        if not self._waiters and self._held.acquire(False):
+            # Fast path: nobody queued and free, so taking it is fair. Counters are written
+            # by the owner only (or under the state lock during a hand-off).
             self._owner = me
             self._acquisitions += 1
             return True
@@ -130,13 +142,17 @@ class FIFOMutex:
             raise RuntimeError("FIFOMutex is not reentrant")
         if not blocking or timeout == 0:
             return False
+        waiter = _Waiter(me, _monotonic())
         with self._state:
-            if self._held.acquire(False):  # released meanwhile with nobody queued
+            # Queue first, then try once more: a release that freed ``_held`` before this
+            # append is caught by the try; one that frees it after sees the record (its
+            # second look at the queue) and hands over. Only the head may take it.
+            self._waiters.append(waiter)
+            if self._waiters[0] is waiter and self._held.acquire(False):
+                self._waiters.popleft()
                 self._owner = me
                 self._acquisitions += 1
                 return True
-            waiter = _Waiter(me, _monotonic())
-            self._waiters.append(waiter)
         try:
             # A Lock wait has no spurious wake-ups: True means the signal was released, and
             # that only happens after this waiter was granted ownership.
@@ -173,11 +189,21 @@ class FIFOMutex:
             if not self._held.locked():
                 raise RuntimeError("release of an unlocked FIFOMutex")
             raise RuntimeError("FIFOMutex released by a thread that does not own it")
-        with self._state:
-            if not self._waiters:  # nobody queued: simply unlock
-                self._owner = None
-                self._held.release()
+        if not self._waiters:
+            # Nobody queued: unlock without the state lock. A thread may queue between the
+            # look above and the unlock; having queued, it tries ``_held`` (under the state
+            # lock) before it blocks. If its try came before this unlock, the second look
+            # below sees its record and hands the mutex over on its behalf.
+            self._owner = None
+            self._held.release()
+            if not self._waiters:
                 return
+            with self._state:
+                if self._waiters and self._held.acquire(False):
+                    self._release_locked()
+                # else: the head took it itself, or a newcomer holds it and will hand over
+            return
+        with self._state:
             self._release_locked()
 
     def _release_locked(self) -> None:
