@@ -352,7 +352,7 @@ def test_abrupt_disconnect_mid_call_ends_the_session_and_its_workers(env: Any) -
         conn = app.connection(app.store.snapshot()[0])
         c.send(call_tool(1, "sleep_ms", ms=30_000))
         assert wait_until(lambda: conn.inflight_count() == 1)
-        assert worker_threads()
+        assert wait_until(worker_threads)  # a reader took over from the thread running the call
         started = time.monotonic()
         c.drop()  # no close frame: the TCP connection just goes away
     assert wait_until(lambda: len(app.store) == 0)
@@ -483,3 +483,151 @@ def test_typescript_sdk_websocket_client_transport(env: Any) -> None:
     assert out["add"]["structuredContent"] == {"sum": 42}
     assert out["ping"] == {}
     assert wait_until(lambda: len(app.store) == 0)  # the SDK closed; the session ended with it
+
+
+# ---- raw frames over a real socket (our own framing, the reader hand-over) -------------------
+
+class RawWs:
+    """A bare-socket WebSocket client: exact frames in, every server frame out (opcode and
+    payload), so the tests see pongs, close codes and fragment handling themselves."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        self.sock.sendall(upgrade_head(port).replace("Connection: close\r\n", "").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        head, self.buf = head.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert b"Sec-WebSocket-Protocol: mcp" in head
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        from test_wsframe import masked
+        self.sock.sendall(masked(opcode, payload, fin=fin))
+
+    def send_json(self, msg: Any) -> None:
+        self.send_frame(0x1, json.dumps(msg).encode())
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed by the server"
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._read(2)
+        assert b0 & 0x80 and not b1 & 0x80  # server frames: final, unmasked
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._read(8), "big")
+        return b0 & 0x0F, self._read(n)
+
+    def message(self) -> dict[str, Any]:
+        op, payload = self.frame()
+        assert op == 0x1, (op, payload)
+        return json.loads(payload)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_initialize(c: RawWs) -> None:
+    c.send_json(rpc("init", "initialize", {"protocolVersion": "2025-11-25", "capabilities": {
+        "elicitation": {}}, "clientInfo": {"name": "raw", "version": "1"}}))
+    assert "result" in c.message()
+    c.send_json({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def test_bad_handshakes_are_refused_without_a_session(env: Any) -> None:
+    url, app = env
+    port = port_of(url)
+    reply = raw_http(port, upgrade_head(port).replace("Version: 13", "Version: 8"))
+    assert reply.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13" in reply
+    reply = raw_http(port, upgrade_head(port).replace("dGhlIHNhbXBsZSBub25jZQ==", "short"))
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert len(app.store) == 0
+
+
+def test_fragmented_request_with_a_ping_between_its_fragments(env: Any) -> None:
+    url, _ = env
+    c = RawWs(port_of(url))
+    try:
+        raw_initialize(c)
+        body = json.dumps(call_tool(1, "echo", text="fragmentéd")).encode()
+        c.send_frame(0x1, body[:10], fin=False)
+        c.send_frame(0x9, b"are you there")
+        c.send_frame(0x0, body[10:20], fin=False)
+        c.send_frame(0x0, body[20:])
+        assert c.frame() == (0xA, b"are you there")  # the pong, before the reply
+        assert c.message()["result"]["content"][0]["text"] == "fragmentéd"
+        c.send_frame(0x8, (1000).to_bytes(2, "big"))
+        assert c.frame() == (0x8, (1000).to_bytes(2, "big"))  # the close is echoed
+    finally:
+        c.close()
+
+
+def test_invalid_utf8_closes_with_1007_and_ends_the_session(env: Any) -> None:
+    url, app = env
+    c = RawWs(port_of(url))
+    try:
+        raw_initialize(c)
+        assert len(app.store) == 1
+        c.send_frame(0x1, b'{"jsonrpc": "2.0", "id": 1, "method": "\xff"}')
+        op, payload = c.frame()
+        assert op == 0x8 and int.from_bytes(payload[:2], "big") == 1007
+    finally:
+        c.close()
+    assert wait_until(lambda: len(app.store) == 0)
+
+
+def test_a_long_call_run_by_the_reader_hands_reading_over() -> None:
+    """A request arriving alone is run by the thread that read it; while it runs (here it
+    waits for an elicitation answer, which only a reader can deliver) another thread must
+    take over the socket: WebSocket pings are answered, other calls are served, and the
+    answer reaches the waiting tool. 20 rounds, each one a fresh take-over."""
+    srv = Server("ws-handover", "1.0")
+
+    @srv.tool()
+    def ask(ctx: Context) -> str:
+        """Ask the client for a name."""
+        answer = ctx.elicit("name?", {"type": "object", "properties": {"name": {"type": "string"}}})
+        return f"hello {answer['content']['name']}" if answer.get("content") else answer["action"]
+
+    @srv.tool()
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    app = McpApp(srv)
+    with serving(McpWsgiApp(app)) as base:
+        c = RawWs(port_of(ws_url(base)))
+        try:
+            raw_initialize(c)
+            for round_no in range(20):
+                c.send_json(call_tool(f"ask-{round_no}", "ask"))
+                request = c.message()  # the elicitation request, sent by the running tool
+                assert request["method"] == "elicitation/create", request
+                c.send_frame(0x9, b"ping %d" % round_no)
+                assert c.frame() == (0xA, b"ping %d" % round_no)
+                c.send_json(call_tool(f"echo-{round_no}", "echo", text="meanwhile"))
+                assert c.message()["result"]["content"][0]["text"] == "meanwhile"
+                c.send_json({"jsonrpc": "2.0", "id": request["id"],
+                             "result": {"action": "accept", "content": {"name": f"n{round_no}"}}})
+                reply = c.message()
+                assert reply["id"] == f"ask-{round_no}", reply
+                assert reply["result"]["content"][0]["text"] == f"hello n{round_no}"
+        finally:
+            c.close()
+        assert wait_until(lambda: len(app.store) == 0)
+        assert wait_until(lambda: not worker_threads()), [t.name for t in worker_threads()]
+    app.close()

@@ -26,9 +26,8 @@ its head. Timeouts are ``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking socket, so 
 one system call instead of ``poll`` + ``recv``. Responses without a length are sent
 chunked on HTTP/1.1, every chunk as soon as the app yields it (server-sent events).
 
-WebSocket: ``werkzeug.socket`` in the environ is the connection socket, which is what
-``simple_websocket.Server(environ)`` takes over; it runs its frame loop inside the WSGI
-call. When an ``Upgrade: websocket`` request returns without having sent a response (and
+WebSocket: ``werkzeug.socket`` in the environ is the connection socket, which the
+WebSocket transport takes over; it runs its frame loop inside the WSGI call. When an ``Upgrade: websocket`` request returns without having sent a response (and
 its status is not a 4xx/5xx refusal), or the app set ``environ["mcpsync.socket_taken"]``,
 nothing more is written and the connection is closed.
 """

@@ -8,7 +8,9 @@ Theory of operation
 -------------------
 The reader thread calls ``feed(data)`` for every incoming message. Requests are handed to
 a worker pool so a slow tool never blocks the reader: pings, cancellations, responses to
-our own sampling/elicitation requests and other calls keep flowing. Everything else
+our own sampling/elicitation requests and other calls keep flowing. A transport that can
+hand its reading over to another thread (WebSocket) may instead run a request on the
+reader thread itself when it is the session's only request: no thread switch on the way. Everything else
 (notifications, responses, ``initialize``, parse errors) is handled on the reader thread
 at once, which keeps their order: a cancellation is processed before the next message. A
 cancellation of a request handed to the pool is also remembered here until the request
@@ -84,8 +86,14 @@ class MessageStreamSession:
                 self.write_failed = True
                 log.debug("write failed: %s", exc)
 
-    def feed(self, data: bytes | str) -> None:
-        """Handle one incoming message (called by the reader thread, in order)."""
+    def feed(self, data: bytes | str,
+             inline: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Handle one incoming message (called by the reader thread, in order).
+
+        ``inline``, if given, is offered a request when no other request of this session
+        is running or queued: ``inline(job)`` must run ``job()`` (on the calling thread,
+        after making sure someone else reads meanwhile if it takes long). Otherwise, and
+        always without ``inline``, requests go to the worker pool."""
         try:
             value = jsonrpc.decode(data)
         except McpError as exc:
@@ -93,9 +101,13 @@ class MessageStreamSession:
             return
         if self._goes_to_worker(value):
             rid = value.get("id") if type(value) is dict else None
-            if jsonrpc.is_valid_id(rid):
-                with self._queued_lock:
+            with self._queued_lock:
+                alone = not self._queued
+                if jsonrpc.is_valid_id(rid):
                     self._queued.setdefault(rid, False)
+            if inline is not None and alone:
+                inline(lambda: self._run(value))
+                return
             try:
                 self._pool.submit(self._run, value)
             except RuntimeError:  # pool shut down: we are closing

@@ -7,29 +7,45 @@ stdio); there is no ``Mcp-Session-Id``. Binary frames are answered with a -32600
 
 Theory of operation
 -------------------
-The front end's connection thread runs ``serve_websocket`` inside the WSGI call (that is
-how ``simple-websocket`` works): it accepts the upgrade, then reads frames until the
-client goes away, handing each message to a ``MessageStreamSession`` (requests go to its
-worker pool, so pings and cancellations keep flowing while tools run). simple-websocket's
-own reader thread writes pongs and close frames to the same socket, so the socket is
-wrapped: every ``send`` goes through ``LockedSocket`` and its lock, the connection's one
-write lock. When the client disconnects, the session is deleted from the store, which
-cancels its in-flight calls and joins its workers. The session lives as long as the socket:
-an open, pinged connection is never idle to the store's reaper, and a session the store
-closes anyway (shutdown) ends its connection within ``WS_RECEIVE_POLL_S``.
+The WSGI call (the front end's connection thread) checks the upgrade, opens the session,
+writes the ``101`` itself on the raw socket (``werkzeug.socket`` or ``gunicorn.socket``) and
+then reads frames on that same thread (``wsframe.FrameParser``): no reader thread of a
+WebSocket library in between. Each message goes to a ``MessageStreamSession``.
+
+The *reader role*: exactly one thread at a time reads the socket. When a request arrives and
+it is the session's only one, the reader runs it itself (``feed(..., inline=...)``), as the
+HTTP front end does: no thread switch between the bytes and the reply, which is why a
+WebSocket call costs less than an HTTP one. While it runs, nobody reads; so the reader
+first registers with the ``_Watchdog``: a request still running after ``WS_INLINE_GRACE_S``
+loses the role (the generation number ``_gen`` moves on) and a new reader thread takes over,
+so cancellations, pings, answers to our own elicitation/sampling requests and further calls
+flow again within a few milliseconds. The old thread finishes its request, sees that its
+generation is stale and leaves. Requests that arrive while another one is running go to
+the session's worker pool, as before: only the request/response rhythm runs inline.
+
+The thread whose read loop sees the end (close frame, EOF, protocol error, session closed
+by the store, shutdown) closes the stream (cancelling in-flight calls) and the session and
+sets ``_ended``; the WSGI call waits for that before it returns and the front end closes
+the socket. Writes (replies from any thread, pongs, close frames) all go through the
+stream's ``write_lock``: one ``sendall`` per frame.
+
+The session lives as long as the socket: an open, pinged connection is never idle to the
+store's reaper, and a session the store closes anyway (shutdown) ends its connection within
+``WS_RECEIVE_POLL_S``.
 """
 from __future__ import annotations
 
 import logging
+import select
 import threading
+import time
 from typing import Any, Callable, Iterable
-
-import simple_websocket
-from wsproto.utilities import LocalProtocolError
 
 from ..app import McpApp
 from ..errors import InvalidRequest, SessionLimitError
 from ..protocol import jsonrpc
+from ..sessions import Session
+from . import wsframe
 from .stream import MessageStreamSession
 
 log = logging.getLogger("mcpsync.websocket")
@@ -37,41 +53,254 @@ log = logging.getLogger("mcpsync.websocket")
 WS_PATH = "/ws"
 WS_SUBPROTOCOL = "mcp"
 WS_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-WS_PING_INTERVAL_S = 25.0   # server pings; a peer that stops answering is dropped
-# receive() wakes this often to look at ws.connected (simple-websocket's reader can mark the
-# connection closed after its last wake-up, on an oversized message, which would otherwise
-# leave us waiting forever) and at the session (expired or closed by the app: the
-# connection ends with it).
-WS_RECEIVE_POLL_S = 1.0
+WS_PING_INTERVAL_S = 25.0   # server pings; a peer silent for two intervals is dropped
+WS_RECEIVE_POLL_S = 1.0     # the reader wakes this often to look at the session and shutdown
 WS_CLOSE_TIMEOUT_S = 2.0    # after our close frame, how long the peer has to answer it
+WS_INLINE_GRACE_S = 0.005   # a request run by the reader keeps the socket unread this long
+RECV_BYTES = 65536
 
 
-class _ReaderThread(threading.Thread):
-    """simple-websocket's reader thread, named like every thread mcpsync starts; it ends
-    when the socket does (the front end shuts the socket down on shutdown)."""
+class _Watchdog:
+    """Hands the reader role on when a request run by the reader takes long.
 
-    def __init__(self, target: Callable[[], None]) -> None:
-        super().__init__(target=target, name="mcpsync-ws-reader", daemon=True)
+    One per process, on a thread started on demand that checks every ``WS_INLINE_GRACE_S``
+    and ends after a second without inline requests. ``_lock`` guards ``_busy`` (connections
+    whose reader is running a request), ``_thread`` and ``_last_watch``; ``unwatch`` takes it
+    inside a connection's ``_lock`` (order: connection ``_lock`` → watchdog ``_lock``); the
+    watchdog thread never holds it while taking a connection's lock.
+    """
 
+    IDLE_EXIT_S = 1.0
 
-class LockedSocket:
-    """A socket whose writes are serialized (and complete: ``send`` is ``sendall``)."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        # Guards writes to the socket: our responses (workers), simple-websocket's pongs and
-        # close frames (its reader thread). Held for one sendall.
+    def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._busy: dict[WsConnection, None] = {}
+        self._thread: threading.Thread | None = None
+        self._last_watch = 0.0
 
-    def send(self, data: bytes) -> int:
+    def watch(self, conn: "WsConnection", now: float) -> None:
+        """``conn``'s reader started running a request at ``now`` (its ``_busy_since``)."""
         with self._lock:
-            self._sock.sendall(data)
-        return len(data)
+            self._busy[conn] = None
+            self._last_watch = now
+            if self._thread is not None:
+                return
+            thread = self._thread = threading.Thread(target=self._run, daemon=True,
+                                                     name="mcpsync-ws-watchdog")
+        thread.start()
 
-    sendall = send
+    def unwatch(self, conn: "WsConnection") -> None:
+        """Called with ``conn._lock`` held."""
+        with self._lock:
+            self._busy.pop(conn, None)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    def _run(self) -> None:
+        tick = threading.Event()  # never set: a bounded, interruption-free sleep
+        while True:
+            tick.wait(WS_INLINE_GRACE_S)
+            now = time.monotonic()
+            with self._lock:
+                if not self._busy and now - self._last_watch > self.IDLE_EXIT_S:
+                    self._thread = None
+                    return
+                candidates = list(self._busy)
+            for conn in candidates:
+                conn._take_over_if_overdue(now)
+
+
+_watchdog = _Watchdog()
+
+
+class WsConnection:
+    """One WebSocket connection: its socket, parser, session stream and reader role."""
+
+    def __init__(self, app: McpApp, session: Session, sock: Any, *, max_message_bytes: int,
+                 ping_interval_s: float | None) -> None:
+        self._app = app
+        self._session = session
+        self._sock = sock
+        self._ping_interval_s = ping_interval_s
+        self._parser = wsframe.FrameParser(max_message_bytes)  # used by the reader only
+        self.stream = MessageStreamSession(app.server, self._write_text, name="ws",
+                                           conn=app.connection(session))
+        # The reader role: guards _gen (the generation whose thread may read) and
+        # _busy_since (when the reader started running a request; None while it reads).
+        # Held for a few assignments; the watchdog's lock may be taken inside it.
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._busy_since: float | None = None
+        self._ended = threading.Event()  # set once the connection is over and cleaned up
+        self._closing_at: float | None = None  # when we sent our close frame (reader only)
+        self._poller = select.poll()  # the socket's readability; used by the reader only
+        self._poller.register(sock.fileno(), select.POLLIN)
+        self._last_heard = time.monotonic()
+        self._next_ping = self._last_heard + (ping_interval_s or 0.0)
+
+    # --- writing (any thread) -----------------------------------------------------------------
+
+    def _write_text(self, data: bytes) -> None:
+        """The stream's writer (called with ``stream.write_lock`` held)."""
+        self._sock.sendall(wsframe.encode_frame(wsframe.OP_TEXT, data))
+
+    def _send_control(self, frame: bytes) -> None:
+        with self.stream.write_lock:
+            if self.stream.write_failed:
+                return
+            try:
+                self._sock.sendall(frame)
+            except OSError:
+                self.stream.write_failed = True
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Send our close frame (once); the reader then waits for the peer's."""
+        if self._closing_at is None:
+            self._closing_at = time.monotonic()
+            self._send_control(wsframe.close_frame(code, reason))
+
+    # --- the reader role ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection on the calling (WSGI) thread until it is over."""
+        self._read_loop(0)
+        self._ended.wait()
+
+    def _take_over_if_overdue(self, now: float) -> None:
+        """The watchdog's check: start a new reader if the current one is stuck in a request."""
+        with self._lock:
+            since = self._busy_since
+            if since is None or now - since < WS_INLINE_GRACE_S:
+                return
+            self._gen += 1
+            gen = self._gen
+            self._busy_since = None
+            _watchdog.unwatch(self)
+        try:
+            threading.Thread(target=self._read_loop, args=(gen,), name="mcpsync-ws-reader",
+                             daemon=True).start()
+        except RuntimeError:  # interpreter shutting down: nobody will read again
+            self._finish()
+
+    def _run_inline(self, gen: int, job: Callable[[], None]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._busy_since = now
+        # Only this thread adds the entry, and only the watchdog (after the entry exists) or
+        # this thread (below) removes it, both under self._lock: no lost or stale entries.
+        _watchdog.watch(self, now)
+        try:
+            job()
+        finally:
+            with self._lock:
+                if self._gen == gen:
+                    self._busy_since = None
+                    _watchdog.unwatch(self)
+
+    def _is_reader(self, gen: int) -> bool:
+        with self._lock:
+            return self._gen == gen
+
+    def _read_loop(self, gen: int) -> None:
+        """Read and handle messages while this thread holds the reader role ``gen``."""
+        inline = lambda job: self._run_inline(gen, job)  # noqa: E731 - one per reader
+        try:
+            while True:
+                item = self._next_item()
+                if item is None:
+                    break
+                op, payload = item
+                if op == wsframe.OP_BINARY:
+                    self.stream.send(jsonrpc.error_response(None, InvalidRequest(
+                        "Invalid Request: binary frames are not accepted; send JSON text frames")))
+                    continue
+                self._app.store.touch(self._session.id)
+                self.stream.feed(payload, inline)
+                if not self._is_reader(gen):
+                    return  # a new reader took over while we ran a request
+        except Exception:  # a bug: end this connection, keep the server
+            log.exception("WebSocket reader failed")
+        self._finish()
+
+    def _next_item(self) -> tuple[int, bytes | str] | None:
+        """The next text or binary message; None once the connection is to end. Handles
+        control frames, the closing handshake, pings and the periodic checks."""
+        while True:
+            try:
+                item = self._parser.next()
+            except wsframe.FrameError as exc:
+                log.debug("WebSocket protocol error: %s", exc.reason)
+                self._start_close(exc.code, exc.reason)
+                return None
+            if item is not None:
+                op, payload = item
+                if op == wsframe.OP_PING:
+                    self._send_control(wsframe.encode_frame(wsframe.OP_PONG, payload))  # type: ignore[arg-type]
+                elif op == wsframe.OP_CLOSE:
+                    try:
+                        code, _ = wsframe.parse_close(payload)  # type: ignore[arg-type]
+                    except wsframe.FrameError as exc:
+                        code = exc.code
+                    if self._closing_at is None:  # echo their close (RFC 6455 5.5.1)
+                        self._start_close(code or wsframe.CLOSE_NORMAL, "")
+                    return None
+                elif op != wsframe.OP_PONG and self._closing_at is None:
+                    return item
+                continue
+            if not self._wait_readable():
+                return None
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                return None
+            self._last_heard = time.monotonic()
+            self._parser.feed(data)
+
+    def _wait_readable(self) -> bool:
+        """Block until the socket has bytes (True) or the connection is to end (False),
+        doing the periodic checks every ``WS_RECEIVE_POLL_S``."""
+        while True:
+            now = time.monotonic()
+            if self._closing_at is not None:
+                deadline = self._closing_at + WS_CLOSE_TIMEOUT_S
+                if now >= deadline:
+                    return False
+                wait = deadline - now
+            else:
+                wait = WS_RECEIVE_POLL_S
+                if self._ping_interval_s:
+                    wait = min(wait, max(0.0, self._next_ping - now))
+            try:
+                if self._poller.poll(int(wait * 1000) + 1):
+                    return True
+            except OSError:
+                return False
+            if self._closing_at is not None:
+                continue
+            if self._session.closed or self.stream.write_failed:
+                self._start_close(wsframe.CLOSE_GOING_AWAY, "session closed")
+                continue
+            if self._app.draining and self.stream.conn.inflight_count() == 0:
+                self._start_close(wsframe.CLOSE_GOING_AWAY, "server shutting down")
+                continue
+            now = time.monotonic()
+            if self._ping_interval_s and now >= self._next_ping:
+                if now - self._last_heard > 2 * self._ping_interval_s:
+                    self._start_close(wsframe.CLOSE_POLICY, "no answer to pings")
+                    continue
+                self._send_control(wsframe.encode_frame(wsframe.OP_PING))
+                self._next_ping = now + self._ping_interval_s
+                self._app.store.touch(self._session.id)  # alive: pinged and answering
+
+    def _finish(self) -> None:
+        """End the connection: cancel calls, close the session, release ``run``."""
+        if self._ended.is_set():
+            return
+        try:
+            self.stream.close()
+            self._app.close_session(self._session.id)
+        finally:
+            self._ended.set()
 
 
 def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callable[..., Any],
@@ -80,81 +309,48 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     """Run one WebSocket connection to completion (called from the WSGI app)."""
     raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
     if raw is None or "websocket" not in (environ.get("HTTP_UPGRADE") or "").lower():
-        body = b"WebSocket upgrade required"
-        start_response("426 Upgrade Required", [("Content-Type", "text/plain"),
-                                                ("Content-Length", str(len(body))),
-                                                ("Upgrade", "websocket")])
-        return [body]
+        return _refuse(start_response, "426 Upgrade Required", "WebSocket upgrade required",
+                       [("Upgrade", "websocket")])
+
+    def header(name: str) -> str:
+        return environ.get("HTTP_" + name.upper().replace("-", "_")) or ""
+
+    problem = wsframe.handshake_problem(header)
+    if problem is not None:
+        extra = [("Sec-WebSocket-Version", "13")] if problem[0].startswith("426") else []
+        return _refuse(start_response, problem[0], problem[1], extra)
     try:
         session = app.open_session(principal=principal, setup=lambda s: s.data.update(websocket=True))
     except SessionLimitError:
-        body = b"too many sessions"
-        start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "5"),
-                                                   ("Content-Length", str(len(body)))])
-        return [body]
-    key = "werkzeug.socket" if "werkzeug.socket" in environ else "gunicorn.socket"
-    environ[key] = LockedSocket(raw)
+        return _refuse(start_response, "503 Service Unavailable", "too many sessions",
+                       [("Retry-After", "5")])
     environ["mcpsync.socket_taken"] = True
+    offered = wsframe.offered_subprotocols(header("Sec-WebSocket-Protocol"))
+    subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None
     try:
-        ws = simple_websocket.Server(environ, subprotocols=[WS_SUBPROTOCOL],
-                                     max_message_size=max_message_bytes,
-                                     ping_interval=ping_interval_s, thread_class=_ReaderThread)
-    except Exception as exc:  # handshake failed (bad request, peer gone)
+        raw.sendall(wsframe.accept_response(header("Sec-WebSocket-Key"), subprotocol))
+    except OSError as exc:  # the peer went away during the handshake
         log.debug("WebSocket handshake failed: %s", exc)
         app.close_session(session.id)
         return _after_takeover(environ)
-
-    def write(data: bytes) -> None:
-        try:
-            ws.send(data.decode("utf-8"))
-        except (simple_websocket.ConnectionClosed, LocalProtocolError) as exc:
-            # The peer closed (or sent its close frame) under us: an OSError, which the
-            # stream treats as a failed write, instead of an error raised into a tool.
-            raise ConnectionResetError(f"WebSocket closed: {exc}") from exc
-
-    stream = MessageStreamSession(app.server, write, name="ws", conn=app.connection(session))
-    try:
-        while True:
-            try:
-                frame = ws.receive(WS_RECEIVE_POLL_S)
-            except simple_websocket.ConnectionClosed:
-                break
-            if session.closed:  # reaped or closed by the app: no zombie connection without it
-                break
-            if app.draining and stream.conn.inflight_count() == 0:
-                break  # shutting down: in-flight calls have finished; end the connection
-            if frame is None:  # nothing within the poll interval
-                if not ws.connected:
-                    break
-                if ping_interval_s:  # pings drop a dead peer, so an open socket is not idle
-                    app.store.touch(session.id)
-                continue
-            if isinstance(frame, (bytes, bytearray)):
-                stream.send(jsonrpc.error_response(None, InvalidRequest(
-                    "Invalid Request: binary frames are not accepted; send JSON text frames")))
-                continue
-            app.store.touch(session.id)
-            stream.feed(frame)
-    finally:
-        stream.close()
-        app.close_session(session.id)
-        if ws.connected:  # we end the connection (its session was closed)
-            try:
-                with stream.write_lock:  # a straggling worker may still be writing
-                    ws.close()
-            except Exception:
-                pass
-            # simple-websocket's reader sleeps in select() until the peer answers. Let it see
-            # the answer and end before the front end closes the socket: a descriptor closed
-            # under an epoll wait does not wake it (it would sleep until its next ping).
-            ws.thread.join(WS_CLOSE_TIMEOUT_S)
+    conn = WsConnection(app, session, raw, max_message_bytes=max_message_bytes,
+                        ping_interval_s=ping_interval_s)
+    conn.run()
     return _after_takeover(environ)
+
+
+def _refuse(start_response: Callable[..., Any], status: str, message: str,
+            extra: list[tuple[str, str]]) -> Iterable[bytes]:
+    body = message.encode("utf-8")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                             ("Content-Length", str(len(body)))] + extra)
+    return [body]
 
 
 def _after_takeover(environ: dict[str, Any]) -> Iterable[bytes]:
     """What to return once the socket was taken over: mcpsync's front end writes nothing
     more for ``mcpsync.socket_taken``; werkzeug and gunicorn are told the same by an error,
-    the convention simple-websocket users follow."""
+    the convention WebSocket-over-WSGI code follows."""
     if environ.get("SERVER_SOFTWARE") == "mcpsync":
         return []
     raise ConnectionError("WebSocket connection closed")
