@@ -375,21 +375,28 @@ def test_no_lost_wakeups(make_fifo: Callable[[], Any]) -> None:
 
 
 class _YieldingDeque(deque):  # type: ignore[type-arg]
-    """A waiter queue that gives up the GIL right after its length is read, so every look at
-    the queue (the release's "anyone queued?" included) acts on a possibly stale answer."""
+    """A waiter queue that gives up the GIL right after its length is read or a record is
+    appended, so every look at the queue (the release's "anyone queued?" included) acts on a
+    possibly stale answer, and a waiter's append and its try of the lock are torn apart."""
 
     def __len__(self) -> int:
         length = super().__len__()
         time.sleep(0)  # others run between the read and its use: the answer may be stale
         return length
 
+    def append(self, item: Any) -> None:
+        time.sleep(0)
+        super().append(item)
+        time.sleep(0)
+
 
 def test_unlock_racing_an_enqueue_loses_no_wakeup() -> None:
     """The uncontended release frees the mutex without the state lock; a thread that queues
     between its look at the queue and the unlock must still be woken. The queue yields the
-    GIL on every look, so that window is hit many times in 20,000 cycles over 3 threads
-    (without the release's second look at the queue a waiter hangs and this test fails).
-    Mutual exclusion is checked with a non-atomic counter on the way."""
+    GIL on every look and around every append, so that window is hit many times in 20,000
+    cycles over 3 threads: without the release's second look at the queue, or with a waiter
+    that tries the lock before it appends its record, a waiter hangs and this test fails
+    (both checked). Mutual exclusion is checked with a non-atomic counter on the way."""
     lock = FIFOMutex()
     lock._waiters = _YieldingDeque()
     threads = 3
@@ -401,10 +408,13 @@ def test_unlock_racing_an_enqueue_loses_no_wakeup() -> None:
     def work(i: int) -> None:
         barrier.wait()
         for cycle in range(per_thread):
-            if not lock.acquire(True, 2.0):
+            # Thread 0 takes the untimed fast path; a hang there is caught by join_all.
+            if not (lock.acquire() if i == 0 else lock.acquire(True, 2.0)):
                 failures.append(cycle)
                 return
             value = counter[0]
+            if cycle % 8 == 0:
+                time.sleep(0)  # a second owner would interleave here and lose an increment
             counter[0] = value + 1
             lock.release()
 

@@ -8,7 +8,8 @@ registry must not starve, so this mutex hands the lock over explicitly:
 
 * Ownership is an inner ``threading.Lock`` (``_held``), held exactly while some thread
   owns the mutex. A second lock, the *state lock*, guards the queue of waiters and every
-  hand-off; it is only ever held for a few bytecodes and never while waiting.
+  hand-off; it is only ever held for a few bytecodes and never while waiting. Uncontended
+  acquires and releases do not take it.
 * An uncontended ``acquire`` looks at the queue and, finding it empty, makes one
   non-blocking acquire of ``_held``: no state lock, no clock read. A thread that cannot
   take it that way appends a ``_Waiter`` record to the tail of the deque under the state
@@ -21,15 +22,24 @@ registry must not starve, so this mutex hands the lock over explicitly:
   free in between, so a thread arriving at that moment sees it taken and queues behind
   everyone else: no barging.
 * ``release()`` with nobody queued frees ``_held`` without the state lock, then looks at
-  the queue again. A thread may have queued in between; it tried ``_held`` after queueing.
-  If that try came before the unlock it failed, and the second look sees the record: the
-  releaser then takes the state lock, takes ``_held`` back if it is still free and hands it
-  to the head. If the try came after the unlock it succeeded. Either way nobody is left
-  queued behind a free mutex (no lost wake-up), and a newcomer that finds a record queued
-  goes to the back of the queue instead of taking ``_held``.
+  the queue again. A thread may have queued in between; being the head, it tried ``_held``
+  after queueing. If that try came before the unlock it failed, and the second look sees
+  the record: the releaser then takes the state lock, takes ``_held`` back if it is still
+  free and hands it to whoever is head by then. If the try came after the unlock it either
+  succeeded or lost to a newcomer that had looked at the queue before the record was
+  appended; that newcomer's own release sees the record and hands over. Either way nobody
+  stays queued behind a free mutex (no lost wake-up).
+* A newcomer looks at the queue before it tries ``_held``: once a record is queued, every
+  thread that calls ``acquire`` afterwards queues behind it. Only calls that overlap may be
+  ordered either way, as with any mutex.
 
-Invariant (under the state lock, outside a release's unlock-and-look): ``_held`` free
-implies the deque is empty.
+Invariant: ``_held`` is free with records queued only inside a release's unlock-and-look
+window, which that release closes; no code relies on the state lock to exclude it.
+
+Memory ordering: the waiter appends then tries ``_held``, the releaser unlocks then reads
+the queue. With the GIL these steps are sequentially consistent; a free-threaded build
+needs a failed ``Lock.acquire`` to order like a barrier, which CPython 3.13t does not
+promise (the deque's internal lock on ``append`` provides it there today).
 
 A waiter that times out removes itself from the deque under the state lock, so it can never
 be granted afterwards. If the grant and the timeout race (``release()`` granted the record
@@ -58,7 +68,7 @@ class MutexStats(NamedTuple):
     """A consistent snapshot of a ``FIFOMutex``'s counters (taken under its state lock)."""
 
     acquisitions: int  # successful acquisitions, contended or not
-    contended: int  # acquisitions that queued before they were granted
+    contended: int  # acquisitions that blocked in the queue until they were granted
     timeouts: int  # queued waits that gave up without being granted
     total_wait_s: float  # seconds spent queued by the contended acquisitions, summed
     max_wait_s: float  # longest single queued wait of a contended acquisition, seconds
@@ -94,14 +104,15 @@ class FIFOMutex:
                  "_timeouts", "_total_wait_s", "_max_wait_s", "_wait_buckets")
 
     def __init__(self) -> None:
-        # The state lock: guards the queue and the hand-off. Taken by release(), by a queued
-        # acquire, stats() and by a waiter whose wait ended; never held while blocking.
+        # The state lock: guards changes to the queue and the hand-off. Taken by a release
+        # that finds waiters, by a queued acquire, stats() and by a waiter whose wait ended;
+        # never held while blocking. Unlocked reads of the queue are only emptiness checks.
         self._state = threading.Lock()
         # Ownership itself: held exactly while some thread owns the mutex (or, for a few
         # bytecodes, by a releaser handing it to a thread that queued during its unlock).
         # Uncontended acquires and releases take and free it without the state lock; with
-        # waiters queued, release() leaves it held and hands ownership over, so a newcomer
-        # can never barge past a queued thread.
+        # waiters queued, release() leaves it held and hands ownership over, so a thread
+        # that calls acquire() after another is queued never gets ahead of it.
         self._held = threading.Lock()
         self._owner: int | None = None  # written only by the owner or by the hand-off
         self._waiters: deque[_Waiter] = deque()  # head = longest waiter = next owner
