@@ -34,6 +34,7 @@ from .errors import MethodNotFound
 from .protocol import jsonrpc, lifecycle, modern, versions
 from .protocol.dispatch import wire_error
 from .protocol.modern import InputRequired
+from .sync import leave_gate
 
 if TYPE_CHECKING:
     from .server import Server
@@ -534,6 +535,8 @@ class ServerConnection:
             event = ctx._cancel_event
             callbacks, ctx._on_cancel = ctx._on_cancel or [], None
         event.set()
+        if callbacks:
+            leave_gate()  # callbacks may block (the hub tells its upstream)
         for callback in callbacks:
             try:
                 callback()
@@ -558,6 +561,8 @@ class ServerConnection:
             event.set()
         for p in pending:
             p.settle(error=McpError("cancelled"))
+        if callbacks:
+            leave_gate()  # callbacks may block (the hub tells its upstream)
         for callback in callbacks:
             try:
                 callback()

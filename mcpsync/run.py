@@ -63,6 +63,17 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
                                      authorization_servers=authorization_servers)
     front = make_server(app, host, port, kind=server_kind)
+    gate = getattr(front, "cpu_gate", None)
+    if gate is not None:
+        def gate_stats() -> list[tuple[dict[str, str], float]]:
+            st = gate.stats()
+            return [({"stat": "admitted"}, st.acquisitions), ({"stat": "queued"}, st.contended),
+                    ({"stat": "ran_ungated"}, st.timeouts), ({"stat": "queue_depth"}, st.queue_depth),
+                    ({"stat": "total_wait_seconds"}, st.total_wait_s),
+                    ({"stat": "max_wait_seconds"}, st.max_wait_s)]
+        wsgi.metrics.gauge("mcpsync_cpu_gate", "The front end's CPU gate: requests admitted, "
+                           "admitted after queueing, waits that ran ungated, seconds queued.",
+                           gate_stats)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{front.port}{wsgi.path}"
     if guard is not None and public_url is None:

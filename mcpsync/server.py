@@ -44,7 +44,7 @@ from .protocol.modern import (META_SUBSCRIPTION, InputRequired, StateSealer, all
                               params_digest)
 from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
-from .sync import FIFOMutex
+from .sync import FIFOMutex, gate_paused, leave_gate
 
 log = logging.getLogger("mcpsync.server")
 
@@ -508,6 +508,8 @@ class Server:
         return fn
 
     def _session_closed(self, conn: ServerConnection) -> None:
+        if self._session_closed_hooks:
+            leave_gate()  # hooks may block (the hub stops a per-session upstream)
         for fn in list(self._session_closed_hooks):
             try:
                 fn(conn)
@@ -726,8 +728,9 @@ class Server:
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:
-            value = (tool.fn(**kwargs) if self.tool_timeout_s is None
-                     else self._call_with_timeout(tool, kwargs, ctx))
+            with gate_paused():  # user code may block: it must not hold up others' turn
+                value = (tool.fn(**kwargs) if self.tool_timeout_s is None
+                         else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
             raise  # the stateless era's multi round-trip: the driver answers input_required
         except (Cancelled, McpError) as exc:
@@ -840,7 +843,8 @@ class Server:
         kwargs: dict[str, Any] = {k: _uri_variable(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
-        value = res.fn(**kwargs)
+        with gate_paused():
+            value = res.fn(**kwargs)
         return {"contents": self._contents(uri, res, value)}
 
     @staticmethod
@@ -898,7 +902,8 @@ class Server:
                   if k in prompt.arg_hints}
         if prompt.ctx_param:
             kwargs[prompt.ctx_param] = ctx
-        value = prompt.fn(**kwargs)
+        with gate_paused():
+            value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}
         feats = versions.features(ctx.version)
@@ -934,7 +939,8 @@ class Server:
         values: list[str] = []
         if completer is not None:
             context = params.get("context") or {}
-            got = completer(str(argument.get("value", "")), dict(context.get("arguments") or {}))
+            with gate_paused():
+                got = completer(str(argument.get("value", "")), dict(context.get("arguments") or {}))
             values = [str(v) for v in got]
         return {"completion": {"values": values[:MAX_COMPLETION_VALUES], "total": len(values),
                                "hasMore": len(values) > MAX_COMPLETION_VALUES}}
@@ -944,6 +950,8 @@ class Server:
         return {}
 
     def _roots_list_changed(self, params: dict[str, Any], conn: ServerConnection) -> None:
+        if self._roots_changed:
+            leave_gate()
         for fn in self._roots_changed:
             fn(conn)
 

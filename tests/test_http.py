@@ -354,12 +354,13 @@ def test_ten_parallel_posts_on_one_session(env: Any) -> None:
     with HttpMcp(url) as c:
         c.initialize()
         sid, version = c.session_id, c.version
-    for _ in range(20):
+    for round_no in range(20):
         barrier = threading.Barrier(10, timeout=WAIT_S)
 
         def call(i: int) -> str:
             with HttpMcp(url) as k:
                 k.session_id, k.version = sid, version
+                k._ids = itertools.count(1000 * round_no + 10 * i)  # ids unique in the session
                 barrier.wait()
                 return k.call("tools/call", {"name": "echo", "arguments": {"text": f"m{i}"}})["content"][0]["text"]
 

@@ -47,6 +47,8 @@ from types import TracebackType
 from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import unquote_to_bytes
 
+from ..sync import CpuGate, held_gate, leave_gate
+
 log = logging.getLogger("mcpsync.http")
 
 KEEPALIVE_TIMEOUT_S = 75.0       # idle time allowed between two requests on a connection
@@ -79,6 +81,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Header name as sent -> environ key ("" = ignored). Filled on first sight, bounded.
 _HEADER_KEYS: dict[str, str] = {}
 _HEADER_KEYS_MAX = 512
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # one non-blocking send on a blocking socket
 # Kernel socket timeouts where struct timeval is what the kernel takes; settimeout elsewhere.
 _SOCKOPT_TIMEOUTS = sys.platform != "win32" and hasattr(socket, "SO_RCVTIMEO")
 _date_cache: tuple[int, str] = (0, "")
@@ -303,6 +306,7 @@ class _Connection:
         except Exception:  # a bug of ours; the thread must not die with it
             log.exception("HTTP connection failed")
         finally:
+            leave_gate()
             if self._linger:
                 self._drain_before_close()
             server._forget(self)  # from here on no other thread touches the socket
@@ -331,6 +335,7 @@ class _Connection:
 
     def _recv(self, timeout: float | None) -> bytes:
         """More bytes, ``b""`` on EOF. Blocks up to ``timeout``; raises TimeoutError."""
+        leave_gate()
         self._set_rcvtimeo(timeout)
         try:
             return self.sock.recv(RECV_BYTES)
@@ -370,6 +375,8 @@ class _Connection:
         end = buf.find(b"\r\n\r\n")
         if end < 0 or buf[0] in (13, 10):
             buf, end = self._read_head_slow(buf)
+        if end >= 0:
+            srv._enter_gate()  # a whole head: the CPU part begins
             if end < 0:
                 return None
         text = buf[:end].decode("latin-1")
@@ -491,6 +498,7 @@ class _Connection:
     def _recv_body(self) -> bytes:
         try:
             data = self._recv(self.server.read_timeout)
+            self.server._enter_gate()
         except TimeoutError:
             raise self._fail_input("timed out reading the request body", 408) from None
         except OSError as exc:
@@ -548,6 +556,9 @@ class _Connection:
         upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
         if upgrade:  # a taken-over socket's reader must block without our read timeout
             self._set_rcvtimeo(None)
+            leave_gate()  # the connection lives on in the app
+        else:
+            self.server._enter_gate()  # (held already unless the head was buffered)
         result: Any = None
         try:
             result = self.server.app(environ, self._start_response_cb)
@@ -559,6 +570,7 @@ class _Connection:
                     raise TypeError(f"WSGI body must be bytes, not {type(body).__name__}")
                 self.send(self._build_head(len(body)) + self._frame(body))
             else:
+                leave_gate()  # producing the next chunk may wait for events
                 for chunk in result:
                     if chunk:
                         self._write(chunk)
@@ -574,6 +586,7 @@ class _Connection:
             self._on_app_error(exc, environ, upgrade)
             return False
         finally:
+            leave_gate()  # an error response, or an app that wrote nothing
             close = getattr(result, "close", None)
             if close is not None:
                 try:
@@ -715,14 +728,27 @@ class _Connection:
         return data
 
     def send(self, data: bytes) -> None:
-        """Send all of ``data``; blocks up to the write timeout per send. Raises _PeerError."""
+        """Send all of ``data``; blocks up to the write timeout per send. Raises _PeerError.
+
+        Holding the CPU gate, it first tries without blocking (the usual case: the kernel
+        takes a response whole) and leaves the gate only if the peer is slow to read."""
         try:
+            if _DONTWAIT and held_gate():
+                try:
+                    sent = self.sock.send(data, _DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            leave_gate()
             self.sock.sendall(data)
         except OSError as exc:  # a reset, a write timeout, or shut down by shutdown()
             self._peer_error = err = _PeerError(f"send failed: {exc}")
             raise err from None
 
     def send_quietly(self, data: bytes) -> None:
+        leave_gate()
         try:
             self.sock.sendall(data)
         except OSError:
@@ -766,7 +792,8 @@ class ThreadedWSGIServer:
                  max_header_bytes: int = MAX_HEADER_BYTES,
                  max_headers: int = MAX_HEADERS,
                  drain_limit: int = DRAIN_LIMIT_BYTES,
-                 backlog: int = LISTEN_BACKLOG) -> None:
+                 backlog: int = LISTEN_BACKLOG,
+                 cpu_gate: bool = True) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout),
                             ("read_timeout", read_timeout), ("write_timeout", write_timeout)):
             if value is not None and value <= 0:
@@ -783,6 +810,8 @@ class ThreadedWSGIServer:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.drain_limit = drain_limit
+        # Requests queue in arrival order for their parse-and-dispatch part (see sync.gate).
+        self.cpu_gate: CpuGate | None = CpuGate() if cpu_gate else None
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -820,6 +849,11 @@ class ThreadedWSGIServer:
         self._result: bool | None = None
 
     # --- connection bookkeeping (called by connection threads) -------------------------
+
+    def _enter_gate(self) -> None:
+        """Queue for the CPU gate (see ``sync.gate``): uncontended, one lock operation."""
+        if self.cpu_gate is not None:
+            self.cpu_gate.enter()
 
     def _begin(self, conn: _Connection) -> bool:
         with self._lock:
