@@ -50,6 +50,9 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
                    help="serve newline-delimited JSON-RPC on stdin/stdout instead of HTTP")
     p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
                    help="HTTP front end: mcpsync's keep-alive threaded server (default) or werkzeug's dev server")
+    p.add_argument("--no-cpu-gate", action="store_true", default=d(False),
+                   help="let request threads take the GIL in any order (more throughput at "
+                        "moderate load, a much longer tail under heavy load)")
     p.add_argument("--log-level", default=d("INFO"), help="logging level for stderr (default INFO)")
     p.add_argument("--access-log", action="store_true", default=d(False),
                    help="log one line per request (session, method, outcome, duration) to stderr")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         spec = args.auth_tokens or os.environ.get("MCPSYNC_AUTH_TOKENS")
         verifier = StaticTokenVerifier.from_spec(spec) if spec else None
         return serve(server, host=args.host, port=args.port, stdio=args.stdio,
-                     server_kind=args.server, auth=verifier)
+                     server_kind=args.server, auth=verifier, cpu_gate=not args.no_cpu_gate)
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
@@ -140,7 +143,7 @@ def _run_hub(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
-                         server_kind=args.server, auth=verifier,
+                         server_kind=args.server, auth=verifier, cpu_gate=not args.no_cpu_gate,
                          routes={HEALTHZ_PATH: healthz_route(hub.health)},
                          gauges=_hub_gauges(hub))
         except OSError as exc:

@@ -43,10 +43,12 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           public_url: str | None = None,
           ready: threading.Event | None = None,
           routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
-          gauges: Mapping[str, tuple[str, Gauge]] | None = None) -> int:
+          gauges: Mapping[str, tuple[str, Gauge]] | None = None,
+          cpu_gate: bool = True) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
-    adds ``/metrics`` gauges (name -> (help, read))."""
+    adds ``/metrics`` gauges (name -> (help, read)); ``cpu_gate=False`` turns off the
+    threaded front end's FIFO admission (``mcpsync.sync.gate``)."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -62,7 +64,8 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if auth is not None:  # bearer tokens on /mcp, /ws, /sse (stdio never takes HTTP auth)
         guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
                                      authorization_servers=authorization_servers)
-    front = make_server(app, host, port, kind=server_kind)
+    front = make_server(app, host, port, kind=server_kind,
+                        **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
     gate = getattr(front, "cpu_gate", None)
     if gate is not None:
         def gate_stats() -> list[tuple[dict[str, str], float]]:

