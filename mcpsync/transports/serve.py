@@ -568,7 +568,7 @@ class _Connection:
                 body = result[0] if len(result) == 1 else b"".join(result)
                 if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
                     raise TypeError(f"WSGI body must be bytes, not {type(body).__name__}")
-                self.send(self._build_head(len(body)) + self._frame(body))
+                self.send_response(self._build_head(len(body)) + self._frame(body))
             else:
                 leave_gate()  # producing the next chunk may wait for events
                 for chunk in result:
@@ -727,21 +727,29 @@ class _Connection:
         self.head_sent = True
         return data
 
+    def send_response(self, data: bytes) -> None:
+        """Send a whole response. Holding the CPU gate, it first tries without blocking (the
+        usual case: the kernel takes it at once) and leaves the gate only if the peer is
+        slow to read; the gate is left when the request ends."""
+        if _DONTWAIT and held_gate():
+            try:
+                sent = self.sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._peer_error = err = _PeerError(f"send failed: {exc}")
+                raise err from None
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.send(data)
+
     def send(self, data: bytes) -> None:
         """Send all of ``data``; blocks up to the write timeout per send. Raises _PeerError.
-
-        Holding the CPU gate, it first tries without blocking (the usual case: the kernel
-        takes a response whole) and leaves the gate only if the peer is slow to read."""
+        Streaming writes come here too; whoever streams may block next, so the CPU gate is
+        left first."""
+        leave_gate()
         try:
-            if _DONTWAIT and held_gate():
-                try:
-                    sent = self.sock.send(data, _DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            leave_gate()
             self.sock.sendall(data)
         except OSError as exc:  # a reset, a write timeout, or shut down by shutdown()
             self._peer_error = err = _PeerError(f"send failed: {exc}")
