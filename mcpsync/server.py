@@ -149,6 +149,15 @@ class PromptDef:
 
 
 @dataclass(frozen=True)
+class ProxyCompleter:
+    """A completer that answers from the whole request rather than (value, context): the
+    hub's, which forwards ``completion/complete`` to the upstream that owns the prompt or
+    template. ``fn(ctx)`` returns the values."""
+
+    fn: Callable[[Context], list[str]]
+
+
+@dataclass(frozen=True)
 class Registry:
     """One immutable generation of everything the server offers."""
 
@@ -156,7 +165,7 @@ class Registry:
     resources: dict[str, ResourceDef] = field(default_factory=dict)
     templates: dict[str, ResourceDef] = field(default_factory=dict)
     prompts: dict[str, PromptDef] = field(default_factory=dict)
-    completers: dict[tuple[str, str, str], Callable[..., Any]] = field(default_factory=dict)
+    completers: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # fn or ProxyCompleter
     generation: int = 0
 
 
@@ -454,13 +463,15 @@ class Server:
                resources: Iterable[ResourceDef] | None = None,
                templates: Iterable[ResourceDef] | None = None,
                prompts: Iterable[PromptDef] | None = None,
+               completers: dict[tuple[str, str, str], ProxyCompleter] | None = None,
                replace_prefix: str | None = None,
                replace_uri_prefix: str | None = None) -> None:
         """Replace a whole set of definitions at once (the hub's refresh): the entries whose
         name starts with ``replace_prefix`` (resources and templates: whose URI starts with
         ``replace_uri_prefix``, default ``replace_prefix``) are dropped and the given ones
         added, in one commit, so no reader ever sees half an update. A kind passed as None
-        is left alone."""
+        is left alone. Completers are keyed ``(ref type, prompt name or template URI,
+        argument)`` and replaced by the same prefixes."""
         uri_prefix = replace_prefix if replace_uri_prefix is None else replace_uri_prefix
 
         def change(r: Registry) -> Registry:
@@ -471,10 +482,18 @@ class Server:
                 kept = {k: v for k, v in old.items() if prefix is None or not k.startswith(prefix)}
                 kept.update({getattr(d, key): d for d in new})
                 return kept
+            kept_completers = r.completers
+            if completers is not None:
+                def replaced(key: tuple[str, str, str]) -> bool:
+                    prefix = replace_prefix if key[0] == "ref/prompt" else uri_prefix
+                    return prefix is None or key[1].startswith(prefix)
+                kept_completers = {k: v for k, v in r.completers.items() if not replaced(k)}
+                kept_completers.update(completers)
             return replace(r, tools=merged(r.tools, tools, "name", replace_prefix),
                            resources=merged(r.resources, resources, "uri", uri_prefix),
                            templates=merged(r.templates, templates, "uri", uri_prefix),
-                           prompts=merged(r.prompts, prompts, "name", replace_prefix))
+                           prompts=merged(r.prompts, prompts, "name", replace_prefix),
+                           completers=kept_completers)
         with self._registry_mutex:
             self._registry = replace(change(self._registry), generation=self._registry.generation + 1)
             self._list_cache = {}
@@ -940,7 +959,8 @@ class Server:
         if completer is not None:
             context = params.get("context") or {}
             with gate_paused():
-                got = completer(str(argument.get("value", "")), dict(context.get("arguments") or {}))
+                got = (completer.fn(ctx) if isinstance(completer, ProxyCompleter) else
+                       completer(str(argument.get("value", "")), dict(context.get("arguments") or {})))
             values = [str(v) for v in got]
         return {"completion": {"values": values[:MAX_COMPLETION_VALUES], "total": len(values),
                                "hasMore": len(values) > MAX_COMPLETION_VALUES}}

@@ -106,6 +106,14 @@ def make_server(name: str = "hub-fixture") -> Server:
         """Greet someone."""
         return f"Hello, {who}, from {name}!"
 
+    @server.completion(prompt="greet", argument="who")
+    def complete_who(value: str, context: dict[str, str]) -> list[str]:
+        return [n for n in ("Ada", "Alan", "Grace") if n.startswith(value)] + [name]
+
+    @server.completion(resource_template="fixture://items/{item}", argument="item")
+    def complete_item(value: str, context: dict[str, str]) -> list[str]:
+        return [f"{value}-{name}"]
+
     # Two prompt names that the hub's naming maps to the same name ("dup_name").
     server.add_prompt(lambda: "first", name="dup name", description="listed first")
     server.add_prompt(lambda: "second", name="dup_name", description="listed second")

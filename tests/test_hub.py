@@ -148,6 +148,24 @@ def test_calls_are_routed_to_their_upstream(client: MemClient) -> None:
     assert bad.get("isError") and "old" in text(bad)
 
 
+def test_completions_are_forwarded_to_the_upstream_that_owns_the_prompt(client: MemClient) -> None:
+    """completion/complete for a hub prompt or template goes to its upstream, naming the
+    upstream's own prompt or template; the answer shows which server completed it."""
+    for up in ("py", "old"):
+        got = client.call("completion/complete", {"ref": {"type": "ref/prompt", "name": f"{up}__greet"},
+                                                  "argument": {"name": "who", "value": "A"}})
+        assert got["completion"]["values"] == ["Ada", "Alan", f"fixture-{up}"]
+        templates = client.call("resources/templates/list")["resourceTemplates"]
+        uri = next(t["uriTemplate"] for t in templates
+                   if t["uriTemplate"].endswith("fixture://items/{item}") and f"/{up}/" in t["uriTemplate"])
+        got = client.call("completion/complete", {"ref": {"type": "ref/resource", "uri": uri},
+                                                  "argument": {"name": "item", "value": "x"}})
+        assert got["completion"]["values"] == [f"x-fixture-{up}"]
+    none = client.call("completion/complete", {"ref": {"type": "ref/prompt", "name": "py__greet"},
+                                               "argument": {"name": "nobody", "value": "A"}})
+    assert none["completion"]["values"] == []
+
+
 def test_resources_and_prompts_are_rewritten_and_routed(client: MemClient) -> None:
     link = client.call_tool("py__link")["content"][0]
     assert link["type"] == "resource_link" and link["uri"] == "hub://py/fixture://static"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..content import ToolResult
-from ..server import PromptDef, ResourceDef, ToolDef
+from ..server import PromptDef, ProxyCompleter, ResourceDef, ToolDef
 from .config import UpstreamConfig
 
 log = logging.getLogger("mcpsync.hub")
@@ -90,6 +90,9 @@ class Defs:
     resources: list[ResourceDef] = field(default_factory=list)
     templates: list[ResourceDef] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)          # hub tool/prompt name -> original
+    # (ref type, hub prompt name or hub URI template, argument) -> forwarding completer; only
+    # for an upstream that offers completions
+    completers: dict[tuple[str, str, str], ProxyCompleter] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     filtered: int = 0
 
@@ -123,8 +126,10 @@ def _assign(kind: str, cfg: UpstreamConfig, items: list[dict[str, Any]], previou
 
 
 def build(cfg: UpstreamConfig, lists: dict[str, list[dict[str, Any]]], forward: Forward,
-          previous: dict[str, str] | None = None) -> Defs:
-    """Proxy definitions for one upstream's tools, prompts, resources and templates."""
+          previous: dict[str, str] | None = None, *, completions: bool = False) -> Defs:
+    """Proxy definitions for one upstream's tools, prompts, resources and templates, and,
+    with ``completions`` (the upstream offers them), completers that forward
+    ``completion/complete`` for every prompt argument and template variable."""
     previous = previous or {}
     defs = Defs()
     tools = [t for t in lists.get("tools", []) if isinstance(t.get("name"), str)]
@@ -149,7 +154,30 @@ def build(cfg: UpstreamConfig, lists: dict[str, list[dict[str, Any]]], forward: 
             continue
         seen.add(uri)
         defs.templates.append(_resource_def(cfg, hub_uri(cfg, uri), r, forward, template=True))
+    if completions:
+        for pdef in defs.prompts:
+            for a in pdef.arguments:
+                defs.completers[("ref/prompt", pdef.name, a["name"])] = _completer(
+                    cfg, forward, defs.names[pdef.name])
+        for tdef in defs.templates:
+            original = upstream_uri(cfg, tdef.uri) or tdef.uri
+            for m in _TEMPLATE_EXPR.finditer(tdef.uri):
+                for var in m.group(0)[1:-1].lstrip("+#./;?&").split(","):
+                    var = var.split(":")[0].rstrip("*")
+                    if var:
+                        defs.completers[("ref/resource", tdef.uri, var)] = _completer(cfg, forward, original)
     return defs
+
+
+def _completer(cfg: UpstreamConfig, forward: Forward, original: str) -> ProxyCompleter:
+    """Forwards a completion request to the upstream, naming its own prompt or template."""
+    up = cfg.name
+
+    def complete(ctx: Any) -> list[str]:
+        result = forward("complete", up, original, ctx)
+        completion = _dict(result.get("completion")) or {}
+        return [v for v in _list(completion.get("values")) or [] if isinstance(v, str)]
+    return ProxyCompleter(complete)
 
 
 def _str(value: Any) -> str | None:

@@ -158,7 +158,7 @@ class Upstream:
             if t.is_alive():
                 log.warning("upstream %s: the supervisor did not stop in time", self.name)
         if unregister:
-            self.server.update(tools=[], prompts=[], resources=[], templates=[],
+            self.server.update(tools=[], prompts=[], resources=[], templates=[], completers={},
                                replace_prefix=self.cfg.tool_prefix, replace_uri_prefix=self.cfg.uri_prefix)
         self._set_state(STOPPED if self.cfg.enabled else DISABLED)
 
@@ -355,7 +355,8 @@ class Upstream:
         with self._cond:
             previous = self._defs
         defs = aggregate.build(self.cfg, lists, self._forward_to_hub,
-                               previous.names if previous is not None else None)
+                               previous.names if previous is not None else None,
+                               completions="completions" in caps)
         new_sig = defs.signature()
         old_sig = previous.signature() if previous is not None and self._committed else None
         changed = {k: old_sig is None or old_sig[k] != v for k, v in new_sig.items()}
@@ -367,6 +368,7 @@ class Upstream:
                                prompts=defs.prompts if changed["prompts"] else None,
                                resources=defs.resources if changed["resources"] else None,
                                templates=defs.templates if changed["resources"] else None,
+                               completers=defs.completers if changed["prompts"] or changed["resources"] else None,
                                replace_prefix=self.cfg.tool_prefix, replace_uri_prefix=self.cfg.uri_prefix)
         with self._cond:
             self._defs = defs
@@ -409,6 +411,15 @@ class Upstream:
                 if isinstance(args, dict):
                     p["arguments"] = args
                 return session.request("prompts/get", p, ctx=ctx)
+            if kind == "complete":  # the same request, naming the upstream's prompt/template
+                given = params.get("ref")
+                ref: dict[str, Any] = given if isinstance(given, dict) else {}
+                key = "name" if ref.get("type") == "ref/prompt" else "uri"
+                c: dict[str, Any] = {"ref": {"type": ref.get("type"), key: original},
+                                     "argument": params.get("argument")}
+                if isinstance(params.get("context"), dict):
+                    c["context"] = params["context"]
+                return session.request("completion/complete", c, ctx=ctx)
             return session.request("resources/read", {"uri": original}, ctx=ctx)
         except PeerError as exc:
             if kind == "tool":
