@@ -312,6 +312,18 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+def _run_cancel_callbacks(callbacks: list[Callable[[], None]], request_id: Any) -> None:
+    """Run a cancelled request's ``on_cancel`` callbacks (no lock held; one failing does not
+    stop the others)."""
+    if callbacks:
+        leave_gate()  # callbacks may block (the hub tells its upstream)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("cancellation callback of request %r failed", request_id)
+
+
 class ServerConnection:
     """The protocol state machine of one session, driven by a transport.
 
@@ -535,13 +547,7 @@ class ServerConnection:
             event = ctx._cancel_event
             callbacks, ctx._on_cancel = ctx._on_cancel or [], None
         event.set()
-        if callbacks:
-            leave_gate()  # callbacks may block (the hub tells its upstream)
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("cancellation callback of request %r failed", ctx.request_id)
+        _run_cancel_callbacks(callbacks, ctx.request_id)
 
     def cancel(self, request_id: Any, reason: Any = None) -> bool:
         """Cancel the in-flight request ``request_id`` (no response will be sent for it).
@@ -561,13 +567,7 @@ class ServerConnection:
             event.set()
         for p in pending:
             p.settle(error=McpError("cancelled"))
-        if callbacks:
-            leave_gate()  # callbacks may block (the hub tells its upstream)
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("cancellation callback of request %r failed", request_id)
+        _run_cancel_callbacks(callbacks, request_id)
         return True
 
     # ---- server -> client requests -----------------------------------------------------------

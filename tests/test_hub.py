@@ -112,14 +112,19 @@ def stdio_hub() -> Iterator[Hub]:
         hub.close()
 
 
-@pytest.fixture
-def client(stdio_hub: Hub) -> Iterator[MemClient]:
-    c = MemClient(stdio_hub.server)
+def sampling_client(hub: Hub) -> Iterator[MemClient]:
+    """An initialized in-memory client of ``hub`` that offers sampling; closed afterwards."""
+    c = MemClient(hub.server)
     c.initialize(capabilities={"sampling": {}})
     try:
         yield c
     finally:
         c.conn.close()
+
+
+@pytest.fixture
+def client(stdio_hub: Hub) -> Iterator[MemClient]:
+    yield from sampling_client(stdio_hub)
 
 
 def test_both_eras_negotiated_and_reported(stdio_hub: Hub) -> None:
@@ -370,12 +375,7 @@ def remote() -> Iterator[Remote]:
 
 @pytest.fixture
 def rclient(remote: Remote) -> Iterator[MemClient]:
-    c = MemClient(remote.hub.server)
-    c.initialize(capabilities={"sampling": {}})
-    try:
-        yield c
-    finally:
-        c.conn.close()
+    yield from sampling_client(remote.hub)
 
 
 def test_remote_upstreams_negotiate_their_revisions(remote: Remote) -> None:

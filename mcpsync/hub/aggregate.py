@@ -141,19 +141,15 @@ def build(cfg: UpstreamConfig, lists: dict[str, list[dict[str, Any]]], forward: 
     for hname, p in _assign("prompt", cfg, lists.get("prompts", []), previous, defs.skipped):
         defs.names[hname] = p["name"]
         defs.prompts.append(_prompt_def(cfg, hname, p, forward))
-    seen: set[str] = set()
-    for r in lists.get("resources", []):
-        uri = r.get("uri")
-        if not isinstance(uri, str) or uri in seen:
-            continue
-        seen.add(uri)
-        defs.resources.append(_resource_def(cfg, hub_uri(cfg, uri), r, forward, template=False))
-    for r in lists.get("resourceTemplates", []):
-        uri = r.get("uriTemplate")
-        if not isinstance(uri, str) or uri in seen:
-            continue
-        seen.add(uri)
-        defs.templates.append(_resource_def(cfg, hub_uri(cfg, uri), r, forward, template=True))
+    seen: set[str] = set()  # URIs and URI templates share one namespace
+    for kind, key, into, template in (("resources", "uri", defs.resources, False),
+                                      ("resourceTemplates", "uriTemplate", defs.templates, True)):
+        for r in lists.get(kind, []):
+            uri = r.get(key)
+            if not isinstance(uri, str) or uri in seen:
+                continue
+            seen.add(uri)
+            into.append(_resource_def(cfg, hub_uri(cfg, uri), r, forward, template=template))
     if completions:
         for pdef in defs.prompts:
             for a in pdef.arguments:
