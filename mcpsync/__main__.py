@@ -59,6 +59,8 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--auth-tokens", default=d(None), metavar="SPEC",
                    help="require bearer tokens on the HTTP endpoints: 'token1:alice,token2:bob' "
                         "(default: $MCPSYNC_AUTH_TOKENS, else no auth)")
+    p.add_argument("--metrics-auth", action="store_true", default=d(False),
+                   help="put /metrics behind the same bearer tokens (default: open, like /healthz)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         spec = args.auth_tokens or os.environ.get("MCPSYNC_AUTH_TOKENS")
         verifier = StaticTokenVerifier.from_spec(spec) if spec else None
         return serve(server, host=args.host, port=args.port, stdio=args.stdio,
-                     server_kind=args.server, auth=verifier, cpu_gate=not args.no_cpu_gate)
+                     server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
+                     cpu_gate=not args.no_cpu_gate)
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
@@ -143,8 +146,8 @@ def _run_hub(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
-                         server_kind=args.server, auth=verifier, cpu_gate=not args.no_cpu_gate,
-                         routes={HEALTHZ_PATH: healthz_route(hub.health)},
+                         server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
+                         cpu_gate=not args.no_cpu_gate, routes={HEALTHZ_PATH: healthz_route(hub.health)},
                          gauges=_hub_gauges(hub))
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

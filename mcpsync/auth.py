@@ -3,8 +3,11 @@
 Theory of operation
 -------------------
 ``AuthMiddleware`` wraps the WSGI app. Requests to the protected paths (``/mcp``, ``/ws``,
-``/sse``, ``/messages``) must carry ``Authorization: Bearer <token>`` (never a query
-parameter). A ``TokenVerifier`` turns the token into a ``TokenInfo`` (subject, scopes,
+``/sse``, ``/messages``, and ``/metrics`` when asked) must carry ``Authorization: Bearer
+<token>`` (never a query parameter), whatever their method. The one exception is a CORS
+preflight (``OPTIONS`` with ``Access-Control-Request-Method`` and no ``Upgrade``): browsers
+send it without credentials, and the app answers it with headers only, never reaching a
+tool, resource or prompt. A ``TokenVerifier`` turns the token into a ``TokenInfo`` (subject, scopes,
 audience, expiry) or refuses it:
 
 * no or bad token → 401 with ``WWW-Authenticate: Bearer resource_metadata="<PRM URL>"``
@@ -41,6 +44,7 @@ from urllib.parse import urlencode, urlsplit
 log = logging.getLogger("mcpsync.auth")
 
 PROTECTED_PATHS = ("/mcp", "/ws", "/sse", "/messages")
+METRICS_PATH = "/metrics"
 PRM_PATH = "/.well-known/oauth-protected-resource"
 INTROSPECTION_TIMEOUT_S = 5.0
 
@@ -206,6 +210,14 @@ class JwtVerifier:
                          float(claims["exp"]), claims)
 
 
+def _is_preflight(environ: dict[str, Any]) -> bool:
+    """A CORS preflight, which carries no credentials by design. An ``OPTIONS`` that asks
+    for an upgrade is not one (it would otherwise open a WebSocket without a token)."""
+    return (environ.get("REQUEST_METHOD") == "OPTIONS"
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+            and "HTTP_UPGRADE" not in environ)
+
+
 class AuthMiddleware:
     """Protect the MCP endpoints of ``app`` with bearer tokens (see the module docstring).
 
@@ -252,7 +264,7 @@ class AuthMiddleware:
                                       ("Content-Length", str(len(self._prm_body))),
                                       ("Access-Control-Allow-Origin", "*")])
             return [self._prm_body]
-        if not path.startswith(self.protected) or environ.get("REQUEST_METHOD") == "OPTIONS":
+        if not path.startswith(self.protected) or _is_preflight(environ):
             return self.app(environ, start_response)
         header = environ.get("HTTP_AUTHORIZATION") or ""
         scheme, _, token = header.partition(" ")

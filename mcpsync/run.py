@@ -16,7 +16,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping
 
 from .app import McpApp
-from .auth import AuthMiddleware, TokenVerifier
+from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
 from .transports.serve import make_server
@@ -40,14 +40,15 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           stdio: bool = False, server_kind: str = "threaded",
           allowed_hosts: Iterable[str] | None = None,
           auth: TokenVerifier | None = None, authorization_servers: Iterable[str] = (),
-          public_url: str | None = None,
+          public_url: str | None = None, metrics_auth: bool = False,
           ready: threading.Event | None = None,
           routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
           gauges: Mapping[str, tuple[str, Gauge]] | None = None,
           cpu_gate: bool = True) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
-    adds ``/metrics`` gauges (name -> (help, read)); ``cpu_gate=False`` turns off the
+    adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
+    behind the same bearer tokens as the MCP routes; ``cpu_gate=False`` turns off the
     threaded front end's FIFO admission (``mcpsync.sync.gate``)."""
     if stdio:
         serve_stdio(server)
@@ -61,9 +62,11 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         wsgi.metrics.gauge(name, help_text, read)
     app: Any = wsgi
     guard: AuthMiddleware | None = None
-    if auth is not None:  # bearer tokens on /mcp, /ws, /sse (stdio never takes HTTP auth)
+    if auth is not None:  # bearer tokens on every route that reaches the server (not stdio)
+        protected = PROTECTED_PATHS + ((METRICS_PATH,) if metrics_auth else ())
         guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
-                                     authorization_servers=authorization_servers)
+                                     authorization_servers=authorization_servers,
+                                     protected_paths=protected)
     front = make_server(app, host, port, kind=server_kind,
                         **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
     gate = getattr(front, "cpu_gate", None)

@@ -307,6 +307,9 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
                     *, principal: Any = None, max_message_bytes: int = WS_MAX_MESSAGE_BYTES,
                     ping_interval_s: float | None = WS_PING_INTERVAL_S) -> Iterable[bytes]:
     """Run one WebSocket connection to completion (called from the WSGI app)."""
+    if environ.get("REQUEST_METHOD") != "GET":  # RFC 6455 4.1: an upgrade is a GET
+        return _refuse(start_response, "405 Method Not Allowed",
+                       "a WebSocket upgrade is a GET request", [("Allow", "GET")])
     raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
     if raw is None or "websocket" not in (environ.get("HTTP_UPGRADE") or "").lower():
         return _refuse(start_response, "426 Upgrade Required", "WebSocket upgrade required",
