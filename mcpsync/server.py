@@ -237,6 +237,11 @@ def _for_revision(blocks: list[dict[str, Any]], feats: versions.Features) -> lis
     return out
 
 
+def _json_text(data: Any) -> str:
+    """JSON text of a tool's structured result; ValueError for NaN or infinity."""
+    return json.dumps(data, ensure_ascii=False, allow_nan=False)
+
+
 def _encode_cursor(offset: int, generation: int) -> str:
     return base64.urlsafe_b64encode(f"{generation}:{offset}".encode()).decode().rstrip("=")
 
@@ -764,7 +769,12 @@ class Server:
             log.exception("tool %s raised", tool.name)
             return {"content": [{"type": "text", "text": f"Tool {tool.name} failed: {type(exc).__name__}: {exc}"}],
                     "isError": True}
-        result = self._tool_result(tool, value, feats)
+        try:
+            result = self._tool_result(tool, value, feats)
+        except ValueError as exc:  # NaN or infinity: JSON has no way to say them
+            log.warning("tool %s returned a value JSON cannot carry: %s", tool.name, exc)
+            return {"content": [{"type": "text", "text": f"Tool {tool.name} returned a value JSON "
+                                 f"cannot represent ({exc})"}], "isError": True}
         result["content"] = _for_revision(result["content"], feats)
         return result
 
@@ -807,9 +817,10 @@ class Server:
             result: dict[str, Any] = {"content": content_mod.to_content_list(value.content)}
             if value.structured is not None:
                 # The text copy serves clients that ignore (or, before 2025-06-18, never get)
-                # structuredContent.
+                # structuredContent; encoding it also refuses NaN and infinity (ValueError).
+                text = _json_text(value.structured)
                 if not result["content"]:
-                    result["content"] = [{"type": "text", "text": json.dumps(value.structured, ensure_ascii=False)}]
+                    result["content"] = [{"type": "text", "text": text}]
                 if feats.structured_content:
                     result["structuredContent"] = value.structured
             if value.is_error:
@@ -820,7 +831,7 @@ class Server:
         if tool.output_schema is not None:
             data = to_jsonable(value)
             structured = {"result": data} if tool.wrap_output else data
-            result = {"content": [{"type": "text", "text": json.dumps(data, ensure_ascii=False)}]}
+            result = {"content": [{"type": "text", "text": _json_text(data)}]}
             if feats.structured_content:
                 result["structuredContent"] = structured
             return result

@@ -52,7 +52,7 @@ def make_server() -> tuple[Server, dict[str, Any]]:
 
     @srv.tool()
     def infinite() -> dict[str, float]:
-        """A result that is not valid JSON (infinity): our bug, answered as -32603."""
+        """A result that is not valid JSON (infinity): a tool error naming the problem."""
         return {"x": float("inf")}
 
     return srv, gates
@@ -153,13 +153,15 @@ def test_wrong_method_path_content_type_and_body(env: Any) -> None:
         assert other.post(rpc(1, "ping"), session=False).status == 404
 
 
-def test_unencodable_result_becomes_internal_error_not_a_hang(env: Any) -> None:
+def test_a_non_finite_tool_result_is_a_tool_error_not_a_hang(env: Any) -> None:
     url, _, _ = env
     with HttpMcp(url) as c:
         c.initialize()
         reply = c.post(rpc(5, "tools/call", {"name": "infinite"}))
         assert reply.status == 200
-        assert reply.json() == {"jsonrpc": "2.0", "id": 5, "error": {"code": -32603, "message": "Internal error"}}
+        result = reply.json()["result"]
+        assert result["isError"] is True
+        assert result["content"][0]["text"].startswith("Tool infinite returned a value JSON cannot represent")
         assert c.call("ping") == {}
 
 

@@ -108,3 +108,126 @@ def test_metrics_with_a_token_and_healthz_without(guarded_cli: CliServer) -> Non
     reply = exchange(port, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                            "Connection: close\r\n\r\n".encode())
     assert status_of(reply) == 200
+
+
+# ---- finding 5: client errors are client errors (no 500, no traceback) ----------------------
+
+@pytest.fixture()
+def app_port(caplog: pytest.LogCaptureFixture) -> Iterator[int]:
+    """The example server on the front end in this process; no record may carry a
+    traceback or be an ERROR (client mistakes are warnings at most)."""
+    app = McpApp(everything)
+    with serving(McpWsgiApp(app)) as base:
+        yield int(base.rsplit(":", 1)[1])
+    app.close()
+    bad = [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+def init_body(rid: Any = 1) -> bytes:
+    return json.dumps(rpc(rid, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                              "clientInfo": {"name": "t", "version": "1"}})).encode()
+
+
+@pytest.mark.parametrize("size", [b"zz", b"-1", b"0000000000000002", b"0x2", b"", b"2 2"])
+def test_bad_chunk_sizes_are_400(app_port: int, size: bytes) -> None:
+    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{app_port}\r\nContent-Type: application/json\r\n"
+            "Accept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    reply = exchange(app_port, head + size + b"\r\nab\r\n0\r\n\r\n")
+    assert status_of(reply) == 400, reply[:300]
+
+
+def test_a_body_cut_short_is_400_not_500(app_port: int) -> None:
+    body = init_body()
+    head = json_post(app_port, b"", "").replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode())
+    reply = exchange(app_port, head + body[:10])  # half-close after 10 of the bytes
+    assert reply == b"" or status_of(reply) == 400, reply[:300]
+
+
+def test_a_lone_surrogate_id_is_a_parse_error_over_http(app_port: int) -> None:
+    body = b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}'
+    reply = exchange(app_port, json_post(app_port, body))
+    assert status_of(reply) == 400
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == -32700
+    # A proper surrogate pair (one emoji) is fine.
+    ok = exchange(app_port, json_post(app_port, init_body("\\ud83d\\ude00").replace(b"\\\\", b"\\")))
+    assert status_of(ok) == 200 and json.loads(ok.split(b"\r\n\r\n", 1)[1])["id"] == "\U0001F600"
+
+
+def test_a_lone_surrogate_over_websocket_is_an_error_and_the_connection_lives(app_port: int) -> None:
+    c = RawWs(app_port)
+    try:
+        raw_initialize(c)
+        c.send_frame(0x1, b'{"jsonrpc":"2.0","id":"\\udfff","method":"ping"}')
+        assert c.message()["error"]["code"] == -32700
+        c.send_json(rpc(2, "ping"))
+        assert c.message() == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    finally:
+        c.close()
+
+
+def test_numbers_beyond_the_float_range_and_non_finite_results(app_port: int) -> None:
+    with HttpMcp(f"http://127.0.0.1:{app_port}/mcp") as c:
+        c.initialize()
+        body = json.dumps(call_tool(5, "add", a=1, b=2)).replace('"a": 1', '"a": 1e999').encode()
+        reply = c.post(None, raw=body)
+        assert reply.status == 400 and reply.json()["error"]["code"] == -32700
+        assert "out of range" in reply.json()["error"]["message"]
+        result = c.call("tools/call", {"name": "add", "arguments": {"a": 1e308, "b": 1e308}})
+        assert result["isError"] is True
+        assert "cannot represent" in result["content"][0]["text"]
+
+
+# ---- finding 9: request framing and the smaller ones ---------------------------------------
+
+def test_an_idle_keep_alive_connection_closed_by_the_peer_gets_no_400(app_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", app_port), timeout=WAIT_S) as s:
+        s.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{app_port}\r\n\r\n".encode())
+        reply = b""
+        while b'"ok"}' not in reply:
+            piece = s.recv(65536)
+            assert piece, reply
+            reply += piece
+        s.shutdown(socket.SHUT_WR)  # done: the peer closes between requests
+        rest = s.recv(65536)
+    assert status_of(reply) == 200 and rest == b""
+
+
+def test_http11_without_host_and_control_bytes_in_values_are_400(app_port: int) -> None:
+    assert status_of(exchange(app_port, b"GET /healthz HTTP/1.1\r\n\r\n")) == 400
+    for value in (b"a\x00b", b"a\x01b", b"a\x7fb"):
+        reply = exchange(app_port, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{app_port}\r\n"
+                                   .encode() + b"X-Test: " + value + b"\r\n\r\n")
+        assert status_of(reply) == 400, value
+    tab = exchange(app_port, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{app_port}\r\n"
+                             "X-Test: a\tb\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(tab) == 200
+    assert status_of(exchange(app_port, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200  # 1.0: optional
+
+
+def test_a_body_over_the_limit_is_413_for_a_client_that_is_still_sending(app_port: int) -> None:
+    import http.client
+    body = b"[" + b"1," * (5 * 1024 * 1024 // 2) + b"1]"  # 5 MiB, over the 4 MiB limit
+    conn = http.client.HTTPConnection("127.0.0.1", app_port, timeout=WAIT_S)
+    try:
+        conn.request("POST", "/mcp", body=body, headers={"Content-Type": "application/json",
+                                                          "Accept": "application/json"})
+        response = conn.getresponse()  # the whole body went out first: no reset
+        assert response.status == 413
+        assert b"limit" in response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("depth,ok", [(64, True), (65, False), (4_000_000, False)])
+def test_nesting_depth_limit(app_port: int, depth: int, ok: bool) -> None:
+    inner = depth - 2  # inside the message object and its params
+    nested = "[" * inner + "]" * inner if depth < 1000 else "[" * depth
+    body = ('{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + nested + "}}").encode()
+    reply = exchange(app_port, json_post(app_port, body, "Mcp-Session-Id: none\r\n"))
+    error = json.loads(reply.split(b"\r\n\r\n", 1)[1]).get("error", {})
+    if ok:
+        assert error.get("code") != -32700  # parsed (then refused for its session: fine)
+    else:
+        assert status_of(reply) == 400 and error["code"] == -32700
+        assert "nested deeper" in error["message"]

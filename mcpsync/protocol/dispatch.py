@@ -47,12 +47,15 @@ def encode_outgoing(msg: Any) -> bytes | None:
     try:
         return encode(msg)
     except (ValueError, TypeError) as exc:
-        log.error("an outgoing message is not valid JSON", exc_info=exc)
-    if type(msg) is list:
-        parts = [p for p in map(encode_outgoing, msg) if p is not None]
-        return b"[" + b",".join(parts) + b"]" if parts else None
+        if type(msg) is list:
+            parts = [p for p in map(encode_outgoing, msg) if p is not None]
+            return b"[" + b",".join(parts) + b"]" if parts else None
+        log.error("an outgoing message is not valid JSON: %s", exc)
     if type(msg) is dict and "method" not in msg and is_valid_id(msg.get("id")):
-        return encode(error_response(msg["id"], InternalError("Internal error")))
+        try:
+            return encode(error_response(msg["id"], InternalError("Internal error")))
+        except ValueError:  # the id itself cannot be encoded: answer without it
+            return encode(error_response(None, InternalError("Internal error")))
     return None
 
 

@@ -6,7 +6,9 @@ Messages stay plain ``dict`` objects end to end (the cheapest thing Python can b
 serialize); this module only decides what a decoded value *is* and whether it is legal:
 
 * ``decode(data)`` turns bytes or text into a Python value, raising ``ParseError`` for bad
-  JSON or bad UTF-8. It does not judge the shape.
+  JSON or bad UTF-8, and for the two things Python's parser accepts that could never be
+  encoded again: a number out of the float range (``1e999`` would be infinity) and a lone
+  UTF-16 surrogate escape (``"\ud800"`` is no Unicode character). It does not judge the shape.
 * ``classify(obj)`` names one message: ``REQUEST``, ``NOTIFICATION``, ``RESPONSE`` or
   ``ERROR``, raising ``InvalidRequest`` for anything else (wrong ``jsonrpc``, ``id: null`` on
   a request, non-object ``params`` ...). MCP is stricter than JSON-RPC: ids are strings or
@@ -42,36 +44,48 @@ def decode(data: bytes | str) -> Any:
             raise ParseError("Parse error: body is not valid UTF-8") from None
     else:
         text = data
-    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
-        raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels")
     try:
-        return _decoder.decode(text)
-    except (ValueError, RecursionError):
+        value = _decoder.decode(text)  # C; its own recursion guard ends a deep text early
+    except _OutOfRange as exc:
+        raise ParseError(f"Parse error: the number {exc} is out of range") from None
+    except RecursionError:
+        raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
         raise ParseError("Parse error: invalid JSON") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
+        raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels")
+    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(value):
+        raise ParseError("Parse error: a string holds a lone UTF-16 surrogate escape, "
+                         "which is not a Unicode character")
+    return value
 
 
-def _depth(text: str) -> int:
-    """The deepest nesting of arrays/objects in a JSON text (brackets inside strings skipped).
-    Only called when the text has more brackets than MAX_DEPTH at all."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def _lone_surrogate(value: Any) -> bool:
+    """True if a string in ``value`` holds an unpaired surrogate (it cannot be UTF-8).
+    Called only for texts that contain a surrogate escape at all (pairs decode to one
+    character and pass)."""
+    try:
+        _encoder.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _too_deep(value: Any) -> bool:
+    """True if arrays/objects nest deeper than MAX_DEPTH in a decoded value. Only called when
+    the text has more brackets than that at all; it visits containers, not characters, and
+    stops at the first one too deep (a fraction of the parse's own cost)."""
+    stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > MAX_DEPTH:
+            return True
+        for child in (node.values() if type(node) is dict else node):
+            kind = type(child)
+            if kind is list or kind is dict:
+                push((child, depth + 1))
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -80,7 +94,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)  # stateless: shared by all threads
+class _OutOfRange(ValueError):
+    """A number literal beyond the float range; its text is the exception's message."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value in (_INF, -_INF):  # a literal is never NaN: the grammar has no way to say it
+        raise _OutOfRange(literal[:40])
+    return value
+
+
+_INF = float("inf")
+# Stateless: shared by all threads.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def encode(msg: Any) -> bytes:

@@ -61,8 +61,8 @@ MAX_HEADER_BYTES = 65536         # the whole head; larger: 431
 MAX_HEADERS = 100                # header lines; more: 431
 DRAIN_LIMIT_BYTES = 256 * 1024   # unread request body discarded to keep a connection alive
 SHUTDOWN_TIMEOUT_S = 5.0
-LINGER_TIMEOUT_S = 2.0           # after an error response, time to discard the peer's input
-LINGER_MAX_BYTES = 1024 * 1024
+LINGER_TIMEOUT_S = 5.0           # after an error response, time to discard the peer's input
+LINGER_MAX_BYTES = 16 * 1024 * 1024  # (a refused large body: the client reads our 413, no reset)
 ACCEPT_BACKOFF_S = 0.1           # pause after accept() fails (e.g. out of descriptors)
 RECV_BYTES = 65536
 LISTEN_BACKLOG = 1024
@@ -75,6 +75,7 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
             505: "HTTP Version Not Supported"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB (obs-text is allowed)
 _WATCHED = frozenset(("content-length", "connection", "transfer-encoding", "date", "server"))
 _SERVER_LINE = "Server: mcpsync\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -375,10 +376,9 @@ class _Connection:
         end = buf.find(b"\r\n\r\n")
         if end < 0 or buf[0] in (13, 10):
             buf, end = self._read_head_slow(buf)
-        if end >= 0:
-            srv._enter_gate()  # a whole head: the CPU part begins
-            if end < 0:
+            if end < 0:  # the peer closed or idled out between requests: a clean end
                 return None
+        srv._enter_gate()  # a whole head: the CPU part begins
         text = buf[:end].decode("latin-1")
         self._buf = buf[end + 4:]
         lines = text.split("\r\n")
@@ -413,6 +413,8 @@ class _Connection:
             if not key:
                 continue
             value = value.strip(" \t")
+            if not value.isprintable() and _BAD_VALUE.search(value):
+                raise _HttpError(400)  # NUL or another control character (RFC 9110 5.5)
             if key in environ:
                 if key == "CONTENT_LENGTH":
                     if environ[key] != value:
@@ -434,6 +436,8 @@ class _Connection:
         environ["PATH_INFO"] = path
 
         self._http11 = http11 = version == "HTTP/1.1"
+        if http11 and "HTTP_HOST" not in environ:
+            raise _HttpError(400)  # RFC 9112 3.2: a server must refuse it
         self._head_only = method == "HEAD"
         conn_header = environ.get("HTTP_CONNECTION")
         if http11:
@@ -600,6 +604,7 @@ class _Connection:
         if type(body_in) is _Body:
             try:
                 if not body_in.discard(self.server.drain_limit):
+                    self._linger = True  # discard the rest before closing: no reset
                     return False
             except _PeerError:
                 return False

@@ -67,7 +67,8 @@ _SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cac
                 ("X-Accel-Buffering", "no")]
 _STATUS = {200: "200 OK", 202: "202 Accepted", 204: "204 No Content", 400: "400 Bad Request",
            403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
-           406: "406 Not Acceptable", 409: "409 Conflict", 413: "413 Content Too Large",
+           406: "406 Not Acceptable", 408: "408 Request Timeout", 409: "409 Conflict",
+           413: "413 Content Too Large", 431: "431 Request Header Fields Too Large",
            415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
            503: "503 Service Unavailable"}
 
@@ -240,9 +241,9 @@ class McpWsgiApp:
                 raise HttpError(400, "Bad Request: invalid Content-Length") from None
             if size > self.max_body_bytes:
                 raise HttpError(413, f"Content Too Large: the limit is {self.max_body_bytes} bytes")
-            return stream.read(size) if size > 0 else b""
+            return _read(stream, size) if size > 0 else b""
         if environ.get("wsgi.input_terminated"):
-            body = stream.read(self.max_body_bytes + 1)
+            body = _read(stream, self.max_body_bytes + 1)
             if len(body) > self.max_body_bytes:
                 raise HttpError(413, f"Content Too Large: the limit is {self.max_body_bytes} bytes")
             return body
@@ -450,6 +451,19 @@ class McpWsgiApp:
         self.app.close_session(session.id)
         start_response("200 OK", [("Content-Length", "0"), *environ["mcpsync.cors"]])
         return []
+
+
+def _read(stream: Any, size: int) -> bytes:
+    """Up to ``size`` body bytes. A body the client framed wrongly (a bad chunk size), cut
+    short or sent too slowly is the client's error: 400 (or the front end's 408), no
+    traceback. The front end raises a ``ConnectionError`` carrying the status it judged."""
+    try:
+        return stream.read(size)
+    except (OSError, ValueError) as exc:
+        status = getattr(exc, "status", None)
+        log.warning("could not read a request body: %s", exc)
+        raise HttpError(status if status in (408, 431) else 400,
+                        f"Bad Request: the request body could not be read ({exc})") from None
 
 
 def _modern_header(environ: Environ) -> bool:
