@@ -1,12 +1,14 @@
-"""Transport-agnostic glue: a ``Server``, its ``SessionStore``, and how sessions are opened,
-found and closed. Every transport (Streamable HTTP, legacy SSE, WebSocket) goes through
-``McpApp`` so limits, expiry and credential binding are the same everywhere.
+"""Transport-agnostic glue: a ``Server``, its ``SessionStore``, its ``Admission``, and how
+sessions are opened, found and closed. Every transport (Streamable HTTP, legacy SSE,
+WebSocket) goes through ``McpApp`` so limits, expiry, credential binding and admission
+control are the same everywhere.
 """
 from __future__ import annotations
 
 import hmac
 from typing import Any, Callable
 
+from .admission import MAX_INFLIGHT, MAX_INFLIGHT_PER_SESSION, Admission
 from .connection import ServerConnection, Sink
 from .errors import SessionNotFound
 from .server import Server
@@ -19,8 +21,14 @@ class McpApp:
 
     def __init__(self, server: Server, *, store: SessionStore | None = None,
                  max_sessions: int = MAX_SESSIONS,
-                 session_idle_ttl_s: float | None = SESSION_IDLE_TTL_S) -> None:
+                 session_idle_ttl_s: float | None = SESSION_IDLE_TTL_S,
+                 max_inflight: int = MAX_INFLIGHT,
+                 max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION) -> None:
         self.server = server
+        # The one admission control of every transport, and the request metrics.
+        self.admission = Admission(max_inflight=max_inflight,
+                                   max_inflight_per_session=max_inflight_per_session,
+                                   known_methods=lambda: server.dispatcher.requests)
         # Set once at shutdown: long-lived connections (WebSocket) finish their in-flight
         # calls and end instead of reading more. A plain flag: written once, read by loops.
         self.draining = False

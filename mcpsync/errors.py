@@ -29,6 +29,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Implementation-defined (JSON-RPC server-error range).
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
+OVERLOADED = -32005          # admission control refused the request (see mcpsync.admission)
 
 
 class McpError(Exception):

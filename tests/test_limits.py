@@ -71,7 +71,7 @@ def test_inflight_limits_answer_503_with_retry_after() -> None:
                 release.set()
                 assert [f.result(WAIT_S) for f in futures] == [200, 200]
             assert c.call("ping") == {}  # the counters came back down
-    assert app._inflight_total == 0
+    assert app.admission.inflight == 0
 
 
 def test_session_limit_is_503() -> None:

@@ -7,7 +7,9 @@ from the server -- responses included -- travels on that stream as an ``event: m
 
 ``POST /messages?session_id=...`` hands the body to the session's ``MessageStreamSession``
 and answers 202 at once: requests run on the session's worker pool and their replies go
-out on the stream, so a slow tool never holds the client's POST. Closing the GET stream
+out on the stream, so a slow tool never holds the client's POST. A request past the
+admission limits (``mcpsync.admission``) is refused with 503 + Retry-After instead, so
+nothing queues without bound. Closing the GET stream
 ends the session.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs
 
+from ..admission import Overloaded
 from ..errors import ParseError, SessionLimitError, SessionNotFound
 from ..protocol import jsonrpc
 from ..sessions import Session
@@ -32,7 +35,9 @@ def _attach(owner: "McpWsgiApp", session: Session) -> None:
     streams = sse.SessionStreams()
     session.data["streams"] = streams
     session.data["legacy"] = MessageStreamSession(owner.server, streams.push_encoded,
-                                                  name="sse", conn=session.handler)
+                                                  name="sse", conn=session.handler,
+                                                  admission=owner.app.admission,
+                                                  admission_key=session.id)
     session.on_close(lambda _s: streams.close())
     session.on_close(lambda s: s.data["legacy"].close())
 
@@ -90,9 +95,12 @@ def post_message(owner: "McpWsgiApp", environ: dict[str, Any],
         raise HttpError(404, "Session not found", -32001)
     body = owner.read_body(environ)
     try:
-        jsonrpc.decode(body)
+        value = jsonrpc.decode(body)
     except ParseError as exc:
         raise HttpError(400, exc.message, exc.code) from None
-    legacy.feed(body)
+    try:
+        legacy.submit(value)  # a request runs on the session's pool; its reply takes the stream
+    except Overloaded as exc:
+        raise HttpError.overloaded(exc) from None
     start_response("202 Accepted", [("Content-Length", "0"), *environ["mcpsync.cors"]])
     return []

@@ -21,6 +21,14 @@ no response.
 One writer: ``write_lock`` serializes every write of the connection (responses from the
 workers, notifications, server requests), so frames or lines never interleave.
 
+Admission: every request is admitted (``mcpsync.admission``) before it is queued or run,
+and released once its reply is written. A refused request is answered with a JSON-RPC
+error by the reader thread itself; a client that stops reading therefore blocks its own
+reader on the write lock once its session's share is in flight, and nothing more is read
+from it (backpressure). Threads per connection are bounded by the worker pool
+(``STREAM_WORKERS``) plus the reader; the replies waiting to be written by the session's
+in-flight limit.
+
 ``close()`` cancels in-flight calls (their responses are dropped), fails outgoing
 requests, and joins the worker threads with a deadline.
 """
@@ -28,9 +36,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
+from ..admission import Admission, Overloaded
 from ..errors import McpError
 from ..protocol import jsonrpc
 from ..protocol.dispatch import encode_outgoing
@@ -53,8 +63,15 @@ class MessageStreamSession:
     def __init__(self, server: Server, write: Callable[[bytes], None], *,
                  name: str = "stream", session_id: str | None = None,
                  conn: ServerConnection | None = None,
-                 max_workers: int = STREAM_WORKERS) -> None:
+                 max_workers: int = STREAM_WORKERS,
+                 admission: Admission | None = None,
+                 admission_key: Hashable | None = None) -> None:
         self._write = write
+        self._name = name  # the transport's name in metrics and logs
+        # The app's admission control; a stream of its own (stdio) gets its own.
+        self._admission = admission if admission is not None else Admission(
+            known_methods=lambda: server.dispatcher.requests)
+        self._key: Hashable = admission_key if admission_key is not None else id(self)
         # Serializes writes to the connection; held only for one write call.
         self.write_lock = threading.Lock()
         if conn is None:
@@ -67,7 +84,8 @@ class MessageStreamSession:
         self.write_failed = False
         # Ids of requests handed to the pool and not finished -> whether the client cancelled
         # them (the connection only knows a request once a worker runs it; an entry lives until
-        # the worker is done, so no cancellation falls in between).
+        # its reply is written, so no cancellation falls in between, and a reply blocked on
+        # a client that does not read keeps the next request off the reader thread).
         # Guards _queued; taken by the reader thread and the workers, for one dict operation.
         self._queued_lock = threading.Lock()
         self._queued: dict[Any, bool] = {}
@@ -88,33 +106,42 @@ class MessageStreamSession:
 
     def feed(self, data: bytes | str,
              inline: Callable[[Callable[[], None]], None] | None = None) -> None:
-        """Handle one incoming message (called by the reader thread, in order).
-
-        ``inline``, if given, is offered a request when no other request of this session
-        is running or queued: ``inline(job)`` must run ``job()`` (on the calling thread,
-        after making sure someone else reads meanwhile if it takes long). Otherwise, and
-        always without ``inline``, requests go to the worker pool."""
+        """Handle one incoming message (called by the reader thread, in order): decode it
+        and ``submit`` it; a refusal is answered on the stream by this thread."""
         try:
             value = jsonrpc.decode(data)
         except McpError as exc:
             self.send(jsonrpc.error_response(None, exc))
             return
-        if self._goes_to_worker(value):
-            rid = value.get("id") if type(value) is dict else None
-            with self._queued_lock:
-                alone = not self._queued
-                if jsonrpc.is_valid_id(rid):
-                    self._queued.setdefault(rid, False)
-            if inline is not None and alone:
-                inline(lambda: self._run(value))
-                return
-            try:
-                self._pool.submit(self._run, value)
-            except RuntimeError:  # pool shut down: we are closing
-                pass
+        try:
+            self.submit(value, inline)
+        except Overloaded as exc:
+            self.send(jsonrpc.error_response(jsonrpc.readable_id(value), exc))
+
+    def submit(self, value: Any,
+               inline: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Handle one decoded message. Requests are admitted (raises ``Overloaded``), then
+        run by the worker pool. ``inline``, if given, is offered a request when no other
+        request of this session is running or queued: ``inline(job)`` must run ``job()``
+        (on the calling thread, after making sure someone else reads meanwhile if it
+        takes long). Everything else runs on the calling thread at once, in order."""
+        if not self._goes_to_worker(value):
+            self._note_cancellation(value)
+            self._run(value, admitted=False)
             return
-        self._note_cancellation(value)
-        self._run(value)
+        self._admission.admit(self._key)
+        rid = value.get("id") if type(value) is dict else None
+        with self._queued_lock:
+            alone = not self._queued
+            if jsonrpc.is_valid_id(rid):
+                self._queued.setdefault(rid, False)
+        if inline is not None and alone:
+            inline(lambda: self._run(value, admitted=True))
+            return
+        try:
+            self._pool.submit(self._run, value, True)
+        except RuntimeError:  # pool shut down: we are closing
+            self._forget(rid, value, None, time.perf_counter())
 
     def _note_cancellation(self, value: Any) -> None:
         """Mark a still-queued request as cancelled; a running one is the connection's job."""
@@ -134,29 +161,40 @@ class MessageStreamSession:
         return (type(value) is dict and "method" in value and "id" in value
                 and value.get("method") != "initialize")
 
-    def _run(self, value: Any) -> None:
+    def _run(self, value: Any, admitted: bool) -> None:
         rid = value.get("id") if type(value) is dict and "method" in value else None
         tracked = jsonrpc.is_valid_id(rid)
-        if tracked:
-            with self._queued_lock:
-                cancelled = self._queued.get(rid, False)
-                if cancelled:
-                    del self._queued[rid]
-            if cancelled:
-                log.debug("request %r cancelled before it started", rid)
-                return
+        started = time.perf_counter()
         reply = None
         try:
-            reply = self.conn.receive(value, self.send)
-        except Exception:  # receive maps errors itself; this is a bug, keep serving
-            log.exception("unexpected failure while handling a message")
-        finally:
             if tracked:
                 with self._queued_lock:
-                    if self._queued.pop(rid, False):  # cancelled while it ran
+                    cancelled = self._queued.get(rid, False)
+                if cancelled:
+                    log.debug("request %r cancelled before it started", rid)
+                    return
+            try:
+                reply = self.conn.receive(value, self.send)
+            except Exception:  # receive maps errors itself; this is a bug, keep serving
+                log.exception("unexpected failure while handling a message")
+            if tracked:
+                with self._queued_lock:
+                    if self._queued.get(rid, False):  # cancelled while it ran
                         reply = None
-        if reply is not None and not self.closed:
-            self.send(reply)
+            if reply is not None and not self.closed:
+                self.send(reply)
+        finally:
+            if admitted:  # after the write: a reply the client does not read still counts
+                self._forget(rid if tracked else None, value, reply, started)
+
+    def _forget(self, rid: Any, value: Any, reply: Any, started: float) -> None:
+        """An admitted request is over: drop its queue entry, release it, record it."""
+        if rid is not None:
+            with self._queued_lock:
+                self._queued.pop(rid, None)
+        self._admission.release(self._key)
+        self._admission.observe(self._name, value, reply, time.perf_counter() - started,
+                                self.conn.session_id)
 
     def drain(self, timeout: float) -> bool:
         """Take no more work and let queued and running requests finish and answer, for at

@@ -122,7 +122,8 @@ class WsConnection:
         self._ping_interval_s = ping_interval_s
         self._parser = wsframe.FrameParser(max_message_bytes)  # used by the reader only
         self.stream = MessageStreamSession(app.server, self._write_text, name="ws",
-                                           conn=app.connection(session))
+                                           conn=app.connection(session),
+                                           admission=app.admission, admission_key=session.id)
         # The reader role: guards _gen (the generation whose thread may read) and
         # _busy_since (when the reader started running a request; None while it reads).
         # Held for a few assignments; the watchdog's lock may be taken inside it.

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ..app import McpApp
-from ..metrics import Metrics
+from ..admission import RETRY_AFTER_S, Overloaded
 from ..sync.fifo import WAIT_BUCKETS_S
 from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
@@ -47,15 +47,12 @@ from . import legacy_sse, sse
 from .websocket import WS_PATH, serve_websocket
 
 log = logging.getLogger("mcpsync.http")
-access_log = logging.getLogger("mcpsync.access")  # one line per request at INFO
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], Any]]
 
 MCP_PATH = "/mcp"
 MAX_BODY_BYTES = 4 * 1024 * 1024
-MAX_INFLIGHT = 512               # requests served at once; past it 503 + Retry-After
-MAX_INFLIGHT_PER_SESSION = 64    # the same, per session
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 SESSION_HEADER = "Mcp-Session-Id"
 CORS_ALLOW_HEADERS = ("Content-Type, Accept, Authorization, Mcp-Session-Id, "
@@ -94,6 +91,12 @@ class HttpError(Exception):
         self.code = code
         self.headers = list(headers)
 
+    @classmethod
+    def overloaded(cls, exc: Overloaded) -> "HttpError":
+        """Admission control's refusal on HTTP: 503 + Retry-After."""
+        return cls(503, f"Service Unavailable: {exc.message}", exc.code,
+                   headers=[("Retry-After", str(RETRY_AFTER_S))])
+
 
 class McpWsgiApp:
     """The WSGI application serving ``server`` (or an ``McpApp``) at ``path``.
@@ -114,7 +117,7 @@ class McpWsgiApp:
                  websocket_path: str | None = WS_PATH,
                  legacy_sse_path: str | None = legacy_sse.SSE_PATH,
                  legacy_messages_path: str = legacy_sse.MESSAGES_PATH,
-                 max_inflight: int = MAX_INFLIGHT, max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION,
+                 max_inflight: int | None = None, max_inflight_per_session: int | None = None,
                  observability: bool = True) -> None:
         self.app = target if isinstance(target, McpApp) else McpApp(target)
         self.server = self.app.server
@@ -135,13 +138,13 @@ class McpWsgiApp:
         if websocket_path:
             self.routes[websocket_path] = lambda environ, start_response: serve_websocket(
                 self.app, environ, start_response, principal=self.principal(environ))
-        self.max_inflight = max_inflight
-        self.max_inflight_per_session = max_inflight_per_session
-        # Guards _inflight_total and every session's data["inflight"]; a few integer updates.
-        self._inflight_lock = threading.Lock()
-        self._inflight_total = 0
+        self.admission = self.app.admission  # shared with every other transport of the app
+        if max_inflight is not None:
+            self.admission.max_inflight = max_inflight
+        if max_inflight_per_session is not None:
+            self.admission.max_inflight_per_session = max_inflight_per_session
         self.draining = False
-        self.metrics = Metrics()
+        self.metrics = self.admission.metrics
         if observability:
             self.routes.update({"/healthz": self._health, "/readyz": self._ready,
                                 "/metrics": self._metrics})
@@ -272,49 +275,25 @@ class McpWsgiApp:
                 raise HttpError(400, err["error"]["message"], err["error"]["code"])
             start_response("202 Accepted", [("Content-Length", "0"), *environ["mcpsync.cors"]])
             return []
-        self._admit(session)
+        self._admit(session.id)
         started = time.perf_counter()
+        reply = None
         try:
             response = PostResponse(self, session, start_response, environ, can_sse)
             reply = conn.receive(value, response)
+            return response.finish(reply)
         finally:
-            self._release(session)
-        self._record("http", value, reply, started, session.id)
-        return response.finish(reply)
+            self.admission.release(session.id)
+            self.admission.observe("http", value, reply, time.perf_counter() - started, session.id)
 
     # ---- limits and observability -------------------------------------------------------------
 
-    def _admit(self, session: Session | None) -> None:
-        """Count a request in flight, or refuse it with 503 past the limits (instead of
-        letting threads pile up)."""
-        with self._inflight_lock:
-            if self._inflight_total >= self.max_inflight:
-                raise HttpError(503, "Service Unavailable: too many requests in flight",
-                                headers=[("Retry-After", "1")])
-            if session is not None:
-                mine = session.data.get("inflight", 0)
-                if mine >= self.max_inflight_per_session:
-                    raise HttpError(503, "Service Unavailable: too many requests in flight "
-                                    "for this session", headers=[("Retry-After", "1")])
-                session.data["inflight"] = mine + 1
-            self._inflight_total += 1
-
-    def _release(self, session: Session | None) -> None:
-        with self._inflight_lock:
-            self._inflight_total -= 1
-            if session is not None:
-                session.data["inflight"] -= 1
-
-    def _record(self, transport: str, value: Any, reply: Any, started: float,
-                session_id: str | None) -> None:
-        elapsed = time.perf_counter() - started
-        method = value.get("method", "?") if type(value) is dict else "batch"
-        outcome = "cancelled" if reply is None else (
-            "error" if type(reply) is dict and "error" in reply else "ok")
-        self.metrics.observe(transport, str(method), outcome, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("session=%s method=%s outcome=%s duration_ms=%.2f",
-                            (session_id or "-")[:8], method, outcome, elapsed * 1000)
+    def _admit(self, key: str | None) -> None:
+        """Admission control (``mcpsync.admission``); a refusal is 503 + Retry-After."""
+        try:
+            self.admission.admit(key)
+        except Overloaded as exc:
+            raise HttpError.overloaded(exc) from None
 
     def _health(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return _json_reply(start_response, 200, {"status": "ok"}, [])
@@ -333,8 +312,10 @@ class McpWsgiApp:
     def _register_gauges(self) -> None:
         m = self.metrics
         m.gauge("mcpsync_sessions", "Live sessions.", lambda: [({}, len(self.app.store))])
-        m.gauge("mcpsync_inflight_requests", "HTTP requests being served.",
-                lambda: [({}, self._inflight_total)])
+        m.gauge("mcpsync_inflight_requests", "Requests being served, every transport.",
+                lambda: [({}, self.admission.inflight)])
+        m.gauge("mcpsync_refused_requests", "Requests refused by admission control.",
+                lambda: [({}, self.admission.refused_total)])
         m.gauge("mcpsync_websocket_connections", "Open WebSocket connections.",
                 lambda: [({}, sum(1 for s in self.app.store.snapshot() if s.data.get("websocket")))])
         m.gauge("mcpsync_streams", "Open SSE GET streams (standalone and legacy).",
@@ -395,12 +376,13 @@ class McpWsgiApp:
                                      cancel=lambda: conn.cancel(value["id"], "stream closed"))
         self._admit(None)
         started = time.perf_counter()
+        reply = None
         try:
             reply = conn.handle_modern(value, response, principal=_principal_key(self.principal(environ)))
+            return response.finish(reply)
         finally:
-            self._release(None)
-        self._record("http-stateless", value, reply, started, None)
-        return response.finish(reply)
+            self.admission.release(None)
+            self.admission.observe("http-stateless", value, reply, time.perf_counter() - started, None)
 
     def _initialize(self, environ: Environ, start_response: StartResponse,
                     msg: dict[str, Any]) -> Iterable[bytes]:
