@@ -18,6 +18,7 @@ from . import __version__
 from .auth import StaticTokenVerifier
 from .errors import ConfigError
 from .server import Server
+from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .target import load_target
 from .run import serve
 
@@ -59,8 +60,38 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--auth-tokens", default=d(None), metavar="SPEC",
                    help="require bearer tokens on the HTTP endpoints: 'token1:alice,token2:bob' "
                         "(default: $MCPSYNC_AUTH_TOKENS, else no auth)")
+    p.add_argument("--max-sessions", type=_positive_int, default=d(MAX_SESSIONS), metavar="N",
+                   help=f"live sessions at most (default {MAX_SESSIONS}); when full, the least "
+                        "recently used idle session makes room, else 503")
+    p.add_argument("--max-sessions-per-client", type=_positive_int, default=d(MAX_SESSIONS_PER_OWNER),
+                   metavar="N", help=f"sessions per principal, or per client address without auth "
+                                     f"(default {MAX_SESSIONS_PER_OWNER}); past it the client's own "
+                                     "least recently used idle session makes room, else 429")
+    p.add_argument("--session-ttl", type=_positive_float, default=d(SESSION_IDLE_TTL_S),
+                   metavar="SECONDS", help=f"idle time after which a session ends "
+                                           f"(default {SESSION_IDLE_TTL_S:g})")
     p.add_argument("--metrics-auth", action="store_true", default=d(False),
                    help="put /metrics behind the same bearer tokens (default: open, like /healthz)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,9 +132,14 @@ def run(args: argparse.Namespace) -> int:
         verifier = StaticTokenVerifier.from_spec(spec) if spec else None
         return serve(server, host=args.host, port=args.port, stdio=args.stdio,
                      server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
-                     cpu_gate=not args.no_cpu_gate)
+                     cpu_gate=not args.no_cpu_gate, **_session_options(args))
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+
+
+def _session_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_sessions": args.max_sessions, "max_sessions_per_client": args.max_sessions_per_client,
+            "session_ttl_s": args.session_ttl}
 
 
 def _hub_gauges(hub: Any) -> dict[str, Any]:
@@ -147,7 +183,7 @@ def _run_hub(args: argparse.Namespace) -> int:
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
                          server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
-                         cpu_gate=not args.no_cpu_gate, routes={HEALTHZ_PATH: healthz_route(hub.health)},
+                         cpu_gate=not args.no_cpu_gate, **_session_options(args), routes={HEALTHZ_PATH: healthz_route(hub.health)},
                          gauges=_hub_gauges(hub))
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

@@ -6,13 +6,26 @@ control are the same everywhere.
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any, Callable
 
 from .admission import MAX_INFLIGHT, MAX_INFLIGHT_PER_SESSION, Admission
 from .connection import ServerConnection, Sink
-from .errors import SessionNotFound
+from .errors import SessionLimitError, SessionNotFound
 from .server import Server
-from .sessions import MAX_SESSIONS, SESSION_IDLE_TTL_S, Session, SessionStore
+from .sessions import (MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S, Session,
+                       SessionStore)
+
+log = logging.getLogger("mcpsync.app")
+
+
+def client_key(principal: Any, address: str | None) -> str:
+    """Whose quota a new session counts against: the credential's principal, or without
+    auth the client's address (behind a proxy that is the proxy's: use auth there, or
+    raise the quota)."""
+    if principal is not None:
+        return f"principal:{principal}"
+    return f"address:{address or '?'}"
 
 
 class McpApp:
@@ -21,6 +34,7 @@ class McpApp:
 
     def __init__(self, server: Server, *, store: SessionStore | None = None,
                  max_sessions: int = MAX_SESSIONS,
+                 max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
                  session_idle_ttl_s: float | None = SESSION_IDLE_TTL_S,
                  max_inflight: int = MAX_INFLIGHT,
                  max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION) -> None:
@@ -33,19 +47,50 @@ class McpApp:
         # calls and end instead of reading more. A plain flag: written once, read by loops.
         self.draining = False
         self.store = store if store is not None else SessionStore(
-            max_sessions=max_sessions, idle_ttl_s=session_idle_ttl_s)
+            max_sessions=max_sessions, max_sessions_per_owner=max_sessions_per_client,
+            idle_ttl_s=session_idle_ttl_s)
+        self.evicted_total = 0  # idle sessions closed to make room (read by /metrics)
 
-    def open_session(self, *, principal: Any = None, send: Sink | None = None,
+    def open_session(self, *, principal: Any = None, owner: str | None = None,
+                     send: Sink | None = None,
                      setup: Callable[[Session], None] | None = None) -> Session:
-        """Create a session with its own ``ServerConnection``. ``setup(session)`` runs before
-        the session is published (attach transport state there). Raises ``SessionLimitError``."""
+        """Create a session with its own ``ServerConnection``, counted against ``owner``'s
+        quota (``client_key``). ``setup(session)`` runs before the session is published
+        (attach transport state there). When the store or the owner's quota is full, the
+        least recently used session that is not in use (of that owner, for a quota) is
+        closed to make room; if there is none, raises ``SessionLimitError``."""
         def factory(sid: str) -> Session:
             conn = self.server.connect(session_id=sid, send=send)
             session = Session(sid, conn, principal=principal)
             if setup is not None:
                 setup(session)
             return session
-        return self.store.create(factory)
+        try:
+            return self.store.create(factory, owner)
+        except SessionLimitError as exc:
+            if not self._evict_one(owner if exc.scope == "owner" else None):
+                raise
+        return self.store.create(factory, owner)
+
+    def _evict_one(self, owner: str | None) -> bool:
+        """Close the least recently used session (of ``owner``) that is not in use."""
+        for session in self.store.oldest(owner):
+            if not self.in_use(session) and self.store.delete(session.id):
+                self.evicted_total += 1
+                log.info("session %s… (idle) closed to make room for a new one", session.id[:8])
+                return True
+        return False
+
+    def in_use(self, session: Session) -> bool:
+        """Whether a session serves something now: a request in flight, a WebSocket or
+        legacy SSE connection, or an open GET stream. Such a session is never evicted."""
+        if self.admission.inflight_for(session.id):
+            return True
+        data = session.data
+        if data.get("websocket") or data.get("legacy") is not None:
+            return True
+        streams = data.get("streams")
+        return streams is not None and bool(streams.standalone.attached)
 
     def find_session(self, session_id: str | None, *, principal: Any = None) -> Session:
         """The live session with this id created by this principal; else ``SessionNotFound``

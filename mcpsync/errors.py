@@ -118,7 +118,12 @@ class Cancelled(Exception):
 # ---- local conditions (not JSON-RPC errors) ----
 
 class SessionLimitError(Exception):
-    """Creating a session would exceed ``max_sessions``; HTTP transports answer 503."""
+    """Creating a session would exceed ``max_sessions`` (``scope`` "total": HTTP 503) or the
+    client's own quota (``scope`` "owner": HTTP 429)."""
+
+    def __init__(self, message: str, scope: str = "total") -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class SessionNotFound(Exception):

@@ -19,6 +19,7 @@ from .app import McpApp
 from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
+from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .transports.serve import make_server
 from .transports.stdio import serve_stdio
 from .transports.wsgi import LOOPBACK_HOSTS, McpWsgiApp
@@ -31,9 +32,17 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None,
+                   max_sessions: int = MAX_SESSIONS,
+                   max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
+                   session_ttl_s: float | None = SESSION_IDLE_TTL_S,
                    **options: Any) -> McpWsgiApp:
-    """The WSGI application for ``server`` (mount it in gunicorn, Flask, Django …)."""
-    return McpWsgiApp(McpApp(server).start(), allowed_hosts=allowed_hosts, **options)
+    """The WSGI application for ``server`` (mount it in gunicorn, Flask, Django …).
+    Sessions: at most ``max_sessions``, ``max_sessions_per_client`` of them per principal
+    (or client address without auth), closed after ``session_ttl_s`` idle seconds; other
+    options go to ``McpWsgiApp``."""
+    app = McpApp(server, max_sessions=max_sessions, max_sessions_per_client=max_sessions_per_client,
+                 session_idle_ttl_s=session_ttl_s)
+    return McpWsgiApp(app.start(), allowed_hosts=allowed_hosts, **options)
 
 
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -44,7 +53,9 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           ready: threading.Event | None = None,
           routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
           gauges: Mapping[str, tuple[str, Gauge]] | None = None,
-          cpu_gate: bool = True) -> int:
+          cpu_gate: bool = True, max_sessions: int = MAX_SESSIONS,
+          max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
+          session_ttl_s: float | None = SESSION_IDLE_TTL_S) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
     adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
@@ -56,7 +67,9 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     hosts = set(allowed_hosts) if allowed_hosts is not None else set(LOOPBACK_HOSTS)
     if allowed_hosts is None and host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
         hosts.add(host.lower())
-    wsgi = build_wsgi_app(server, allowed_hosts=hosts)
+    wsgi = build_wsgi_app(server, allowed_hosts=hosts, max_sessions=max_sessions,
+                          max_sessions_per_client=max_sessions_per_client,
+                          session_ttl_s=session_ttl_s)
     wsgi.routes.update(routes or {})
     for name, (help_text, read) in (gauges or {}).items():
         wsgi.metrics.gauge(name, help_text, read)

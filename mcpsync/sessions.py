@@ -12,6 +12,12 @@ the lock, then inserts under it.
 Close hooks (end streams, cancel in-flight work) always run *after* the lock is released,
 so a hook may call back into the store.
 
+Quotas: every session has an ``owner`` (the credential's principal, or the client's address
+without auth). ``max_sessions`` bounds the store and ``max_sessions_per_owner`` each owner,
+so one client cannot fill the store for everyone. ``create`` raises ``SessionLimitError``
+(its ``scope`` says which limit) and leaves the choice of what to evict to the caller
+(``McpApp``, which knows which sessions are in use); ``oldest`` lists the candidates.
+
 Idle expiry: every session records ``last_used`` from an injectable monotonic clock. A
 reaper thread (``mcpsync-session-reaper``) wakes every ``reap_interval_s`` and removes the
 sessions idle for longer than ``idle_ttl_s``; ``reap()`` does one pass synchronously, which
@@ -37,6 +43,7 @@ SESSION_ID_BYTES = 24  # 192 bits from `secrets`: unguessable, URL-safe base64 o
 SESSION_IDLE_TTL_S = 1800.0
 SESSION_REAP_INTERVAL_S = 30.0
 MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_OWNER = 1_000  # one principal's (or, without auth, one address's) share
 
 Clock = Callable[[], float]
 
@@ -54,14 +61,15 @@ class Session:
     session to any other principal. ``last_used`` is written by the store under its lock.
     """
 
-    __slots__ = ("id", "handler", "principal", "created", "last_used", "data", "_close_hooks",
-                 "_closed", "__weakref__")
+    __slots__ = ("id", "handler", "principal", "owner", "created", "last_used", "data",
+                 "_close_hooks", "_closed", "__weakref__")
 
     def __init__(self, session_id: str, handler: Any = None, *, principal: Any = None,
-                 now: float = 0.0) -> None:
+                 owner: str | None = None, now: float = 0.0) -> None:
         self.id = session_id
         self.handler = handler
         self.principal = principal
+        self.owner = owner  # whose quota the session counts against (None: only the total)
         self.created = now
         self.last_used = now
         self.data: dict[str, Any] = {}  # transport-private per-session state
@@ -111,12 +119,14 @@ class SessionStore:
     """
 
     def __init__(self, *, max_sessions: int = MAX_SESSIONS,
+                 max_sessions_per_owner: int | None = MAX_SESSIONS_PER_OWNER,
                  idle_ttl_s: float | None = SESSION_IDLE_TTL_S,
                  reap_interval_s: float = SESSION_REAP_INTERVAL_S,
                  clock: Clock = time.monotonic) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        if max_sessions < 1 or (max_sessions_per_owner is not None and max_sessions_per_owner < 1):
+            raise ValueError("session limits must be at least 1")
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner
         self.idle_ttl_s = idle_ttl_s
         self.reap_interval_s = reap_interval_s
         self._clock = clock
@@ -124,6 +134,7 @@ class SessionStore:
         # across I/O or a close hook. Reentrant so a factory may read len(store).
         self._lock = threading.RLock()
         self._sessions: dict[str, Session] = {}
+        self._per_owner: dict[str, int] = {}  # owner -> live sessions (entries > 0 only)
         # Set by close(); the reaper waits on it between passes.
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -132,25 +143,35 @@ class SessionStore:
 
     # ---- lookup and creation -------------------------------------------------------------
 
-    def create(self, factory: SessionFactory) -> Session:
-        """Build a session with a fresh id and insert it. Raises ``SessionLimitError`` when full
-        (checked before the factory runs and again at insert)."""
+    def create(self, factory: SessionFactory, owner: str | None = None) -> Session:
+        """Build a session with a fresh id for ``owner`` and insert it. Raises
+        ``SessionLimitError`` when the store or the owner's quota is full (checked before
+        the factory runs and again at insert)."""
         with self._lock:
-            self._check_room()
+            self._check_room(owner)
         sid = new_session_id()
         session = factory(sid)
+        session.owner = owner
+        refused: SessionLimitError | None = None
         with self._lock:
             try:
-                self._check_room()
-            except SessionLimitError:
-                full = True
+                self._check_room(owner)
+            except SessionLimitError as exc:
+                refused = exc
             else:
-                full = False
                 self._insert(session)
-        if full:
+        if refused is not None:
             session.close()
-            raise SessionLimitError(f"session limit of {self.max_sessions} reached")
+            raise refused
         return session
+
+    def oldest(self, owner: str | None = None) -> list[Session]:
+        """The live sessions (of ``owner``, if given), least recently used first: the
+        candidates for eviction when the store or a quota is full."""
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if owner is None or s.owner == owner]
+        sessions.sort(key=lambda s: s.last_used)
+        return sessions
 
     def get(self, session_id: str, *, touch: bool = True) -> Session | None:
         """The live session with this id, or None. One lookup under the lock."""
@@ -169,7 +190,7 @@ class SessionStore:
             if session is not None:
                 session.last_used = self._clock()
                 return session, False
-            self._check_room()
+            self._check_room(None)
             session = factory(session_id)
             if session.id != session_id:
                 raise ValueError("factory returned a session with another id")
@@ -184,6 +205,8 @@ class SessionStore:
         """Remove and close the session. Idempotent: True only for the call that removed it."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
+            if session is not None:
+                self._uncount(session)
         if session is None:
             return False
         session.close()
@@ -216,6 +239,7 @@ class SessionStore:
             stale = [s for s in self._sessions.values() if s.last_used < deadline]
             for s in stale:
                 del self._sessions[s.id]
+                self._uncount(s)
             self.expired_total += len(stale)
         for s in stale:
             s.close()
@@ -247,17 +271,32 @@ class SessionStore:
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
+            self._per_owner.clear()
         for s in sessions:
             s.close()
 
     # ---- internals (call with _lock held) -------------------------------------------------
 
-    def _check_room(self) -> None:
+    def _check_room(self, owner: str | None) -> None:
         if len(self._sessions) >= self.max_sessions:
-            raise SessionLimitError(f"session limit of {self.max_sessions} reached")
+            raise SessionLimitError(f"session limit of {self.max_sessions} reached", "total")
+        quota = self.max_sessions_per_owner
+        if owner is not None and quota is not None and self._per_owner.get(owner, 0) >= quota:
+            raise SessionLimitError(f"this client's session limit of {quota} reached", "owner")
 
     def _insert(self, session: Session) -> None:
         now = self._clock()
         session.created = session.last_used = now
         self._sessions[session.id] = session
+        if session.owner is not None:
+            self._per_owner[session.owner] = self._per_owner.get(session.owner, 0) + 1
         self.created_total += 1
+
+    def _uncount(self, session: Session) -> None:
+        owner = session.owner
+        if owner is not None:
+            left = self._per_owner[owner] - 1
+            if left:
+                self._per_owner[owner] = left
+            else:
+                del self._per_owner[owner]

@@ -74,19 +74,30 @@ def test_inflight_limits_answer_503_with_retry_after() -> None:
     assert app.admission.inflight == 0
 
 
-def test_session_limit_is_503() -> None:
-    srv, _, _ = blocking_server()
+def test_session_limit_evicts_the_oldest_idle_session_then_answers_503() -> None:
+    srv, release, entered = blocking_server()
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}}
     with serving(McpWsgiApp(McpApp(srv, max_sessions=2))) as base:
-        clients = [HttpMcp(f"{base}/mcp") for _ in range(3)]
+        clients = [HttpMcp(f"{base}/mcp") for _ in range(4)]
         try:
             clients[0].initialize()
             clients[1].initialize()
-            reply = clients[2].post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}},
-                session=False)
-            assert reply.status == 503 and "retry-after" in reply.headers
-            assert clients[0].delete().status == 200
-            clients[2].initialize()  # room again
+            clients[2].initialize()  # full: the least recently used idle session (0) makes room
+            assert clients[0].post({"jsonrpc": "2.0", "id": 2, "method": "ping"}).status == 404
+            assert clients[1].call("ping") == {}  # 1 is now more recent than 2
+            with ThreadPoolExecutor(2) as pool:  # both sessions busy: nothing to evict
+                busy = [pool.submit(c.call, "tools/call", {"name": "hold"}) for c in clients[1:3]]
+                for _ in range(2):
+                    assert entered.acquire(timeout=WAIT_S)
+                reply = clients[3].post(init, session=False)
+                assert reply.status == 503 and reply.headers["retry-after"] == "5"
+                release.set()
+                for f in busy:
+                    f.result(WAIT_S)
+            assert clients[1].call("ping") == {}  # 2 is now the least recently used
+            clients[3].initialize()  # idle again: room
+            assert clients[2].post({"jsonrpc": "2.0", "id": 3, "method": "ping"}).status == 404
         finally:
             for c in clients:
                 c.close()

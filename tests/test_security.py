@@ -231,3 +231,59 @@ def test_nesting_depth_limit(app_port: int, depth: int, ok: bool) -> None:
     else:
         assert status_of(reply) == 400 and error["code"] == -32700
         assert "nested deeper" in error["message"]
+
+
+# ---- finding 6: one client cannot take every session --------------------------------------
+
+def initialize_as(port: int, token: str | None) -> tuple[int, str | None]:
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("POST", "/mcp", body=init_body(), headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("Mcp-Session-Id")
+    finally:
+        conn.close()
+
+
+def test_one_token_holder_cannot_lock_others_out() -> None:
+    with mcpsync_cli("--auth-tokens", TOKENS, "--max-sessions", "20",
+                     "--max-sessions-per-client", "8") as srv:
+        alice = [initialize_as(srv.port, "tok-alice") for _ in range(40)]
+        assert all(status == 200 for status, _ in alice)  # her own idle sessions made room
+        bob = [initialize_as(srv.port, "tok-bob") for _ in range(8)]
+        assert all(status == 200 for status, _ in bob)
+        # alice's earliest sessions were closed oldest-first; her latest 8 are alive
+        with HttpMcp(srv.url) as c:
+            c.conn.close()
+            for (_, sid), alive in ((alice[0], False), (alice[-1], True)):
+                reply = c.post(rpc(1, "ping"), {"Authorization": "Bearer tok-alice",
+                                                "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+                assert reply.status == (200 if alive else 404), reply.status
+
+
+def test_a_client_whose_sessions_are_all_in_use_gets_429() -> None:
+    import http.client
+    quota = 5
+    app = McpApp(everything, max_sessions_per_client=quota)
+    streams = []
+    with serving(McpWsgiApp(app)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        try:
+            for _ in range(quota):  # legacy SSE streams hold their sessions in use
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+                conn.request("GET", "/sse", headers={"Accept": "text/event-stream"})
+                assert conn.getresponse().status == 200
+                streams.append(conn)
+            status, _ = initialize_as(port, None)
+            assert status == 429
+            ws = exchange(port, upgrade_head(port).encode())
+            assert status_of(ws) == 429 and b"Retry-After: 5" in ws
+        finally:
+            for conn in streams:
+                conn.close()
+    app.close()

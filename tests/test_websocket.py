@@ -452,7 +452,7 @@ def test_oversized_message_closes_the_connection() -> None:
     app = McpApp(everything)
     wsgi = McpWsgiApp(app)
     wsgi.routes["/ws"] = lambda environ, start_response: serve_websocket(
-        app, environ, start_response, max_message_bytes=limit)
+        app, environ, start_response, open_session=wsgi.open_session, max_message_bytes=limit)
     with serving(wsgi) as base:
         with WsMcp(ws_url(base)) as c:
             c.initialize()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs
 
 from ..admission import Overloaded
-from ..errors import ParseError, SessionLimitError, SessionNotFound
+from ..errors import ParseError, SessionNotFound
 from ..protocol import jsonrpc
 from ..sessions import Session
 from . import sse
@@ -47,12 +47,7 @@ def open_stream(owner: "McpWsgiApp", environ: dict[str, Any],
     from .wsgi import HttpError  # the HTTP error type of the app that mounts us
     if environ["REQUEST_METHOD"] != "GET":
         raise HttpError(405, "Method Not Allowed", headers=[("Allow", "GET")])
-    try:
-        session = owner.app.open_session(principal=owner.principal(environ),
-                                         setup=lambda s: _attach(owner, s))
-    except SessionLimitError:
-        raise HttpError(503, "Service Unavailable: too many sessions",
-                        headers=[("Retry-After", "5")]) from None
+    session = owner.open_session(environ, lambda s: _attach(owner, s))
     streams: sse.SessionStreams = session.data["streams"]
     epoch = streams.attach_standalone()
     assert epoch is not None

@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from ..app import McpApp
-from ..errors import InvalidRequest, SessionLimitError
+from ..errors import InvalidRequest
 from ..protocol import jsonrpc
 from ..sessions import Session
 from . import wsframe
@@ -305,9 +305,12 @@ class WsConnection:
 
 
 def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callable[..., Any],
-                    *, principal: Any = None, max_message_bytes: int = WS_MAX_MESSAGE_BYTES,
+                    *, open_session: Callable[[dict[str, Any], Callable[[Session], None]], Session],
+                    max_message_bytes: int = WS_MAX_MESSAGE_BYTES,
                     ping_interval_s: float | None = WS_PING_INTERVAL_S) -> Iterable[bytes]:
-    """Run one WebSocket connection to completion (called from the WSGI app)."""
+    """Run one WebSocket connection to completion (called from the WSGI app).
+    ``open_session(environ, setup)`` opens the connection's session (quotas, credential)
+    or raises the app's HTTP refusal (``status``, ``headers``), sent before the upgrade."""
     if environ.get("REQUEST_METHOD") != "GET":  # RFC 6455 4.1: an upgrade is a GET
         return _refuse(start_response, "405 Method Not Allowed",
                        "a WebSocket upgrade is a GET request", [("Allow", "GET")])
@@ -323,11 +326,7 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     if problem is not None:
         extra = [("Sec-WebSocket-Version", "13")] if problem[0].startswith("426") else []
         return _refuse(start_response, problem[0], problem[1], extra)
-    try:
-        session = app.open_session(principal=principal, setup=lambda s: s.data.update(websocket=True))
-    except SessionLimitError:
-        return _refuse(start_response, "503 Service Unavailable", "too many sessions",
-                       [("Retry-After", "5")])
+    session = open_session(environ, lambda s: s.data.update(websocket=True))
     environ["mcpsync.socket_taken"] = True
     offered = wsframe.offered_subprotocols(header("Sec-WebSocket-Protocol"))
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None

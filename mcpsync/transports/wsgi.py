@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from ..app import McpApp
+from ..app import McpApp, client_key
 from ..admission import RETRY_AFTER_S, Overloaded
 from ..sync.fifo import WAIT_BUCKETS_S
 from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
@@ -67,9 +67,10 @@ _STATUS = {200: "200 OK", 202: "202 Accepted", 204: "204 No Content", 400: "400 
            406: "406 Not Acceptable", 408: "408 Request Timeout", 409: "409 Conflict",
            413: "413 Content Too Large", 431: "431 Request Header Fields Too Large",
            415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
-           503: "503 Service Unavailable"}
+           429: "429 Too Many Requests", 503: "503 Service Unavailable"}
 
 SESSION_NOT_FOUND = -32001
+SESSION_RETRY_AFTER_S = 5        # what a client refused a new session is told to wait
 
 
 def host_name(value: str) -> str:
@@ -137,7 +138,7 @@ class McpWsgiApp:
             self.routes[legacy_messages_path] = lambda e, s: legacy_sse.post_message(self, e, s)
         if websocket_path:
             self.routes[websocket_path] = lambda environ, start_response: serve_websocket(
-                self.app, environ, start_response, principal=self.principal(environ))
+                self.app, environ, start_response, open_session=self.open_session)
         self.admission = self.app.admission  # shared with every other transport of the app
         if max_inflight is not None:
             self.admission.max_inflight = max_inflight
@@ -217,6 +218,18 @@ class McpWsgiApp:
                 ("Access-Control-Max-Age", "86400"), *environ["mcpsync.cors"]])
             return []
         raise HttpError(405, "Method Not Allowed", headers=[("Allow", "GET, POST, DELETE, OPTIONS")])
+
+    def open_session(self, environ: Environ, setup: Callable[[Session], None]) -> Session:
+        """A new session for this request's client (its quota: principal, else address).
+        Full: 503 (the server) or 429 (this client's quota) with Retry-After."""
+        principal = self.principal(environ)
+        try:
+            return self.app.open_session(principal=principal, setup=setup,
+                                         owner=client_key(principal, environ.get("REMOTE_ADDR")))
+        except SessionLimitError as exc:
+            status = 429 if exc.scope == "owner" else 503
+            raise HttpError(status, f"{_STATUS[status][4:]}: {exc}",
+                            headers=[("Retry-After", str(SESSION_RETRY_AFTER_S))]) from None
 
     def _session(self, environ: Environ) -> Session:
         sid = environ.get("HTTP_MCP_SESSION_ID")
@@ -312,6 +325,8 @@ class McpWsgiApp:
     def _register_gauges(self) -> None:
         m = self.metrics
         m.gauge("mcpsync_sessions", "Live sessions.", lambda: [({}, len(self.app.store))])
+        m.gauge("mcpsync_sessions_evicted", "Idle sessions closed to make room for new ones.",
+                lambda: [({}, self.app.evicted_total)])
         m.gauge("mcpsync_inflight_requests", "Requests being served, every transport.",
                 lambda: [({}, self.admission.inflight)])
         m.gauge("mcpsync_refused_requests", "Requests refused by admission control.",
@@ -389,11 +404,7 @@ class McpWsgiApp:
         if environ.get("HTTP_MCP_SESSION_ID"):
             raise HttpError(400, "Bad Request: initialize must not carry an Mcp-Session-Id",
                             InvalidRequest.code)
-        try:
-            session = self.app.open_session(principal=self.principal(environ), setup=_attach_streams)
-        except SessionLimitError:
-            raise HttpError(503, "Service Unavailable: too many sessions",
-                            headers=[("Retry-After", "5")]) from None
+        session = self.open_session(environ, _attach_streams)
         reply = self.app.connection(session).receive(msg)
         if reply is None or "error" in reply:
             self.app.close_session(session.id)

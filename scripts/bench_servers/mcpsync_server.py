@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reap-interval", type=float, default=SESSION_REAP_INTERVAL_S, help="s")
     parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     args = parser.parse_args(argv)
-    store = SessionStore(max_sessions=args.max_sessions, idle_ttl_s=args.session_ttl,
+    store = SessionStore(max_sessions=args.max_sessions, max_sessions_per_owner=None,
+                         idle_ttl_s=args.session_ttl,
                          reap_interval_s=args.reap_interval)
     wsgi = McpWsgiApp(McpApp(server, store=store).start(), allowed_hosts=LOOPBACK_HOSTS)
     front = make_server(wsgi, HOST, args.port)
