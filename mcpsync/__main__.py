@@ -70,6 +70,9 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--session-ttl", type=_positive_float, default=d(SESSION_IDLE_TTL_S),
                    metavar="SECONDS", help=f"idle time after which a session ends "
                                            f"(default {SESSION_IDLE_TTL_S:g})")
+    p.add_argument("--allow-origin", action="append", default=d(None), metavar="ORIGIN",
+                   help="also accept browser requests from ORIGIN (e.g. http://localhost:6274; "
+                        "repeatable); by default only pages of this server's own host and port")
     p.add_argument("--metrics-auth", action="store_true", default=d(False),
                    help="put /metrics behind the same bearer tokens (default: open, like /healthz)")
 
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _session_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_sessions": args.max_sessions, "max_sessions_per_client": args.max_sessions_per_client,
-            "session_ttl_s": args.session_ttl}
+            "session_ttl_s": args.session_ttl, "allowed_origins": args.allow_origin}
 
 
 def _hub_gauges(hub: Any) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           stdio: bool = False, server_kind: str = "threaded",
           allowed_hosts: Iterable[str] | None = None,
+          allowed_origins: Iterable[str] | None = None,
           auth: TokenVerifier | None = None, authorization_servers: Iterable[str] = (),
           public_url: str | None = None, metrics_auth: bool = False,
           ready: threading.Event | None = None,
@@ -67,7 +68,8 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     hosts = set(allowed_hosts) if allowed_hosts is not None else set(LOOPBACK_HOSTS)
     if allowed_hosts is None and host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
         hosts.add(host.lower())
-    wsgi = build_wsgi_app(server, allowed_hosts=hosts, max_sessions=max_sessions,
+    wsgi = build_wsgi_app(server, allowed_hosts=hosts, allowed_origins=allowed_origins,
+                          max_sessions=max_sessions,
                           max_sessions_per_client=max_sessions_per_client,
                           session_ttl_s=session_ttl_s)
     wsgi.routes.update(routes or {})

@@ -128,9 +128,12 @@ def test_bad_host_and_origin_are_403_before_anything(env: Any) -> None:
 def test_cors_preflight(env: Any) -> None:
     url, _, _ = env
     with HttpMcp(url) as c:
-        reply = c.request("OPTIONS", headers={"Origin": "http://127.0.0.1:3000",
+        reply = c.request("OPTIONS", headers={"Origin": f"http://127.0.0.1:{c.port}",
                                               "Access-Control-Request-Method": "POST"})
         assert reply.status == 204
+        other_port = c.request("OPTIONS", headers={"Origin": "http://127.0.0.1:3000",
+                                                   "Access-Control-Request-Method": "POST"})
+        assert other_port.status == 403  # another local site, unless allowed_origins lists it
         allowed = reply.headers["access-control-allow-headers"].lower()
         for header in ("mcp-session-id", "mcp-protocol-version", "last-event-id", "authorization"):
             assert header in allowed

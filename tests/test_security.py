@@ -287,3 +287,29 @@ def test_a_client_whose_sessions_are_all_in_use_gets_429() -> None:
             for conn in streams:
                 conn.close()
     app.close()
+
+
+# ---- finding 9: an Origin on another port is another site ---------------------------------
+
+def test_origin_must_name_this_servers_port() -> None:
+    app = McpApp(everything)
+    with serving(McpWsgiApp(app, allowed_origins=["http://localhost:6274", "trusted.example"])) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def status(origin: str, host: str = f"127.0.0.1:{port}") -> int:
+            head = json_post(port, init_body()).replace(f"Host: 127.0.0.1:{port}".encode(),
+                                                         f"Host: {host}\r\nOrigin: {origin}".encode())
+            return status_of(exchange(port, head))
+
+        assert status(f"http://localhost:{port}") == 200
+        assert status(f"http://127.0.0.1:{port}") == 200
+        assert status("http://localhost:9999") == 403   # another local web app
+        assert status("http://localhost") == 403        # port 80 is not ours either
+        assert status(f"http://evil.example:{port}") == 403
+        assert status("null") == 403
+        assert status("http://localhost:6274") == 200   # listed: port-exact
+        assert status("http://localhost:6275") == 403
+        assert status("https://trusted.example:1234") == 200  # a bare name: any port
+        ws = upgrade_head(port, "Origin: http://localhost:9999\r\n")
+        assert status_of(exchange(port, ws.encode())) == 403
+    app.close()

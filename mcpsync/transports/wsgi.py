@@ -103,8 +103,11 @@ class McpWsgiApp:
     """The WSGI application serving ``server`` (or an ``McpApp``) at ``path``.
 
     ``allowed_hosts``: Host header names accepted (default: the loopback names; include
-    ``"*"`` to accept any, e.g. behind a proxy that checks). ``allowed_origins``: Origin
-    host names accepted when an Origin header is present (default: ``allowed_hosts``).
+    ``"*"`` to accept any, e.g. behind a proxy that checks). An ``Origin`` header, when
+    present, must name this server: a host of ``allowed_hosts`` (or the Host header's own)
+    *and* the port the request came to, so a page served from another local port is
+    refused. ``allowed_origins`` lists other origins to accept: full origins
+    (``"http://localhost:6274"``, port-exact), bare host names (any port), or ``"*"``.
     ``principal(environ)`` names the credential of a request (default: none); sessions are
     bound to the principal that created them.
     """
@@ -124,8 +127,8 @@ class McpWsgiApp:
         self.server = self.app.server
         self.path = path
         self.allowed_hosts = frozenset(h.lower() for h in (allowed_hosts or LOOPBACK_HOSTS))
-        self.allowed_origins = (frozenset(h.lower() for h in allowed_origins)
-                                if allowed_origins is not None else self.allowed_hosts)
+        self.allowed_origins = frozenset(_origin_key(o) if "://" in o else o.lower()
+                                         for o in allowed_origins or ())
         self.max_body_bytes = max_body_bytes
         # Default: the subject an AuthMiddleware in front of us verified (None without auth).
         self.principal = principal or (lambda environ: environ.get("mcpsync.principal"))
@@ -180,19 +183,33 @@ class McpWsgiApp:
             return self._error(start_response, HttpError(500, "Internal error", -32603), cors)
 
     def _check_host_and_origin(self, environ: Environ) -> list[tuple[str, str]]:
-        if "*" not in self.allowed_hosts:
-            host = host_name(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "")
-            if host not in self.allowed_hosts:
-                raise HttpError(403, "Forbidden: invalid Host header")
+        host_header = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or ""
+        host = host_name(host_header)
+        if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
+            raise HttpError(403, "Forbidden: invalid Host header")
         origin = environ.get("HTTP_ORIGIN")
         if origin is None:
             return []
-        if "*" not in self.allowed_origins:
-            parts = urlsplit(origin)
-            if not parts.scheme or host_name(parts.netloc) not in self.allowed_origins:
-                raise HttpError(403, "Forbidden: invalid Origin header")
+        if "*" not in self.allowed_origins and not self._origin_ok(origin, host_header, environ):
+            raise HttpError(403, "Forbidden: invalid Origin header")
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
                 ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)]
+
+    def _origin_ok(self, origin: str, host_header: str, environ: Environ) -> bool:
+        """Whether ``Origin`` names this server (host and port) or an allowed origin."""
+        key = _origin_key(origin)
+        if key is None:
+            return False  # "null" or no http(s) origin: sandboxed or opaque
+        scheme, _, netloc = key.partition("://")
+        origin_host, _, origin_port = netloc.rpartition(":")
+        if key in self.allowed_origins or origin_host in self.allowed_origins:
+            return True
+        # Our port: the Host header's (the scheme's default if it names none; some clients
+        # leave the port out) or the one we listen on.
+        ours = _origin_key(f"{scheme}://{host_header}")
+        ports = {ours.rpartition(":")[2] if ours else None, str(environ.get("SERVER_PORT"))}
+        return (origin_port in ports
+                and (origin_host in self.allowed_hosts or origin_host == host_name(host_header)))
 
     @staticmethod
     def _error(start_response: StartResponse, exc: HttpError,
@@ -444,6 +461,20 @@ class McpWsgiApp:
         self.app.close_session(session.id)
         start_response("200 OK", [("Content-Length", "0"), *environ["mcpsync.cors"]])
         return []
+
+
+def _origin_key(origin: str) -> str | None:
+    """``scheme://host:port`` with the default port made explicit; None if not an origin."""
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        return None
+    if port is None:
+        port = 443 if parts.scheme in ("https", "wss") else 80
+    return f"{parts.scheme}://{host_name(parts.netloc)}:{port}"
 
 
 def _read(stream: Any, size: int) -> bytes:
