@@ -4,6 +4,7 @@ request framing, Origin ports. Limits and admission live in test_admission.py.""
 from __future__ import annotations
 
 import json
+import threading
 import socket
 import time
 from typing import Any, Iterator
@@ -15,6 +16,7 @@ from httpserver import serving
 from rpcutil import call_tool, rpc
 from test_websocket import RawWs, raw_initialize, upgrade_head
 
+from mcpsync import Context, Server
 from mcpsync.app import McpApp
 from mcpsync.examples.everything import server as everything
 from mcpsync.transports.wsgi import McpWsgiApp
@@ -312,4 +314,44 @@ def test_origin_must_name_this_servers_port() -> None:
         assert status("https://trusted.example:1234") == 200  # a bare name: any port
         ws = upgrade_head(port, "Origin: http://localhost:9999\r\n")
         assert status_of(exchange(port, ws.encode())) == 403
+    app.close()
+
+
+# ---- finding 10: a cancellation callback that writes to its own stream ---------------------
+
+def test_an_on_cancel_callback_that_logs_does_not_deadlock_a_stateless_stream() -> None:
+    srv = Server("cancel-log")
+    finished = threading.Event()
+    called = threading.Event()
+
+    @srv.tool()
+    def streamer(ctx: Context) -> str:
+        """Reports progress until the client goes away; logs from its cancel callback."""
+        def on_cancel() -> None:
+            called.set()
+            ctx.info("cancelled: cleaning up")  # writes to the request's own stream
+        ctx.on_cancel(on_cancel)
+        try:
+            for i in range(10_000):
+                if ctx.wait_cancelled(0.005):
+                    return "stopped"
+                ctx.info(f"step {i}")
+            return "done"
+        finally:
+            finished.set()
+
+    app = McpApp(srv)
+    with serving(McpWsgiApp(app)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        body = json.dumps(call_tool(1, "streamer") | {"params": {"name": "streamer", "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/logLevel": "info"}}}).encode()
+        head = json_post(port, body, "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n"
+                                     "Mcp-Name: streamer\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as s:
+            s.sendall(head.replace(b"Connection: close\r\n", b""))
+            assert b"step 0" in s.recv(65536)  # streaming; now the client goes away
+        assert finished.wait(WAIT_S), "the request thread is stuck"
+        assert called.is_set()
     app.close()

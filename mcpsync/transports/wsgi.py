@@ -657,18 +657,21 @@ class StatelessResponse:
         self._write: Callable[[bytes], Any] | None = None
         self._live = True
 
-    def _emit(self, data: bytes) -> None:
-        """Write once SSE has started (call with ``_lock`` held)."""
+    def _emit(self, data: bytes) -> bool:
+        """Write once SSE has started (call with ``_lock`` held). True when this write found
+        the client gone: the caller cancels the request *after* releasing the lock, since
+        cancellation runs callbacks that may write to this very stream."""
         if self._write is None:
             self._write = self._start_response("200 OK", [*_SSE_HEADERS, *self._cors])
         if not self._live:
-            return
+            return False
         try:
             self._write(data)
         except (OSError, ValueError) as exc:
             log.debug("stream closed by the client: %s", exc)
             self._live = False
-            self._cancel()
+            return True
+        return False
 
     def __call__(self, msg: dict[str, Any]) -> None:
         if not self._can_sse:
@@ -678,13 +681,16 @@ class StatelessResponse:
             return
         data = b"event: message\ndata: " + encoded + b"\n\n"
         with self._lock:
-            self._emit(data)
+            gone = self._emit(data)
+        if gone:
+            self._cancel()
 
     def keepalive(self) -> None:
         """A comment on an idle stream; it also finds out whether the client is still there."""
         with self._lock:
-            if self._write is not None:
-                self._emit(sse.KEEPALIVE)
+            gone = self._write is not None and self._emit(sse.KEEPALIVE)
+        if gone:
+            self._cancel()
 
     def finish(self, reply: Any) -> Iterable[bytes]:
         with self._lock:
@@ -694,6 +700,6 @@ class StatelessResponse:
                     return []
                 status = modern.http_status(reply["error"]) if "error" in reply else 200
                 return _json_reply(self._start_response, status, reply, self._cors)
-            if reply is not None:
+            if reply is not None:  # the request is over: a failed write has nothing to cancel
                 self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
             return []
