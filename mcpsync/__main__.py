@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .target import load_target
-from .run import serve
+from .run import SHUTDOWN_GRACE_S, serve
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -73,6 +73,9 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--allow-origin", action="append", default=d(None), metavar="ORIGIN",
                    help="also accept browser requests from ORIGIN (e.g. http://localhost:6274; "
                         "repeatable); by default only pages of this server's own host and port")
+    p.add_argument("--shutdown-grace", type=_positive_float, default=d(SHUTDOWN_GRACE_S),
+                   metavar="SECONDS", help="on SIGTERM/SIGINT, how long calls in flight may "
+                   f"finish; the rest are answered with an error (default {SHUTDOWN_GRACE_S:g})")
     p.add_argument("--metrics-auth", action="store_true", default=d(False),
                    help="put /metrics behind the same bearer tokens (default: open, like /healthz)")
 
@@ -142,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _session_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_sessions": args.max_sessions, "max_sessions_per_client": args.max_sessions_per_client,
-            "session_ttl_s": args.session_ttl, "allowed_origins": args.allow_origin}
+            "session_ttl_s": args.session_ttl, "allowed_origins": args.allow_origin,
+            "shutdown_grace_s": args.shutdown_grace}
 
 
 def _hub_gauges(hub: Any) -> dict[str, Any]:

@@ -19,9 +19,14 @@ Release comes after the reply's write, not after the handler returns: a reply bl
 a client that does not read still counts, so such a client cannot run more than its
 session's share however fast it sends.
 
-``Admission._lock`` guards the total and the per-key counts; it is held for a few integer
-operations, never across I/O, and nothing is taken under it (a leaf in the lock map).
-Notifications and responses are not requests and are never counted.
+``Admission._lock`` guards the total, the per-key counts and the abort table; it is held
+for a few dict operations, never across I/O, and nothing is taken under it (a leaf in the
+lock map). Notifications and responses are not requests and are never counted.
+
+Shutdown: each admitted request may leave an ``abort(message)`` callable. At the end of the
+grace period ``abort_all`` calls every one still in flight (outside the lock): the transport
+answers that request with a JSON-RPC error saying the server is shutting down and cancels
+it, so no call is cut off without an answer.
 
 The same object records what was served (``observe``): request counts and durations per
 transport, method and outcome in ``Metrics``, and the access log. Method labels come from a
@@ -30,6 +35,7 @@ create metric series, and logged values are escaped, so a client cannot forge lo
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from typing import Any, Callable, Collection, Hashable
@@ -37,6 +43,7 @@ from typing import Any, Callable, Collection, Hashable
 from .errors import OVERLOADED, McpError
 from .metrics import Metrics
 
+log = logging.getLogger("mcpsync.admission")
 access_log = logging.getLogger("mcpsync.access")  # one line per request at INFO
 
 MAX_INFLIGHT = 512               # requests served at once in the process
@@ -80,13 +87,18 @@ class Admission:
         self._lock = threading.Lock()
         self._total = 0
         self._per_key: dict[Hashable, int] = {}
+        self._aborts: dict[int, Callable[[str], None]] = {}  # ticket -> abort(message)
+        self._tickets = itertools.count(1)
         self.refused_total = 0
 
     # ---- admission --------------------------------------------------------------------
 
-    def admit(self, key: Hashable | None) -> None:
+    def admit(self, key: Hashable | None,
+              abort: Callable[[str], None] | None = None) -> int:
         """Count one request in flight for ``key`` (None: counted in the total only), or
-        raise ``Overloaded``. Every successful call must be paired with ``release(key)``."""
+        raise ``Overloaded``. Returns the request's ticket; every successful call must be
+        paired with ``release(key, ticket)``. ``abort(message)``, if given, answers and
+        cancels the request at shutdown (see ``abort_all``)."""
         with self._lock:
             if self._total >= self.max_inflight:
                 self.refused_total += 1
@@ -98,9 +110,14 @@ class Admission:
                     raise Overloaded("session", self.max_inflight_per_session)
                 self._per_key[key] = mine + 1
             self._total += 1
+            ticket = next(self._tickets)
+            if abort is not None:
+                self._aborts[ticket] = abort
+            return ticket
 
-    def release(self, key: Hashable | None) -> None:
+    def release(self, key: Hashable | None, ticket: int) -> None:
         with self._lock:
+            self._aborts.pop(ticket, None)
             self._total -= 1
             if key is not None:
                 left = self._per_key[key] - 1
@@ -108,6 +125,19 @@ class Admission:
                     self._per_key[key] = left
                 else:
                     del self._per_key[key]
+
+    def abort_all(self, message: str) -> int:
+        """Answer and cancel every request still in flight that left an abort (shutdown,
+        past the grace period). Returns how many. Each abort runs once, outside the lock."""
+        with self._lock:
+            aborts = list(self._aborts.values())
+            self._aborts.clear()
+        for abort in aborts:
+            try:
+                abort(message)
+            except Exception:  # one transport's failure must not keep the others unanswered
+                log.exception("aborting a request at shutdown failed")
+        return len(aborts)
 
     @property
     def inflight(self) -> int:

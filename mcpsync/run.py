@@ -28,7 +28,8 @@ log = logging.getLogger("mcpsync")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_GRACE_S = 10.0   # calls in flight may finish this long after SIGTERM/SIGINT
+ABORT_FLUSH_S = 1.0       # then the error answers of the rest get this long to go out
 
 
 def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None,
@@ -56,7 +57,8 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           gauges: Mapping[str, tuple[str, Gauge]] | None = None,
           cpu_gate: bool = True, max_sessions: int = MAX_SESSIONS,
           max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
-          session_ttl_s: float | None = SESSION_IDLE_TTL_S) -> int:
+          session_ttl_s: float | None = SESSION_IDLE_TTL_S,
+          shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
     adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
@@ -123,9 +125,33 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         while not stop.wait(1.0):
             pass
     finally:
-        wsgi.end_streams()
-        clean = front.shutdown(SHUTDOWN_GRACE_S)
-        wsgi.app.close()
+        clean = _shut_down(wsgi, front, shutdown_grace_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if clean else 1
+
+
+def _shut_down(wsgi: McpWsgiApp, front: Any, grace_s: float) -> bool:
+    """Stop accepting, end long-lived streams, let calls in flight finish for ``grace_s``
+    seconds; past that, answer every call still running with a -32000 error
+    ("server shutting down") and cancel it, then close what is left. True unless the front
+    end itself could not stop (calls abandoned with an answer count as handled)."""
+    wsgi.end_streams()
+    aborted: list[int] = []
+    timer = threading.Timer(grace_s, lambda: aborted.append(
+        wsgi.admission.abort_all("Server shutting down: the call was still running at the "
+                                 f"end of the {grace_s:g} s grace period")))
+    timer.name = "mcpsync-shutdown-timer"
+    timer.daemon = True
+    timer.start()
+    try:
+        clean = front.shutdown(grace_s + ABORT_FLUSH_S)
+    finally:
+        timer.cancel()
+        timer.join()
+        wsgi.app.close()
+    if aborted and aborted[0]:
+        log.warning("shutdown: %d call(s) still running at the end of the grace period were "
+                    "answered with an error and abandoned", aborted[0])
+        return True
+    return clean

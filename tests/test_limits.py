@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cliserver import mcpsync_cli
 from httpclient import HttpMcp
 from httpserver import serving
+from rpcutil import rpc
 
 from mcpsync import Context, Server
 from mcpsync.app import McpApp
@@ -156,6 +157,39 @@ def test_graceful_shutdown_lets_inflight_calls_finish() -> None:
             refused.close()
 
 
+def test_calls_past_the_shutdown_grace_are_answered_with_an_error_and_exit_is_0() -> None:
+    """SIGTERM with calls that outlast the grace period, over HTTP (JSON and SSE replies) and
+    WebSocket: each gets a -32000 "shutting down" error, and the process still exits 0."""
+    from test_websocket import RawWs, raw_initialize
+    with mcpsync_cli("--shutdown-grace", "0.5", require_clean_exit=False) as srv:
+        base, proc = srv.url, srv.proc
+        ws = RawWs(srv.port)
+        raw_initialize(ws)
+        with HttpMcp(base) as json_client, HttpMcp(base) as sse_client:
+            json_client.initialize()
+            sse_client.initialize()
+            long_call = {"name": "sleep_ms", "arguments": {"ms": 60000}}
+            with ThreadPoolExecutor(2) as pool:
+                plain = pool.submit(json_client.post, rpc(7, "tools/call", long_call),
+                                    {"Accept": "application/json"})
+                streamed = pool.submit(sse_client.post, rpc(8, "tools/call", {
+                    **long_call, "_meta": {"progressToken": "p"}}))
+                ws.send_json(rpc(9, "tools/call", long_call))
+                deadline = time.monotonic() + WAIT_S
+                with HttpMcp(base.replace("/mcp", "/metrics")) as m:  # all three in flight
+                    while "mcpsync_inflight_requests 3" not in m.request("GET", session=False).body.decode():
+                        assert time.monotonic() < deadline
+                proc.send_signal(signal.SIGTERM)
+                for future, rid in ((plain, 7), (streamed, 8)):
+                    reply = future.result(WAIT_S)
+                    assert reply.status == 200
+                    final = [msg for msg in reply.messages() if msg.get("id") == rid]
+                    assert len(final) == 1 and final[0]["error"]["code"] == -32000, reply.body
+                    assert "shutting down" in final[0]["error"]["message"]
+            answer = ws.message()
+            assert answer["id"] == 9 and "shutting down" in answer["error"]["message"]
+            ws.close()
+        assert proc.wait(WAIT_S) == 0
 
 
 def test_per_call_tool_timeout_answers_and_accounts_for_the_thread() -> None:

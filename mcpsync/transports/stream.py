@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable
 
 from ..admission import Admission, Overloaded
-from ..errors import McpError
+from ..errors import ConnectionClosed, McpError
 from ..protocol import jsonrpc
 from ..protocol.dispatch import encode_outgoing
 from ..connection import ServerConnection
@@ -127,21 +127,33 @@ class MessageStreamSession:
         takes long). Everything else runs on the calling thread at once, in order."""
         if not self._goes_to_worker(value):
             self._note_cancellation(value)
-            self._run(value, admitted=False)
+            self._run(value, None)
             return
-        self._admission.admit(self._key)
         rid = value.get("id") if type(value) is dict else None
+        if not jsonrpc.is_valid_id(rid):
+            rid = None  # a batch
+        ticket = self._admission.admit(self._key, lambda message: self._abort(rid, message))
         with self._queued_lock:
             alone = not self._queued
-            if jsonrpc.is_valid_id(rid):
+            if rid is not None:
                 self._queued.setdefault(rid, False)
         if inline is not None and alone:
-            inline(lambda: self._run(value, admitted=True))
+            inline(lambda: self._run(value, ticket))
             return
         try:
-            self._pool.submit(self._run, value, True)
+            self._pool.submit(self._run, value, ticket)
         except RuntimeError:  # pool shut down: we are closing
-            self._forget(rid, value, None, time.perf_counter())
+            self._forget(rid, ticket, value, None, time.perf_counter())
+
+    def _abort(self, rid: Any, message: str) -> None:
+        """Shutdown past its grace period: answer the request with an error now and cancel
+        it (its own reply, if it ever comes, is dropped)."""
+        if rid is not None:
+            with self._queued_lock:
+                if rid in self._queued:
+                    self._queued[rid] = True
+            self.conn.cancel(rid, message)
+        self.send(jsonrpc.error_response(rid, ConnectionClosed(message)))
 
     def _note_cancellation(self, value: Any) -> None:
         """Mark a still-queued request as cancelled; a running one is the connection's job."""
@@ -161,7 +173,8 @@ class MessageStreamSession:
         return (type(value) is dict and "method" in value and "id" in value
                 and value.get("method") != "initialize")
 
-    def _run(self, value: Any, admitted: bool) -> None:
+    def _run(self, value: Any, ticket: int | None) -> None:
+        """Run one message; ``ticket`` is its admission (None: not a request)."""
         rid = value.get("id") if type(value) is dict and "method" in value else None
         tracked = jsonrpc.is_valid_id(rid)
         started = time.perf_counter()
@@ -184,15 +197,15 @@ class MessageStreamSession:
             if reply is not None and not self.closed:
                 self.send(reply)
         finally:
-            if admitted:  # after the write: a reply the client does not read still counts
-                self._forget(rid if tracked else None, value, reply, started)
+            if ticket is not None:  # after the write: a reply the client does not read still counts
+                self._forget(rid if tracked else None, ticket, value, reply, started)
 
-    def _forget(self, rid: Any, value: Any, reply: Any, started: float) -> None:
+    def _forget(self, rid: Any, ticket: int, value: Any, reply: Any, started: float) -> None:
         """An admitted request is over: drop its queue entry, release it, record it."""
         if rid is not None:
             with self._queued_lock:
                 self._queued.pop(rid, None)
-        self._admission.release(self._key)
+        self._admission.release(self._key, ticket)
         self._admission.observe(self._name, value, reply, time.perf_counter() - started,
                                 self.conn.session_id)
 

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from ..app import McpApp, client_key
 from ..admission import RETRY_AFTER_S, Overloaded
 from ..sync.fifo import WAIT_BUCKETS_S
-from ..errors import (InvalidRequest, McpError, ParseError, SessionLimitError,
+from ..errors import (ConnectionClosed, InvalidRequest, McpError, ParseError, SessionLimitError,
                       SessionNotFound)
 from ..connection import ServerConnection
 from ..protocol import jsonrpc, modern, versions
@@ -305,23 +305,23 @@ class McpWsgiApp:
                 raise HttpError(400, err["error"]["message"], err["error"]["code"])
             start_response("202 Accepted", [("Content-Length", "0"), *environ["mcpsync.cors"]])
             return []
-        self._admit(session.id)
+        response = PostResponse(self, session, start_response, environ, can_sse)
+        ticket = self._admit(session.id, response.aborter(conn, jsonrpc.readable_id(value)))
         started = time.perf_counter()
         reply = None
         try:
-            response = PostResponse(self, session, start_response, environ, can_sse)
             reply = conn.receive(value, response)
             return response.finish(reply)
         finally:
-            self.admission.release(session.id)
+            self.admission.release(session.id, ticket)
             self.admission.observe("http", value, reply, time.perf_counter() - started, session.id)
 
     # ---- limits and observability -------------------------------------------------------------
 
-    def _admit(self, key: str | None) -> None:
+    def _admit(self, key: str | None, abort: Callable[[str], None]) -> int:
         """Admission control (``mcpsync.admission``); a refusal is 503 + Retry-After."""
         try:
-            self.admission.admit(key)
+            return self.admission.admit(key, abort)
         except Overloaded as exc:
             raise HttpError.overloaded(exc) from None
 
@@ -406,14 +406,14 @@ class McpWsgiApp:
         conn = ServerConnection(self.server)  # per request: no session, no broadcasts
         response = StatelessResponse(start_response, cors, can_sse,
                                      cancel=lambda: conn.cancel(value["id"], "stream closed"))
-        self._admit(None)
+        ticket = self._admit(None, response.aborter(conn, value["id"]))
         started = time.perf_counter()
         reply = None
         try:
             reply = conn.handle_modern(value, response, principal=_principal_key(self.principal(environ)))
             return response.finish(reply)
         finally:
-            self.admission.release(None)
+            self.admission.release(None, ticket)
             self.admission.observe("http-stateless", value, reply, time.perf_counter() - started, None)
 
     def _initialize(self, environ: Environ, start_response: StartResponse,
@@ -553,7 +553,44 @@ def _touching(app: McpApp, sid: str, events: Iterator[bytes]) -> Iterator[bytes]
             close()
 
 
-class PostResponse:
+class _Abortable:
+    """What both POST responses share for shutdown: ``aborter`` makes the ``abort(message)``
+    that admission control calls past the grace period. It answers the request with an error
+    at once (the whole JSON response, or the final SSE event) and cancels it; the handler's
+    own ``finish`` then writes nothing. Subclasses set ``_lock``, ``_aborted``, ``_finished``
+    and say how an error goes out (``_abort_write``, with ``_lock`` held)."""
+
+    _lock: threading.Lock
+    _aborted = False
+    _finished = False
+
+    def aborter(self, conn: ServerConnection, rid: Any) -> Callable[[str], None]:
+        def abort(message: str) -> None:
+            with self._lock:
+                if self._finished or self._aborted:
+                    return
+                self._aborted = True
+                self._abort_write(jsonrpc.error_response(rid, ConnectionClosed(message)))
+            if rid is not None:
+                conn.cancel(rid, message)
+        return abort
+
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _whole(start_response: StartResponse, reply: dict[str, Any],
+               extra: list[tuple[str, str]]) -> None:
+        """Send ``reply`` as a complete JSON response from outside the app's return path."""
+        body = encode_outgoing(reply) or b""
+        write = start_response(_STATUS[200], [_JSON, ("Content-Length", str(len(body))), *extra])
+        try:
+            write(body)
+        except (OSError, ValueError) as exc:
+            log.debug("could not answer an aborted request: %s", exc)
+
+
+class PostResponse(_Abortable):
     """The response to one POST that carries a request: JSON unless something must be sent
     before the reply, then SSE through WSGI's ``write()``. It is the request's sink.
 
@@ -622,8 +659,17 @@ class PostResponse:
                 self._live = False
                 self._streams.detach(self._log)
 
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        if self._log is None:
+            self._whole(self._start_response, reply, self._environ["mcpsync.cors"])
+        else:
+            self._emit(self._streams.append(self._log, reply, final=True))
+
     def finish(self, reply: Any) -> Iterable[bytes]:
         with self._lock:
+            self._finished = True
+            if self._aborted:
+                return []
             if self._log is None:
                 if reply is None:  # cancelled before anything was sent
                     self._start_response("202 Accepted", [("Content-Length", "0"),
@@ -640,7 +686,7 @@ class PostResponse:
             return []
 
 
-class StatelessResponse:
+class StatelessResponse(_Abortable):
     """The response to a stateless-era request: JSON, or SSE through ``write()`` once the
     handler sends something first (progress, log messages, a listen stream). There is no
     event log and no resumption; a failed write means the client closed the stream, which
@@ -692,8 +738,17 @@ class StatelessResponse:
         if gone:
             self._cancel()
 
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        if self._write is None:
+            self._whole(self._start_response, reply, self._cors)
+        else:
+            self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
+
     def finish(self, reply: Any) -> Iterable[bytes]:
         with self._lock:
+            self._finished = True
+            if self._aborted:
+                return []
             if self._write is None:
                 if reply is None:
                     self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
