@@ -37,6 +37,7 @@ META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 
 COMPLETE = "complete"
 INPUT_REQUIRED = "input_required"
@@ -45,15 +46,18 @@ INPUT_REQUIRED = "input_required"
 MODERN_METHODS = frozenset({
     "server/discover", "subscriptions/listen", "tools/list", "tools/call", "prompts/list",
     "prompts/get", "resources/list", "resources/templates/list", "resources/read",
-    "completion/complete",
+    "completion/complete", "tasks/get", "tasks/update", "tasks/cancel",
 })
+#: Methods of the tasks extension (SEP-2663): -32021 for a request that did not declare it.
+TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 #: Methods whose results are cacheable (ttlMs + cacheScope required).
 CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                        "resources/templates/list", "resources/read"})
 #: Methods that may answer input_required.
 MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 #: Methods whose Mcp-Name header names a params field.
-NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+               "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 DEFAULT_TTL_MS = 0
@@ -86,20 +90,26 @@ class Envelope:
         self.log_level = log_level
 
 
-def request_envelope(params: dict[str, Any]) -> Envelope:
-    """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
-    meta = params.get("_meta")
+def check_envelope(params: Any) -> dict[str, Any]:
+    """The envelope's shape, checked before anything else (-32602): ``params._meta`` must
+    carry the protocol version (a string) and the client capabilities (an object)."""
+    meta = params.get("_meta") if type(params) is dict else None
     if type(meta) is not dict:
         raise InvalidParams("Invalid params: params._meta must carry the protocol envelope")
-    missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
-    if missing:
+    if META_VERSION not in meta or META_CAPABILITIES not in meta:
+        missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
         raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
-    version = meta[META_VERSION]
-    caps = meta[META_CAPABILITIES]
-    if type(version) is not str:
+    if type(meta[META_VERSION]) is not str:
         raise InvalidParams("Invalid params: the protocol version must be a string")
-    if type(caps) is not dict:
+    if type(meta[META_CAPABILITIES]) is not dict:
         raise InvalidParams("Invalid params: clientCapabilities must be an object")
+    return meta
+
+
+def request_envelope(params: dict[str, Any]) -> Envelope:
+    """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
+    meta = check_envelope(params)
+    version = meta[META_VERSION]
     if version not in versions.MODERN_VERSIONS:
         raise UnsupportedProtocolVersion("Unsupported protocol version",
                                          {"supported": all_supported(), "requested": version})
@@ -107,7 +117,13 @@ def request_envelope(params: dict[str, Any]) -> Envelope:
     if level is not None and level not in LOG_LEVELS:
         raise InvalidParams(f"Invalid params: unknown log level {level!r}")
     info = meta.get(META_CLIENT_INFO)
-    return Envelope(version, caps, info if type(info) is dict else {}, level)
+    return Envelope(version, meta[META_CAPABILITIES], info if type(info) is dict else {}, level)
+
+
+def has_tasks(capabilities: dict[str, Any]) -> bool:
+    """Whether a request's client capabilities declare the tasks extension."""
+    ext = capabilities.get("extensions")
+    return type(ext) is dict and type(ext.get(TASKS_EXTENSION)) is dict
 
 
 def decode_header_value(value: str) -> str:
@@ -126,8 +142,7 @@ def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
     """Compare the standard MCP request headers with the body (-32020 on any mismatch).
     ``headers`` maps lower-case names to values (None when absent)."""
     params = msg.get("params") or {}
-    meta = params.get("_meta") if type(params) is dict else None
-    body_version = meta.get(META_VERSION) if type(meta) is dict else None
+    body_version = check_envelope(params)[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
     if header_version is None:
         raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
@@ -203,14 +218,19 @@ def http_status(error: McpError | dict[str, Any]) -> int:
 
 
 class InputRequired(Exception):
-    """Raised (by ``Context.request`` in the modern era) when a handler needs an answer
-    from the client that the request does not carry yet. Not an ``McpError``: it is
-    control flow, turned into an ``input_required`` result by the request's driver."""
+    """Raised (by ``Context.ask`` in the modern era) when a handler needs answers from the
+    client that the request does not carry yet: ``requests`` maps each missing key to its
+    request. Not an ``McpError``: it is control flow, turned into an ``input_required``
+    result by the request's driver."""
 
-    def __init__(self, key: str, request: dict[str, Any]) -> None:
-        super().__init__(key)
-        self.key = key
-        self.request = request
+    def __init__(self, requests: dict[str, dict[str, Any]]) -> None:
+        super().__init__(", ".join(requests))
+        self.requests = requests
+
+
+class BeginTask(Exception):
+    """Raised by ``Context.begin_task`` in a call that may still become a task: control
+    flow, caught by the driver, which creates the task and runs the tool again on it."""
 
 
 def params_digest(method: str, params: dict[str, Any]) -> str:
