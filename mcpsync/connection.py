@@ -491,14 +491,14 @@ class ServerConnection:
             if method in modern.MRTR_METHODS:
                 ctx.input_responses = self.server.mrtr_answers(method, params, principal)
             result = modern.decorate_result(method, handler(params, ctx),
-                                            self.server.server_info(env.version))
+                                            self.server.server_meta(env.version))
         except InputRequired as need:
             assert ctx is not None
             result = modern.decorate_result(method, {
                 "resultType": modern.INPUT_REQUIRED,
                 "inputRequests": need.requests,
                 "requestState": self.server.mrtr_state(method, params, ctx._used or {}, principal),
-            }, self.server.server_info(ctx.version))
+            }, self.server.server_meta(ctx.version))
         except Cancelled:
             result = None
         except Exception as exc:

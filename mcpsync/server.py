@@ -40,8 +40,9 @@ from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound,
                      MissingClientCapability, ResourceNotFound, ToolError)
 from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
-from .protocol.modern import (META_SUBSCRIPTION, TASKS_EXTENSION, BeginTask, InputRequired,
-                              StateSealer, all_supported, params_digest)
+from .protocol.modern import (META_SERVER_INFO, META_SUBSCRIPTION, TASKS_EXTENSION, BeginTask,
+                              InputRequired, StateSealer, all_supported, header_params,
+                              params_digest)
 from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex, gate_paused, leave_gate
@@ -87,9 +88,11 @@ class ToolDef:
     # Derived once (hot path): a specialised argument validator and per-argument converters.
     check: Callable[[Any], list[str]] = field(init=False, repr=False)
     converters: dict[str, Callable[[Any], Any] | None] = field(init=False, repr=False)
+    header_params: tuple[tuple[str, str], ...] = field(init=False, repr=False)  # x-mcp-header arguments
 
     def __post_init__(self) -> None:
         self.check = compile_validator(self.input_schema)
+        self.header_params = header_params(self.input_schema)
         self.converters = {name: compile_converter(hint) for name, hint in self.arg_hints.items()}
 
     def describe(self) -> dict[str, Any]:
@@ -298,6 +301,7 @@ class Server:
         # Guards _listeners (the live subscriptions/listen streams); taken briefly.
         self._listeners_lock = threading.Lock()
         self._listeners: set[Listener] = set()
+        self._server_meta: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # one revision's, swapped whole
         # Tasks (2026-07-28 extension): records, the task threads, TTL expiry; close() ends them.
         self.tasks = TaskManager(self)
         self.dispatcher = self._build_dispatcher()
@@ -618,7 +622,8 @@ class Server:
 
     def _discover(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         result: dict[str, Any] = {"supportedVersions": all_supported(),
-                                  "capabilities": self.capabilities(ctx.version)}
+                                  "capabilities": self.capabilities(ctx.version),
+                                  "_meta": {META_SERVER_INFO: self.server_info(ctx.version)}}
         if self.instructions:
             result["instructions"] = self.instructions
         return result
@@ -680,6 +685,18 @@ class Server:
                 if value is not None:
                     info[key] = value
         return info
+
+    def server_meta(self, version: str | None) -> dict[str, Any]:
+        """``{serverInfo key: {name, version}}`` for 2026-07-28 results: one shared dict
+        (rebuilt if the name or version changes), never mutated."""
+        key = (version, self.name, self.version)
+        cached = self._server_meta
+        if cached is None or cached[0] != key:
+            # name and version identify the server on every result; the rest of its
+            # Implementation (title, description, icons …) is in server/discover's _meta only,
+            # so a hot tools/call does not encode it again and again.
+            cached = self._server_meta = (key, {META_SERVER_INFO: {"name": self.name, "version": self.version}})
+        return cached[1]
 
     def initialize_result(self, version: str) -> dict[str, Any]:
         result: dict[str, Any] = {"protocolVersion": version,

@@ -128,6 +128,8 @@ def has_tasks(capabilities: dict[str, Any]) -> bool:
 
 def decode_header_value(value: str) -> str:
     """Decode the ``=?base64?…?=`` form of an Mcp-Name / Mcp-Param-* header value."""
+    if not value.startswith("=?"):
+        return value  # the usual plain value: no regex
     m = _SENTINEL.match(value)
     if m is None:
         return value
@@ -137,10 +139,21 @@ def decode_header_value(value: str) -> str:
         raise HeaderMismatch("Header mismatch: malformed base64 header value") from None
 
 
+def header_params(input_schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The (argument, header name) pairs a tool's input schema mirrors into ``Mcp-Param-*``
+    headers (``x-mcp-header``); computed once per tool."""
+    props = input_schema.get("properties") if type(input_schema) is dict else None
+    if type(props) is not dict:
+        return ()
+    return tuple((prop, str(sub["x-mcp-header"])) for prop, sub in props.items()
+                 if type(sub) is dict and sub.get("x-mcp-header"))
+
+
 def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
-                  input_schema: dict[str, Any] | None = None) -> None:
+                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> None:
     """Compare the standard MCP request headers with the body (-32020 on any mismatch).
-    ``headers`` maps lower-case names to values (None when absent)."""
+    ``headers`` maps lower-case names to values (None when absent); ``params_in_headers``
+    is the called tool's ``header_params``."""
     params = msg.get("params") or {}
     body_version = check_envelope(params)[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
@@ -161,16 +174,13 @@ def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
         body_name = params.get(field) if type(params) is dict else None
         if decode_header_value(raw) != body_name:
             raise HeaderMismatch(f"Header mismatch: Mcp-Name {raw!r} does not match the body's {body_name!r}")
-    if input_schema is not None and method == "tools/call":
-        _check_param_headers(headers, params.get("arguments") or {}, input_schema)
+    if params_in_headers and method == "tools/call":
+        _check_param_headers(headers, params.get("arguments") or {}, params_in_headers)
 
 
 def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
-                         schema: dict[str, Any]) -> None:
-    for prop, sub in (schema.get("properties") or {}).items():
-        name = sub.get("x-mcp-header") if type(sub) is dict else None
-        if not name:
-            continue
+                         params_in_headers: tuple[tuple[str, str], ...]) -> None:
+    for prop, name in params_in_headers:
         raw = headers.get(f"mcp-param-{str(name).lower()}")
         value = args.get(prop) if type(args) is dict else None
         if value is None:
@@ -193,14 +203,16 @@ def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
             raise HeaderMismatch(f"Header mismatch: Mcp-Param-{name} does not match the argument {prop!r}")
 
 
-def decorate_result(method: str, result: dict[str, Any], server_info: dict[str, Any], *,
+def decorate_result(method: str, result: dict[str, Any], server_meta: dict[str, Any], *,
                     ttl_ms: int = DEFAULT_TTL_MS, cache_scope: str = "private") -> dict[str, Any]:
-    """Add ``resultType``, the server identity and (for cacheable results) the cache hints."""
-    out = dict(result)
-    out.setdefault("resultType", COMPLETE)
-    meta = dict(out.get("_meta") or {})
-    meta[META_SERVER_INFO] = server_info
-    out["_meta"] = meta
+    """Add ``resultType``, the server identity (``server_meta``: ``{META_SERVER_INFO: info}``,
+    shared, never mutated) and (for cacheable results) the cache hints. ``result`` is the
+    handler's fresh dict and is completed in place (the hot path copies nothing)."""
+    out = result
+    if "resultType" not in out:
+        out["resultType"] = COMPLETE
+    meta = out.get("_meta")
+    out["_meta"] = {**meta, **server_meta} if meta else server_meta
     if method in CACHEABLE and out["resultType"] == COMPLETE:
         out.setdefault("ttlMs", ttl_ms)
         out.setdefault("cacheScope", cache_scope)
