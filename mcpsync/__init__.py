@@ -6,6 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import inputs
 from .connection import Context
 from .content import Audio, Image, Resource, ResourceLink, Text, ToolResult
 from .errors import McpError, ToolError
@@ -16,6 +17,7 @@ from .sync import FIFOMutex, KeyedMutex
 
 __all__ = [
     "__version__",
+    "inputs",
     "Audio",
     "Context",
     "Image",

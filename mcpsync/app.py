@@ -117,6 +117,7 @@ class McpApp:
 
     def close(self) -> None:
         self.store.close()
+        self.server.close()  # tasks end (cancelled) and their threads are joined
 
 
 def _same_principal(a: Any, b: Any) -> bool:

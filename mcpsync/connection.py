@@ -26,18 +26,21 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import (Cancelled, ConnectionClosed, InvalidParams, InvalidRequest, McpError,
-                     MissingClientCapability, PeerError, RequestTimeout)
+                     PeerError, RequestTimeout)
 from .errors import MethodNotFound
 from .protocol import jsonrpc, lifecycle, modern, versions
 from .protocol.dispatch import wire_error
-from .protocol.modern import InputRequired
+from .protocol.modern import BeginTask, InputRequired
+from . import inputs
+from .inputs import InputRequest
 from .sync import leave_gate
 
 if TYPE_CHECKING:
     from .server import Server
+    from .tasks.runtime import TaskHandle
 
 log = logging.getLogger("mcpsync.connection")
 
@@ -84,7 +87,7 @@ class Context:
     __slots__ = ("conn", "request_id", "method", "params", "meta", "sink", "_cancelled",
                  "_cancel_event", "_last_progress", "_pending_ids", "_finished", "version",
                  "client_capabilities", "log_level", "extra", "modern", "input_responses",
-                 "_input_n", "principal", "_stopped", "_on_cancel")
+                 "_input_n", "principal", "_stopped", "_on_cancel", "task", "defer_task", "_used")
 
     def __init__(self, conn: "ServerConnection", request_id: Any, method: str,
                  params: dict[str, Any], sink: Sink) -> None:
@@ -112,7 +115,12 @@ class Context:
         self.modern = False
         self.input_responses: dict[str, Any] | None = None
         self._input_n = 0
+        self._used: dict[str, Any] | None = None  # the answers the handler took (sealed on)
         self.principal: str | None = None
+        # Tasks: the running task's handle (its thread waits for input through it), and
+        # whether this call may still turn into a task at ``begin_task`` (defer_task tools).
+        self.task: TaskHandle | None = None
+        self.defer_task = False
         self._on_cancel: list[Callable[[], None]] | None = None
 
     # ---- identity --------------------------------------------------------------------------
@@ -242,74 +250,96 @@ class Context:
     # ---- server -> client requests ---------------------------------------------------------
 
     def request(self, method: str, params: dict[str, Any] | None = None, *,
-                timeout: float | None = None) -> dict[str, Any]:
+                timeout: float | None = None, key: str | None = None) -> dict[str, Any]:
         """Send a request to the client on this request's stream and wait for its result.
         Raises ``RequestTimeout``, ``PeerError`` (the client answered with an error),
         ``ConnectionClosed`` or ``Cancelled``.
 
-        One programming model for both protocol eras: in the handshake era the request goes
-        to the client now (over the request's stream) and this call blocks for the answer.
-        In the stateless era (2026-07-28) there are no server -> client requests: the n-th
-        call of a request looks up the n-th answer among the ``inputResponses`` the client
-        sent; if it is not there yet, ``InputRequired`` unwinds the handler, the client gets
-        an ``input_required`` result, answers, and retries, and the handler runs again from
-        the start, finding each earlier answer where it asked for it. So code before such a
-        call may run more than once: ask for input before doing anything with side effects."""
-        if self.modern:
-            self._input_n += 1
-            key = f"input-{self._input_n}"
-            answers = self.input_responses or {}
-            if key in answers:
-                answer = answers[key]
-                if not isinstance(answer, dict):
-                    raise InvalidParams(f"Invalid params: inputResponses[{key!r}] must be an object")
-                return answer
-            request: dict[str, Any] = {"method": method}
-            if params is not None:
-                request["params"] = params
-            raise InputRequired(key, request)
-        return self.conn.request_client(method, params, call=self, timeout=timeout)
+        One programming model for every era: in the handshake era the request goes to the
+        client now (over the request's stream) and this call blocks for the answer. In the
+        stateless era (2026-07-28) there are no server -> client requests: the answer is
+        looked up under ``key`` (default ``input-<n>`` for the n-th request of the call)
+        among the ``inputResponses`` the client sent; if it is not there yet,
+        ``InputRequired`` unwinds the handler, the client gets an ``input_required``
+        result, answers, and retries, and the handler runs again from the start, finding
+        each earlier answer where it asked for it. So code before such a call may run more
+        than once: ask for input before doing anything with side effects. In a task the
+        call blocks until ``tasks/update`` brings the answer."""
+        if not self.modern and self.task is None:
+            return self.conn.request_client(method, params, call=self, timeout=timeout)
+        req = InputRequest(method, params, "")
+        name = key or self._next_key()
+        return self._gather({name: req}, timeout)[name]
 
-    def _require(self, capability: str, sub: str | None = None) -> None:
-        caps = self.client_capabilities.get(capability)
-        if not isinstance(caps, dict) or (sub is not None and not isinstance(caps.get(sub), dict)
-                                          and not (sub == "form" and not caps)):
-            what = f"{capability}.{sub}" if sub else capability
-            raise MissingClientCapability(f"Missing required client capability: {what}",
-                                          {"requiredCapabilities": {capability: {}}})
+    def ask(self, requests: Mapping[str, InputRequest] | None = None, /, *,
+            timeout: float | None = None, **named: InputRequest) -> dict[str, dict[str, Any]]:
+        """Put several requests (built with ``mcpsync.inputs``) to the client at once; returns
+        their answers by key. A 2026-07-28 client gets all the missing ones in one
+        ``input_required`` result; a task waits until every one is answered; a session's
+        client is asked one after the other. Raises ``MissingClientCapability`` first if
+        the client did not declare what one of them needs."""
+        todo = {**(requests or {}), **named}
+        for req in todo.values():
+            req.check(self.client_capabilities)
+        if not self.modern and self.task is None:
+            return {k: self.conn.request_client(r.method, r.message(self._form_mode())["params"] or None,
+                                                call=self, timeout=timeout) for k, r in todo.items()}
+        return self._gather(todo, timeout)
+
+    def _gather(self, todo: Mapping[str, InputRequest], timeout: float | None) -> dict[str, dict[str, Any]]:
+        form = self._form_mode()
+        answers = self.input_responses or {}
+        missing = {k: r.message(form) for k, r in todo.items() if k not in answers}
+        if missing:
+            if self.task is None:
+                raise InputRequired(missing)
+            answers = {**answers, **self.task.ask(missing, timeout)}  # blocks for tasks/update
+        out = {}
+        for k in todo:
+            answer = answers[k]
+            if type(answer) is not dict:
+                raise InvalidParams(f"Invalid params: inputResponses[{k!r}] must be an object")
+            if self._used is None:
+                self._used = {}
+            self._used[k] = answer
+            out[k] = answer
+        return out
+
+    def _next_key(self) -> str:
+        self._input_n += 1
+        return f"input-{self._input_n}"
+
+    def _form_mode(self) -> bool:
+        return self.version is not None and versions.features(self.version).elicitation_url
 
     def sample(self, messages: list[dict[str, Any]] | str, *, max_tokens: int = 1000,
                system_prompt: str | None = None, timeout: float | None = None,
-               **extra: Any) -> dict[str, Any]:
+               key: str | None = None, **extra: Any) -> dict[str, Any]:
         """``sampling/createMessage``: ask the client's model. ``messages`` may be a plain string
         (one user text message). Returns the client's CreateMessageResult."""
-        self._require("sampling")
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": {"type": "text", "text": messages}}]
-        params: dict[str, Any] = {"messages": messages, "maxTokens": max_tokens}
-        if system_prompt is not None:
-            params["systemPrompt"] = system_prompt
-        params.update({_camel(k): v for k, v in extra.items()})
-        return self.request("sampling/createMessage", params, timeout=timeout)
+        req = inputs.sampling(messages, max_tokens=max_tokens, system_prompt=system_prompt, **extra)
+        return self.ask({key or self._next_key(): req}, timeout=timeout).popitem()[1]
 
     def elicit(self, message: str, requested_schema: dict[str, Any], *,
-               timeout: float | None = None) -> dict[str, Any]:
+               timeout: float | None = None, key: str | None = None) -> dict[str, Any]:
         """``elicitation/create`` in form mode. Returns ``{"action": ..., "content": ...}``."""
-        self._require("elicitation", "form")
-        params = {"message": message, "requestedSchema": requested_schema}
-        if self.version is not None and versions.features(self.version).elicitation_url:
-            params = {"mode": "form", **params}
-        return self.request("elicitation/create", params, timeout=timeout)
+        req = inputs.elicitation(message, requested_schema)
+        return self.ask({key or self._next_key(): req}, timeout=timeout).popitem()[1]
 
-    def list_roots(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    def list_roots(self, *, timeout: float | None = None, key: str | None = None) -> list[dict[str, Any]]:
         """``roots/list``: the client's roots."""
-        self._require("roots")
-        return list(self.request("roots/list", None, timeout=timeout).get("roots", []))
+        answer = self.ask({key or self._next_key(): inputs.roots()}, timeout=timeout).popitem()[1]
+        roots = answer.get("roots", [])
+        return list(roots) if isinstance(roots, list) else []
 
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
+    def begin_task(self) -> None:
+        """Mark where a tool declared with ``defer_task=True`` turns into a task: the input it
+        gathered before this point came through 2026-07-28 ``input_required`` rounds; here the
+        client gets a ``CreateTaskResult`` and the function runs again from the start on a
+        task thread, finding those answers. A no-op everywhere else (a session, a client
+        without the tasks extension, a task already running)."""
+        if self.task is None and self.defer_task:
+            raise BeginTask()
 
 
 def _run_cancel_callbacks(callbacks: list[Callable[[], None]], request_id: Any) -> None:
@@ -461,15 +491,14 @@ class ServerConnection:
             if method in modern.MRTR_METHODS:
                 ctx.input_responses = self.server.mrtr_answers(method, params, principal)
             result = modern.decorate_result(method, handler(params, ctx),
-                                            self.server.server_info(env.version))
+                                            self.server.server_meta(env.version))
         except InputRequired as need:
             assert ctx is not None
             result = modern.decorate_result(method, {
                 "resultType": modern.INPUT_REQUIRED,
-                "inputRequests": {need.key: need.request},
-                "requestState": self.server.mrtr_state(method, params, ctx.input_responses or {},
-                                                       principal),
-            }, self.server.server_info(ctx.version))
+                "inputRequests": need.requests,
+                "requestState": self.server.mrtr_state(method, params, ctx._used or {}, principal),
+            }, self.server.server_meta(ctx.version))
         except Cancelled:
             result = None
         except Exception as exc:

@@ -40,11 +40,13 @@ from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound,
                      MissingClientCapability, ResourceNotFound, ToolError)
 from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
-from .protocol.modern import (META_SUBSCRIPTION, InputRequired, StateSealer, all_supported,
+from .protocol.modern import (META_SERVER_INFO, META_SUBSCRIPTION, TASKS_EXTENSION, BeginTask,
+                              InputRequired, StateSealer, all_supported, header_params,
                               params_digest)
 from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex, gate_paused, leave_gate
+from .tasks import TaskManager
 
 log = logging.getLogger("mcpsync.server")
 
@@ -81,12 +83,16 @@ class ToolDef:
     execution: dict[str, Any] | None = None
     var_keyword: bool = False      # the function takes **kwargs: pass every argument through
     validate_arguments: bool = True  # False: arguments go to fn unchecked (a hub proxy: the upstream judges)
+    task: str | None = None        # "optional" / "required": may run as a task (2026-07-28 tasks extension)
+    defer_task: bool = False       # the task starts at ctx.begin_task(), after MRTR input
     # Derived once (hot path): a specialised argument validator and per-argument converters.
     check: Callable[[Any], list[str]] = field(init=False, repr=False)
     converters: dict[str, Callable[[Any], Any] | None] = field(init=False, repr=False)
+    header_params: tuple[tuple[str, str], ...] = field(init=False, repr=False)  # x-mcp-header arguments
 
     def __post_init__(self) -> None:
         self.check = compile_validator(self.input_schema)
+        self.header_params = header_params(self.input_schema)
         self.converters = {name: compile_converter(hint) for name, hint in self.arg_hints.items()}
 
     def describe(self) -> dict[str, Any]:
@@ -300,7 +306,14 @@ class Server:
         # Guards _listeners (the live subscriptions/listen streams); taken briefly.
         self._listeners_lock = threading.Lock()
         self._listeners: set[Listener] = set()
+        self._server_meta: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # one revision's, swapped whole
+        # Tasks (2026-07-28 extension): records, the task threads, TTL expiry; close() ends them.
+        self.tasks = TaskManager(self)
         self.dispatcher = self._build_dispatcher()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Shutdown: cancel this server's running tasks and join their threads."""
+        return self.tasks.close() if timeout is None else self.tasks.close(timeout)
 
     # ---- registration API -----------------------------------------------------------------
 
@@ -308,14 +321,19 @@ class Server:
              description: str | None = None, annotations: dict[str, Any] | None = None,
              output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
              icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
-             input_schema: dict[str, Any] | None = None) -> Callable[[F], F]:
+             input_schema: dict[str, Any] | None = None, task: str | None = None,
+             defer_task: bool = False) -> Callable[[F], F]:
         """Register a function as a tool. Its parameters (typed) become the input schema; a
-        structured return annotation (TypedDict, dataclass, dict) becomes the output schema."""
+        structured return annotation (TypedDict, dataclass, dict) becomes the output schema.
+        ``task="optional"`` or ``"required"``: a 2026-07-28 client that declares the tasks
+        extension gets a task (the function runs on a task thread; ``"required"`` refuses
+        other clients with -32021). ``defer_task=True``: the task starts where the function
+        calls ``ctx.begin_task()`` (input before it comes through MRTR rounds)."""
         def decorate(fn: F) -> F:
             self.add_tool(fn, name=name, title=title, description=description,
                           annotations=annotations, output_schema=output_schema,
                           structured_output=structured_output, icons=icons, meta=meta,
-                          input_schema=input_schema)
+                          input_schema=input_schema, task=task, defer_task=defer_task)
             return fn
         return decorate
 
@@ -323,8 +341,11 @@ class Server:
                  description: str | None = None, annotations: dict[str, Any] | None = None,
                  output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
                  icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
-                 input_schema: dict[str, Any] | None = None) -> ToolDef:
+                 input_schema: dict[str, Any] | None = None, task: str | None = None,
+                 defer_task: bool = False) -> ToolDef:
         tool_name = name or fn.__name__
+        if task not in (None, "optional", "required"):
+            raise ValueError(f"task must be None, 'optional' or 'required', not {task!r}")
         if not TOOL_NAME_RE.match(tool_name):
             raise ValueError(f"invalid tool name {tool_name!r}: 1-128 characters of A-Z a-z 0-9 _ - .")
         ctx = _ctx_param(fn)
@@ -342,6 +363,7 @@ class Server:
                        input_schema if input_schema is not None else schema, hints, ctx,
                        output_schema, wrap, title, annotations, icons, meta)
         tool.var_keyword = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+        tool.task, tool.defer_task = task, defer_task and task is not None
         self._commit(lambda r: replace(r, tools={**r.tools, tool_name: tool}), "tools")
         return tool
 
@@ -587,8 +609,9 @@ class Server:
         """The client's answers for a retried multi round-trip request: the ones sealed in its
         requestState plus this round's inputResponses."""
         responses = params.get("inputResponses")
-        if responses is not None and type(responses) is not dict:
-            raise InvalidParams("Invalid params: inputResponses must be an object")
+        if responses is not None and (type(responses) is not dict
+                                      or any(type(v) is not dict for v in responses.values())):
+            raise InvalidParams("Invalid params: inputResponses must be an object of objects")
         answers: dict[str, Any] = {}
         state = params.get("requestState")
         if state is not None:
@@ -604,7 +627,8 @@ class Server:
 
     def _discover(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         result: dict[str, Any] = {"supportedVersions": all_supported(),
-                                  "capabilities": self.capabilities(ctx.version)}
+                                  "capabilities": self.capabilities(ctx.version),
+                                  "_meta": {META_SERVER_INFO: self.server_info(ctx.version)}}
         if self.instructions:
             result["instructions"] = self.instructions
         return result
@@ -651,6 +675,8 @@ class Server:
         }
         if versions.features(version or versions.LATEST_HANDSHAKE_VERSION).completions_capability:
             caps["completions"] = {}
+        if version in versions.MODERN_VERSIONS:
+            caps["extensions"] = {TASKS_EXTENSION: {}}
         return caps
 
     def server_info(self, version: str | None = None) -> dict[str, Any]:
@@ -664,6 +690,18 @@ class Server:
                 if value is not None:
                     info[key] = value
         return info
+
+    def server_meta(self, version: str | None) -> dict[str, Any]:
+        """``{serverInfo key: {name, version}}`` for 2026-07-28 results: one shared dict
+        (rebuilt if the name or version changes), never mutated."""
+        key = (version, self.name, self.version)
+        cached = self._server_meta
+        if cached is None or cached[0] != key:
+            # name and version identify the server on every result; the rest of its
+            # Implementation (title, description, icons …) is in server/discover's _meta only,
+            # so a hot tools/call does not encode it again and again.
+            cached = self._server_meta = (key, {META_SERVER_INFO: {"name": self.name, "version": self.version}})
+        return cached[1]
 
     def initialize_result(self, version: str) -> dict[str, Any]:
         result: dict[str, Any] = {"protocolVersion": version,
@@ -690,6 +728,9 @@ class Server:
         d.on_request("logging/setLevel", self._set_level)
         d.on_request("server/discover", self._discover)
         d.on_request("subscriptions/listen", self._listen)
+        d.on_request("tasks/get", lambda p, ctx: self.tasks.get(p, ctx))
+        d.on_request("tasks/update", lambda p, ctx: self.tasks.update(p, ctx))
+        d.on_request("tasks/cancel", lambda p, ctx: self.tasks.cancel(p, ctx))
         d.on_notification("notifications/roots/list_changed", self._roots_list_changed)
         return d
 
@@ -751,21 +792,29 @@ class Server:
                 kwargs[k] = v
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
+        if tool.task is not None and ctx.modern and ctx.task is None:
+            created = self.tasks.route(tool, params, ctx)
+            if created is not None:
+                return created
         try:
             with gate_paused():  # user code may block: it must not hold up others' turn
                 value = (tool.fn(**kwargs) if self.tool_timeout_s is None
                          else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
             raise  # the stateless era's multi round-trip: the driver answers input_required
+        except BeginTask:  # a defer_task tool gathered its input: the rest runs as a task
+            return self.tasks.start(tool, params, ctx, ctx._used or {})
         except (Cancelled, McpError) as exc:
             if isinstance(exc, Cancelled) or ctx.cancelled:
                 raise Cancelled() from None
-            if ctx.modern and isinstance(exc, MissingClientCapability):
-                raise  # 2026-07-28: a protocol error (-32021), not a tool failure
+            if ctx.task is not None or (ctx.modern and isinstance(exc, MissingClientCapability)):
+                raise  # a protocol error: -32021 in 2026-07-28, a failed task
             return {"content": [{"type": "text", "text": exc.message}], "isError": True}
         except ToolError as exc:
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
         except Exception as exc:
+            if ctx.task is not None:
+                raise  # a crash fails the task
             log.exception("tool %s raised", tool.name)
             return {"content": [{"type": "text", "text": f"Tool {tool.name} failed: {type(exc).__name__}: {exc}"}],
                     "isError": True}
@@ -777,6 +826,8 @@ class Server:
                                  f"cannot represent ({exc})"}], "isError": True}
         result["content"] = _for_revision(result["content"], feats)
         return result
+
+    call_tool = _tools_call  # the task runner calls it on a task thread
 
     def _call_with_timeout(self, tool: ToolDef, kwargs: dict[str, Any], ctx: Context) -> Any:
         """Run the tool on its own thread and wait at most ``tool_timeout_s`` for it."""

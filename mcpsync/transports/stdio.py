@@ -57,3 +57,4 @@ def serve_stdio(server: Server, stdin: BinaryIO | None = None,
         if eof:  # `printf requests | mcpsync --stdio`: answer what was asked before leaving
             session.drain(EOF_DRAIN_S)
         session.close()
+        server.close()  # tasks end with the process's only client

@@ -399,7 +399,8 @@ class McpWsgiApp:
             tool = None
             if value.get("method") == "tools/call" and isinstance(params.get("name"), str):
                 tool = self.server.registry.tools.get(params["name"])
-            modern.check_headers(_mcp_headers(environ), value, tool.input_schema if tool else None)
+            in_headers = tool.header_params if tool is not None else ()
+            modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
         except McpError as exc:
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return _json_reply(start_response, modern.http_status(exc), refusal, cors)
@@ -502,15 +503,16 @@ def _is_modern_post(environ: Environ, value: Any) -> bool:
     return type(value) is dict and modern.is_modern(value.get("params"))
 
 
-def _mcp_headers(environ: Environ) -> dict[str, str | None]:
+def _mcp_headers(environ: Environ, in_headers: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
+    """The standard MCP request headers, and the ``Mcp-Param-*`` ones the tool declares."""
     headers: dict[str, str | None] = {
         "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
         "mcp-method": environ.get("HTTP_MCP_METHOD"),
         "mcp-name": environ.get("HTTP_MCP_NAME"),
     }
-    for key, value in environ.items():
-        if key.startswith("HTTP_MCP_PARAM_"):
-            headers["mcp-param-" + key[15:].lower().replace("_", "-")] = value
+    for _prop, name in in_headers:
+        headers[f"mcp-param-{name.lower()}"] = environ.get(
+            "HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
     return headers
 
 

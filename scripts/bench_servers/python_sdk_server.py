@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--json-response", action="store_true")
+    parser.add_argument("--stateless", action="store_true", help="stateless_http=True (no sessions)")
     parser.add_argument("--session-ttl", type=float, default=1800.0, help="idle session timeout, s")
     parser.add_argument("--max-sessions", type=int, default=10_000)
     args = parser.parse_args(argv)
     app = server.streamable_http_app(json_response=args.json_response, host=HOST,
+                                     stateless_http=args.stateless,
                                      session_idle_timeout=args.session_ttl,
                                      max_sessions=args.max_sessions)
     # proto=IPPROTO_TCP as getaddrinfo would give: asyncio sets TCP_NODELAY on accepted
