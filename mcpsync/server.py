@@ -41,12 +41,13 @@ from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound,
 from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
 from .protocol.modern import (META_SERVER_INFO, META_SUBSCRIPTION, TASKS_EXTENSION, BeginTask,
-                              InputRequired, StateSealer, all_supported, header_params,
+                              InputRequired, StateSealer, all_supported, has_tasks, header_params,
                               params_digest)
 from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex, gate_paused, leave_gate
 from .tasks import TaskManager
+from .tasks.runtime import task_notification
 
 log = logging.getLogger("mcpsync.server")
 
@@ -596,6 +597,12 @@ class Server:
                     log.debug("resource update not delivered to %s", conn.session_id)
         return sent
 
+    def notify_task(self, record: dict[str, Any]) -> int:
+        """A task's status changed: ``notifications/tasks`` (the whole task) to the
+        ``subscriptions/listen`` streams that follow it (its creator's only)."""
+        task_id = record["taskId"]
+        return self._to_listeners(lambda lst: lst.wants_task(task_id), task_notification(record))
+
     def _to_listeners(self, wanted: Callable[["Listener"], bool], msg: dict[str, Any]) -> int:
         with self._listeners_lock:
             targets = [lst for lst in self._listeners if wanted(lst)]
@@ -639,7 +646,15 @@ class Server:
         wanted = params.get("notifications") or {}
         if type(wanted) is not dict:
             raise InvalidParams("Invalid params: notifications must be an object")
-        listener = Listener(ctx, wanted)
+        task_ids = wanted.get("taskIds")
+        if task_ids is not None:
+            if not has_tasks(ctx.client_capabilities):
+                raise MissingClientCapability(
+                    "Missing required client capability: the io.modelcontextprotocol/tasks "
+                    "extension", {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
+            if type(task_ids) is not list:
+                raise InvalidParams("Invalid params: notifications.taskIds must be an array")
+        listener = Listener(ctx, wanted, self.tasks.owned(task_ids or [], ctx.principal))
         with self._listeners_lock:  # listening before the ack: nothing between is lost
             self._listeners.add(listener)
         listener.acknowledge()
@@ -1049,14 +1064,17 @@ LIST_FILTERS = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged")
 class Listener:
     """One ``subscriptions/listen`` stream: the notifications it asked for, and its sink."""
 
-    def __init__(self, ctx: Context, wanted: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, wanted: dict[str, Any], task_ids: list[str]) -> None:
         self.ctx = ctx
         self.lists = {kind for kind, key in LIST_FILTERS if wanted.get(key) is True}
         uris = wanted.get("resourceSubscriptions")
         self.uris = frozenset(u for u in uris if isinstance(u, str)) if isinstance(uris, list) else frozenset()
+        self.tasks = frozenset(task_ids)  # the requester's own live tasks it asked to follow
         self.honoured: dict[str, Any] = {key: True for kind, key in LIST_FILTERS if kind in self.lists}
         if self.uris:
             self.honoured["resourceSubscriptions"] = sorted(self.uris)
+        if "taskIds" in wanted:
+            self.honoured["taskIds"] = list(task_ids)
         self.ended = False
         # Orders writes to this listen stream: the ack strictly first, then notifications
         # as they come (it is this stream's write lock; held across one sink call).
@@ -1077,6 +1095,9 @@ class Listener:
 
     def wants_list(self, kind: str) -> bool:
         return kind in self.lists
+
+    def wants_task(self, task_id: str) -> bool:
+        return task_id in self.tasks
 
     def wants_resource(self, uri: str) -> bool:
         return uri in self.uris or any(uri.startswith(u.rstrip("/") + "/") for u in self.uris)

@@ -428,3 +428,73 @@ def test_over_http_tasks_outlive_their_request_and_keep_to_their_principal() -> 
             done = post(c, "tasks/get", {"taskId": tid}, "alice", tid).json()["result"]
             assert done["result"]["content"][0]["text"] == "done"
     app.close()
+
+
+# ---- notifications/tasks on subscriptions/listen ----------------------------------------------
+
+class Listen:
+    """A subscriptions/listen request running on its own thread, collecting what it is sent."""
+
+    def __init__(self, srv: Server, task_ids: list[Any], principal: str | None, caps: dict[str, Any] = TASKS) -> None:
+        self.cond = threading.Condition()  # guards `got`; notified by the sink
+        self.got: list[dict[str, Any]] = []
+        self.conn = ServerConnection(srv)
+        msg = {"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen",
+               "params": {"notifications": {"taskIds": task_ids}, "_meta": meta(caps)}}
+        self.reply: dict[str, Any] | None = None
+        self.thread = threading.Thread(target=self._run, args=(msg, principal), name="test-listen")
+        self.thread.start()
+
+    def _run(self, msg: dict[str, Any], principal: str | None) -> None:
+        self.reply = self.conn.handle_modern(msg, self._sink, principal=principal)
+        with self.cond:
+            self.cond.notify_all()
+
+    def _sink(self, msg: dict[str, Any]) -> None:
+        with self.cond:
+            self.got.append(msg)
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        with self.cond:
+            while True:
+                for msg in self.got:
+                    if pred(msg):
+                        return msg
+                left = deadline - time.monotonic()
+                assert left > 0 and self.reply is None, (self.got, self.reply)
+                self.cond.wait(left)
+
+    def stop(self) -> None:
+        self.conn.cancel("L", "done")
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive()
+
+
+def test_listen_streams_get_notifications_tasks_for_their_own_tasks(env: Any) -> None:
+    srv, watcher, gates = env
+    mine, theirs = start(srv, principal="alice"), start(srv, principal="bob")
+    listen = Listen(srv, [mine, theirs, "no-such-task"], "alice")
+    try:
+        ack = listen.wait_for(lambda m: m["method"] == "notifications/subscriptions/acknowledged")
+        assert ack["params"]["notifications"]["taskIds"] == [mine]  # bob's and unknown left out
+        gates.open()
+        done = listen.wait_for(lambda m: m["method"] == "notifications/tasks"
+                               and m["params"]["status"] == "completed")
+        params = done["params"]
+        assert params["taskId"] == mine and params["result"]["content"][0]["text"] == "done"
+        assert params["_meta"]["io.modelcontextprotocol/subscriptionId"] == "L"
+        assert "resultType" not in params
+        watcher.wait(theirs, "completed")
+        assert all(m["params"].get("taskId") != theirs for m in listen.got)
+    finally:
+        listen.stop()
+
+
+def test_listening_for_tasks_needs_the_extension(env: Any) -> None:
+    srv, _, _ = env
+    listen = Listen(srv, ["x"], None, caps={})
+    listen.thread.join(WAIT_S)
+    assert listen.reply is not None and listen.reply["error"]["code"] == -32021
+    assert listen.reply["error"]["data"]["requiredCapabilities"] == {"extensions": {EXT: {}}}

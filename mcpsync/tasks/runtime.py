@@ -66,6 +66,13 @@ def unknown_task() -> InvalidParams:
     return InvalidParams("Invalid params: unknown task")
 
 
+def task_notification(record: TaskRecord) -> dict[str, Any]:
+    """``notifications/tasks``: the whole ``DetailedTask``, as ``tasks/get`` would answer now."""
+    params = wire_task(record)
+    del params["resultType"]  # a result's field; a notification's params are the task itself
+    return {"jsonrpc": "2.0", "method": "notifications/tasks", "params": params}
+
+
 def wire_task(record: TaskRecord) -> dict[str, Any]:
     """A record as the wire's ``Task`` / ``DetailedTask`` (with resultType ``complete``)."""
     out: dict[str, Any] = {"resultType": COMPLETE, "taskId": record["taskId"],
@@ -159,7 +166,8 @@ class TaskManager:
         self._lock = threading.Lock()
         self._running: dict[str, TaskHandle] = {}
         self._last_sweep = 0.0
-        self._listeners: list[Callable[[TaskRecord], None]] = []
+        # Every change also goes to the server's subscriptions/listen streams.
+        self._listeners: list[Callable[[TaskRecord], Any]] = [server.notify_task]
         self.store.watch(self._on_change)
 
     # ---- creation -------------------------------------------------------------------------
@@ -304,7 +312,7 @@ class TaskManager:
             except Exception:
                 log.exception("task listener failed")
 
-    def on_change(self, callback: Callable[[TaskRecord], None]) -> None:
+    def on_change(self, callback: Callable[[TaskRecord], Any]) -> None:
         """Call ``callback(record)`` on every change of any task (listen streams use it)."""
         self._listeners.append(callback)
 
@@ -327,6 +335,17 @@ class TaskManager:
             self._expire(task_id)
             return None
         return rec
+
+    def owned(self, task_ids: list[Any], principal: str | None) -> list[str]:
+        """Of ``task_ids``, the live tasks created by ``principal`` (the ones a listen stream
+        may follow; others are left out of its acknowledgement, as unknown)."""
+        now = self.clock()
+        out = []
+        for task_id in task_ids:
+            rec = self.store.get(task_id) if type(task_id) is str else None
+            if rec is not None and rec["principal"] == principal and rec["expiresAt"] > now:
+                out.append(task_id)
+        return out
 
     def get(self, params: dict[str, Any], ctx: "Context") -> dict[str, Any]:
         rec = self._find(params, ctx)
