@@ -148,7 +148,7 @@ def lone_surrogate_ws(ctx: Ctx) -> tuple[str, str]:
     return PASS, f'id "\\ud800" → {what}; the connection still answers'
 
 
-@attack("add-overflow", 5, "add(1e999, 1) is a tool error, not an internal error")
+@attack("add-overflow", 5, "add(1e999, 1) is a client error (-32700/-32602/a tool error), not an internal one")
 def add_overflow(ctx: Ctx) -> tuple[str, str]:
     if "add" not in tool_names(ctx):
         return SKIP, "the server lists no add(a, b) tool"
@@ -160,7 +160,7 @@ def add_overflow(ctx: Ctx) -> tuple[str, str]:
                 raw = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"add","arguments":'
                        % i + args + b"}}")
                 resp = post(conn, None, raw=raw, session=sid, version="2025-11-25")
-                answer = answer_for(resp.messages(), i) or {}
+                answer = answer_for(resp.messages(), i) or answer_for(resp.messages(), None) or {}
                 if "error" in answer:
                     what = f"error {answer['error'].get('code')}"
                 elif (answer.get("result") or {}).get("isError"):

@@ -1,8 +1,7 @@
 """scripts/attack.py against `python -m mcpsync` as a subprocess: one test per attack.
 
-The attacks reproduce the findings of issue 13. Those that FAIL on this code are marked
-``xfail(strict=True)`` with the finding's number, so a fix that makes one PASS turns its
-test red until the mark is removed. The server runs with two tokens (alice, bob), the
+The attacks reproduce the findings of issue 13 (``FINDINGS`` names each one's finding);
+every one must PASS against this code. The server runs with two tokens (alice, bob), the
 access log on and stderr in a file (tracebacks of the findings would fill a pipe nobody
 reads). Negative controls show the verdicts can go both ways: a server that never reads
 makes ``ws-slow-reader`` PASS; the benchmark's canned stdlib server makes the CLI exit 1.
@@ -39,7 +38,7 @@ STOP_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 30.0   # sessions of closed SSE streams end at the next keep-alive (15 s)
 
 F = "issue 13 finding "
-FAILS_TODAY = {
+FINDINGS = {
     "ws-options-auth-bypass": F + "1",
     "auth-every-route": F + "1 (OPTIONS /ws upgrade without a token)",
     "ws-non-get-upgrade": F + "1",
@@ -120,8 +119,8 @@ def open_server() -> Iterator[Server]:
 
 
 def _run(srv: Server, name: str, **kw: str) -> attack.Verdict:
-    """One attack; an answer it could not judge raises (not an AssertionError: an xfail
-    must fail for its finding, not for a bug of the attack)."""
+    """One attack; an answer it could not judge raises (not an AssertionError: a failure
+    must be the finding's, not a bug of the attack)."""
     verdicts = attack.run(srv.url, [name], OPTS, token=kw.get("token", "tA"),
                           token2=kw.get("token2", "tB"))
     assert len(verdicts) == 1
@@ -131,8 +130,7 @@ def _run(srv: Server, name: str, **kw: str) -> attack.Verdict:
 
 
 def _param(name: str) -> object:
-    marks = ([pytest.mark.xfail(strict=True, raises=AssertionError, reason=FAILS_TODAY[name])]
-             if name in FAILS_TODAY else [])
+    marks = []
     if name in HEAVY:
         marks.append(pytest.mark.timeout(240))
     return pytest.param(name, marks=marks, id=name)
@@ -145,15 +143,13 @@ def test_attack_passes(server: Server, name: str) -> None:
 
 
 def test_every_attack_is_covered_and_names_its_finding() -> None:
-    assert set(ATTACKS) == set(FAILS_TODAY) | SEPARATE | {"http-inflight-per-session"}
+    assert set(ATTACKS) == set(FINDINGS) | SEPARATE | {"http-inflight-per-session"}
     for name, spec in ATTACKS.items():
-        reason = FAILS_TODAY.get(name, "")
+        reason = FINDINGS.get(name, "")
         if reason.startswith(F):
             assert reason.split()[3] == str(spec.finding), name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason=F + "9 (a newline in a method name forges an access-log line)")
 def test_log_forging_leaves_no_forged_line(server: Server) -> None:
     verdict = _run(server, "log-forging")
     assert verdict.status == SKIP and "not visible" in verdict.reason
@@ -177,8 +173,6 @@ def test_auth_attacks_skip_without_auth(open_server: Server, name: str) -> None:
     assert verdict.status == SKIP and "without a token" in verdict.reason, verdict.line()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason=F + "6 (no per-client-address quota without auth)")
 @pytest.mark.timeout(240)
 def test_session_quota_by_client_address(open_server: Server) -> None:
     verdict = _run(open_server, "session-quota", token="")

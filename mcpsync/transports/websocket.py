@@ -314,6 +314,9 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     if environ.get("REQUEST_METHOD") != "GET":  # RFC 6455 4.1: an upgrade is a GET
         return _refuse(start_response, "405 Method Not Allowed",
                        "a WebSocket upgrade is a GET request", [("Allow", "GET")])
+    if environ.get("SERVER_PROTOCOL") == "HTTP/1.0":  # RFC 6455 4.2.1: HTTP/1.1 or higher
+        return _refuse(start_response, "400 Bad Request",
+                       "a WebSocket upgrade needs HTTP/1.1", [])
     raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
     if raw is None or "websocket" not in (environ.get("HTTP_UPGRADE") or "").lower():
         return _refuse(start_response, "426 Upgrade Required", "WebSocket upgrade required",

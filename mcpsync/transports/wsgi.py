@@ -136,6 +136,7 @@ class McpWsgiApp:
         self.routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             path: self._mcp}
         self.legacy_messages_path = legacy_messages_path
+        self.websocket_path = websocket_path
         if legacy_sse_path:
             self.routes[legacy_sse_path] = lambda e, s: legacy_sse.open_stream(self, e, s)
             self.routes[legacy_messages_path] = lambda e, s: legacy_sse.post_message(self, e, s)
@@ -171,9 +172,15 @@ class McpWsgiApp:
         cors: list[tuple[str, str]] = []
         try:
             cors = self._check_host_and_origin(environ)
-            route = self.routes.get(environ.get("PATH_INFO") or "/")
+            path = environ.get("PATH_INFO") or "/"
+            route = self.routes.get(path)
             if route is None:
                 raise HttpError(404, "Not Found: no MCP endpoint at this path")
+            if path != self.websocket_path and "websocket" in (environ.get("HTTP_UPGRADE") or "").lower():
+                # Refused (4xx) rather than answered: a 2xx to an upgrade request reads as a
+                # takeover of the socket to a front end, and the answer would never leave.
+                raise HttpError(400, f"Bad Request: WebSocket upgrades are served at {self.websocket_path}"
+                                if self.websocket_path else "Bad Request: no WebSocket endpoint")
             environ["mcpsync.cors"] = cors
             return route(environ, start_response)
         except HttpError as exc:
