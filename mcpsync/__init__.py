@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from . import inputs
 from .connection import Context
 from .content import Audio, Image, Resource, ResourceLink, Text, ToolResult
-from .errors import McpError, ToolError
+from .errors import DefinitionError, McpError, ResourceError, ResourceNotFound, ToolError
 from .server import Server
 from .run import build_wsgi_app, serve
 from .sessions import Session, SessionStore
@@ -30,7 +30,10 @@ __all__ = [
     "ToolResult",
     "FIFOMutex",
     "KeyedMutex",
+    "DefinitionError",
     "McpError",
+    "ResourceError",
+    "ResourceNotFound",
     "Session",
     "SessionStore",
     "ToolError",

@@ -7,12 +7,13 @@ prints a traceback for a user error.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import __version__
 from .auth import StaticTokenVerifier
@@ -22,6 +23,7 @@ from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .target import load_target
 from .run import SHUTDOWN_GRACE_S, serve
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 EXIT_USAGE = 2
@@ -46,7 +48,7 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     p.add_argument("--host", default=d(DEFAULT_HOST),
                    help=f"interface to bind (default {DEFAULT_HOST}; exposing beyond loopback is your call)")
-    p.add_argument("--port", type=int, default=d(DEFAULT_PORT), help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=d(DEFAULT_PORT), help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--stdio", action="store_true", default=d(False),
                    help="serve newline-delimited JSON-RPC on stdin/stdout instead of HTTP")
     p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
@@ -54,7 +56,8 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--no-cpu-gate", action="store_true", default=d(False),
                    help="let request threads take the GIL in any order (more throughput at "
                         "moderate load, a much longer tail under heavy load)")
-    p.add_argument("--log-level", default=d("INFO"), help="logging level for stderr (default INFO)")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=d("INFO"),
+                   metavar="LEVEL", help=f"logging level for stderr: {', '.join(LOG_LEVELS)} (default INFO)")
     p.add_argument("--access-log", action="store_true", default=d(False),
                    help="log one line per request (session, method, outcome, duration) to stderr")
     p.add_argument("--auth-tokens", default=d(None), metavar="SPEC",
@@ -100,12 +103,43 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0 picks a free one), not {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and a hint for a misspelt option, which plain
+    argparse would report as an invalid subcommand (``--prot 8001``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mcpsync: {message} (see --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if args is None else args)
+        known = set(self._option_string_actions)
+        for token in argv:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                self.error(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        return super().parse_args(argv, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mcpsync", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m mcpsync", description=DESCRIPTION, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mcpsync {__version__}")
     _add_serving_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,hub}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,hub}", parser_class=_Parser)
     p_serve = sub.add_parser("serve", help="serve a server object from a module or file",
                              description="Serve TARGET: package.module:attr or path/to/file.py[:attr] "
                                          "(attr defaults to the module's `server`, `app` or `mcp`).")
@@ -202,7 +236,7 @@ def _run_hub(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    logging.basicConfig(level=getattr(logging, args.log_level),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mcpsync.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
     try:

@@ -75,6 +75,13 @@ class ResourceNotFound(McpError):
     code = RESOURCE_NOT_FOUND
 
 
+class ResourceError(McpError):
+    """Raised by a resource (or prompt) function: reading it failed, and this message says
+    why to the client (-32603 with your message; other exceptions stay "Internal error")."""
+
+    code = INTERNAL_ERROR
+
+
 class UrlElicitationRequired(McpError):
     code = URL_ELICITATION_REQUIRED
 
@@ -132,6 +139,11 @@ class SessionNotFound(Exception):
 
 class MutexTimeout(Exception):
     """A ``KeyedMutex.hold`` or registry wait ran out of time."""
+
+
+class DefinitionError(TypeError):
+    """A function cannot be registered as it is (a parameter type with no JSON form, a
+    duplicate name, a decorator used wrongly): one line naming the function and the cause."""
 
 
 class ConfigError(Exception):

@@ -28,6 +28,7 @@ log = logging.getLogger("mcpsync")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+EXIT_USAGE = 2            # a usage or configuration error (here: the address cannot be bound)
 SHUTDOWN_GRACE_S = 10.0   # calls in flight may finish this long after SIGTERM/SIGINT
 ABORT_FLUSH_S = 1.0       # then the error answers of the rest get this long to go out
 
@@ -84,8 +85,13 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
                                      authorization_servers=authorization_servers,
                                      protected_paths=protected)
-    front = make_server(app, host, port, kind=server_kind,
-                        **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
+    try:
+        front = make_server(app, host, port, kind=server_kind,
+                            **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
+    except (OSError, OverflowError) as exc:  # the port is taken, or no port at all
+        print(f"mcpsync: cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     gate = getattr(front, "cpu_gate", None)
     if gate is not None:
         def gate_stats() -> list[tuple[dict[str, str], float]]:

@@ -16,8 +16,19 @@ Enum subclass              ``{"enum": [member values]}``
 list[X], tuple[X, ...]     ``{"type": "array", "items": X}``
 dict[str, X]               ``{"type": "object", "additionalProperties": X}``
 TypedDict, dataclass       ``{"type": "object", "properties": …, "required": …}``
+datetime / date / time     ``{"type": "string", "format": "date-time" | "date" | "time"}``
+UUID                       ``{"type": "string", "format": "uuid"}``
+Path (any ``PurePath``)    ``{"type": "string"}``
+Decimal                    ``{"type": ["string", "number"]}`` (a string keeps every digit)
+bytes                      ``{"type": "string", "contentEncoding": "base64"}``
+pydantic ``BaseModel``     the model's own JSON Schema (when pydantic is installed)
 Annotated[X, "text"]       X's schema with ``"description": "text"``
 =========================  ==========================================================
+
+Values of the string-borne types are checked by ``validate`` (the formats we generate are
+asserted, not only annotated), converted by ``convert`` and written back by ``to_jsonable``
+in their ISO / canonical text form. A pydantic model validates itself in ``convert``
+(``ArgumentError`` carries its complaint). A hint with no JSON form raises ``TypeError``.
 
 ``validate(schema, value)`` checks the subset of JSON Schema that we generate (and a bit
 more: numeric and length bounds, ``const``, ``pattern``, ``minItems``) and returns a list of
@@ -28,18 +39,27 @@ evaluates ``$ref`` across documents.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import datetime
+import decimal
 import enum
 import inspect
+import pathlib
 import re
+import sys
 import types
 import typing
+import uuid
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 try:  # Python 3.11+: typing.is_typeddict
     from typing import is_typeddict
 except ImportError:  # pragma: no cover - 3.10
     from typing_extensions import is_typeddict
+
+from .errors import DefinitionError
 
 Schema = dict[str, Any]
 
@@ -53,6 +73,58 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 class Description(str):
     """Marker for ``Annotated[X, Description("...")]``; a plain string works too."""
+
+
+class ArgumentError(ValueError):
+    """A value passed validation but cannot become its parameter's type (a pydantic model
+    that refuses it, a decimal out of range): an invalid argument, said in one line."""
+
+
+def _iso(cls: Any) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.endswith(("Z", "z")):  # RFC 3339's UTC designator (3.10's parser lacks it)
+            text = text[:-1] + "+00:00"
+        return cls.fromisoformat(text)
+    return parse
+
+
+def _decimal(value: Any) -> decimal.Decimal:
+    try:
+        number = decimal.Decimal(value if isinstance(value, str) else repr(value))
+    except decimal.InvalidOperation:
+        raise ArgumentError(f"{value!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise ArgumentError(f"{value!r} is not a finite decimal number")
+    return number
+
+
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ArgumentError("not valid base64") from None
+
+
+# Types that travel as JSON strings: hint -> (schema, parse text -> value).
+_TEXT_TYPES: dict[Any, tuple[Schema, Callable[[Any], Any]]] = {
+    datetime.datetime: ({"type": "string", "format": "date-time"}, _iso(datetime.datetime)),
+    datetime.date: ({"type": "string", "format": "date"}, _iso(datetime.date)),
+    datetime.time: ({"type": "string", "format": "time"}, _iso(datetime.time)),
+    uuid.UUID: ({"type": "string", "format": "uuid"}, uuid.UUID),
+    decimal.Decimal: ({"type": ["string", "number"]}, _decimal),
+    bytes: ({"type": "string", "contentEncoding": "base64"}, _base64),
+}
+# The string formats validate() asserts, and how.
+_FORMATS: dict[str, Callable[[str], Any]] = {
+    "date-time": _iso(datetime.datetime), "date": _iso(datetime.date),
+    "time": _iso(datetime.time), "uuid": uuid.UUID}
+
+
+def _pydantic_model(hint: Any) -> bool:
+    """Whether ``hint`` is a pydantic model class (pydantic is optional: only if imported)."""
+    pydantic = sys.modules.get("pydantic")
+    return (pydantic is not None and isinstance(hint, type)
+            and issubclass(hint, pydantic.BaseModel))
 
 
 def _is_union(origin: Any) -> bool:
@@ -77,6 +149,12 @@ def schema_for(hint: Any) -> Schema:
         return schema
     if hint in _PRIMITIVES:
         return {"type": _PRIMITIVES[hint]}
+    if hint in _TEXT_TYPES:
+        return dict(_TEXT_TYPES[hint][0])
+    if isinstance(hint, type) and issubclass(hint, pathlib.PurePath):
+        return {"type": "string"}
+    if _pydantic_model(hint):
+        return dict(hint.model_json_schema())
     if _is_union(origin):
         args = get_args(hint)
         non_null = [a for a in args if a is not type(None)]
@@ -170,17 +248,27 @@ def _jsonable(value: Any) -> bool:
 
 def signature_schema(fn: Callable[..., Any], *, skip: frozenset[str] = frozenset()) -> tuple[Schema, dict[str, Any]]:
     """The input schema of a function's parameters, and a name -> hint map for ``convert``.
-    Parameters named in ``skip`` (the context parameter) are left out."""
+    Parameters named in ``skip`` (the context parameter) are left out. Arguments the
+    function has no parameter for are refused (``additionalProperties: false``) unless it
+    takes ``**kwargs``. Raises ``DefinitionError`` naming the function and the parameter
+    whose hint has no JSON form."""
     hints = typing.get_type_hints(fn, include_extras=True)
     props: dict[str, Schema] = {}
     required: list[str] = []
     arg_hints: dict[str, Any] = {}
-    for name, param in inspect.signature(fn).parameters.items():
+    params = inspect.signature(fn).parameters
+    for name, param in params.items():
         if name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         hint = hints.get(name, Any)
         arg_hints[name] = hint
-        prop = dict(schema_for(hint))
+        try:
+            prop = dict(schema_for(hint))
+        except TypeError:
+            raise DefinitionError(
+                f"{fn.__qualname__}(): parameter {name!r} has the type {_hint_name(hint)}, which has "
+                "no JSON form; use str, int, float, bool, list, dict, a TypedDict, a dataclass, "
+                "an Enum, datetime/date/time, UUID, Path, Decimal, bytes or a pydantic model") from None
         if param.default is inspect.Parameter.empty:
             required.append(name)
         elif _jsonable(param.default) or isinstance(param.default, (list, dict)):
@@ -191,7 +279,29 @@ def signature_schema(fn: Callable[..., Any], *, skip: frozenset[str] = frozenset
     schema: Schema = {"type": "object", "properties": props}
     if required:
         schema["required"] = required
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        schema["additionalProperties"] = False
+    defs = _hoist_defs(props)
+    if defs:  # a pydantic model's $refs point at the root: its $defs must live there
+        schema["$defs"] = defs
     return schema, arg_hints
+
+
+def _hint_name(hint: Any) -> str:
+    return hint.__qualname__ if isinstance(hint, type) else repr(hint)
+
+
+def _hoist_defs(node: Any) -> dict[str, Any]:
+    """Remove every ``$defs`` below ``node`` and return them merged (names are the models')."""
+    found: dict[str, Any] = {}
+    if isinstance(node, dict):
+        found.update(node.pop("$defs", None) or {})
+        for value in node.values():
+            found.update(_hoist_defs(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.update(_hoist_defs(value))
+    return found
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -237,6 +347,18 @@ def _validate(schema: Schema, value: Any, path: str, out: list[str]) -> None:
             out.append(f"{path}: does not match any allowed form")
             return
     if isinstance(value, str) and not isinstance(value, bool):
+        fmt = schema.get("format")
+        check = _FORMATS.get(fmt) if isinstance(fmt, str) else None
+        if check is not None:
+            try:
+                check(value)
+            except ValueError:
+                out.append(f"{path}: not a valid {fmt}")
+        if schema.get("contentEncoding") == "base64":
+            try:
+                _base64(value)
+            except ArgumentError:
+                out.append(f"{path}: not valid base64")
         if "minLength" in schema and len(value) < schema["minLength"]:
             out.append(f"{path}: shorter than {schema['minLength']} characters")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
@@ -292,7 +414,11 @@ def compile_validator(schema: Schema) -> Callable[[Any], list[str]]:
 
     props = schema.get("properties") or {}
     if schema.get("type") != "object" or set(schema) - {"type", "properties", "required",
-                                                          "description", "title"}:
+                                                          "description", "title",
+                                                          "additionalProperties"}:
+        return slow
+    closed = schema.get("additionalProperties", True) is False
+    if not (closed or schema.get("additionalProperties", True) is True):
         return slow
     types: dict[str, tuple[type, ...]] = {}
     for name, prop in props.items():
@@ -310,7 +436,10 @@ def compile_validator(schema: Schema) -> Callable[[Any], list[str]]:
                 return slow(value)
         for key, item in value.items():
             allowed = types.get(key)
-            if allowed is not None and (type(item) not in allowed):
+            if allowed is None:
+                if closed:
+                    return slow(value)  # an argument the function has no parameter for
+            elif type(item) not in allowed:
                 return slow(value)  # (bool is not int here: type(), not isinstance())
         return []
     return fast
@@ -346,6 +475,18 @@ def convert(hint: Any, value: Any) -> Any:
         return value
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
+    if hint in _TEXT_TYPES:
+        return _TEXT_TYPES[hint][1](value)
+    if isinstance(hint, type) and issubclass(hint, pathlib.PurePath):
+        return hint(value)
+    if _pydantic_model(hint):
+        try:
+            return hint.model_validate(value)
+        except ValueError as exc:  # pydantic's ValidationError: its first complaint, one line
+            errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
+            first = errors[0] if errors else {}
+            where = ".".join(str(p) for p in first.get("loc", ())) or hint.__name__
+            raise ArgumentError(f"{where}: {first.get('msg', exc)}") from None
     if origin in (list, set, frozenset) and isinstance(value, list):
         args = get_args(hint)
         items = [convert(args[0], v) for v in value] if args else list(value)
@@ -369,6 +510,14 @@ def to_jsonable(value: Any) -> Any:
     """Python values from a tool's return (dataclasses, Enums, tuples, sets) as JSON data."""
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date too
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal, pathlib.PurePath)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if _pydantic_model(type(value)):
+        return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -383,4 +532,4 @@ def is_structured(hint: Any) -> bool:
     if get_origin(hint) is typing.Annotated:
         hint = get_args(hint)[0]
     return bool(is_typeddict(hint) or (dataclasses.is_dataclass(hint) and isinstance(hint, type))
-                or get_origin(hint) is dict)
+                or get_origin(hint) is dict or _pydantic_model(hint))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import inspect
 import json
 import logging
@@ -31,19 +32,20 @@ import threading
 import time
 import typing
 import weakref
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, TypeVar
+from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import content as content_mod
 from .connection import LOG_LEVELS, Context, ServerConnection
-from .errors import (Cancelled, InvalidParams, McpError, MethodNotFound,
-                     MissingClientCapability, ResourceNotFound, ToolError)
+from .errors import (Cancelled, DefinitionError, InvalidParams, McpError, MethodNotFound,
+                     MissingClientCapability, ResourceError, ResourceNotFound, ToolError)
 from .protocol import jsonrpc, versions
 from .protocol.dispatch import Dispatcher
 from .protocol.modern import (META_SERVER_INFO, META_SUBSCRIPTION, TASKS_EXTENSION, BeginTask,
                               InputRequired, StateSealer, all_supported, has_tasks, header_params,
                               params_digest)
-from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
+from .schema import (ArgumentError, compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
 from .sync import FIFOMutex, gate_paused, leave_gate
 from .tasks import TaskManager
@@ -188,6 +190,18 @@ def _ctx_param(fn: Callable[..., Any]) -> str | None:
     return None
 
 
+def _signature(fn: Callable[..., Any], ctx: str | None, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``signature_schema`` for a tool, prompt or resource function, with one warning per
+    registration for parameters that have no type hint (they take any JSON value)."""
+    schema, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+    untyped = [name for name, p in inspect.signature(fn).parameters.items()
+               if p.annotation is p.empty and name in hints]
+    if untyped:
+        log.warning("%s %s(): parameter(s) %s have no type hint: any JSON value is accepted "
+                    "and passed as it is", kind, fn.__qualname__, ", ".join(map(repr, untyped)))
+    return schema, hints
+
+
 def _is_content_type(hint: Any) -> bool:
     """Content classes (Image, Resource …) and ToolResult are returned as content, not data."""
     return isinstance(hint, type) and (hasattr(hint, "to_content") or hint is content_mod.ToolResult)
@@ -217,14 +231,31 @@ def _uri_variable(hint: Any, text: str) -> Any:
     ``int`` parameter is parsed as JSON. A value that fits neither way is not this resource."""
     schema = schema_for(hint)
     if not validate(schema, text):
-        return convert(hint, text)
+        try:
+            return convert(hint, text)
+        except ArgumentError as exc:
+            raise InvalidParams(f"Invalid params: {exc}") from None
     try:
         value = json.loads(text)
     except ValueError:
         value = None
     if value is None or validate(schema, value):
         raise InvalidParams(f"Invalid params: {text!r} is not a valid value for this resource template")
-    return convert(hint, value)
+    try:
+        return convert(hint, value)
+    except ArgumentError as exc:
+        raise InvalidParams(f"Invalid params: {exc}") from None
+
+
+@contextlib.contextmanager
+def _user_errors(kind: type[McpError]) -> Iterator[None]:
+    """A ``ToolError`` raised by a resource or prompt function is its author's message for
+    the client: sent as ``kind`` (McpErrors pass as they are; anything else stays an
+    internal error whose details never leave the server)."""
+    try:
+        yield
+    except ToolError as exc:
+        raise kind(str(exc)) from None
 
 
 def _for_revision(blocks: list[dict[str, Any]], feats: versions.Features) -> list[dict[str, Any]]:
@@ -318,39 +349,44 @@ class Server:
 
     # ---- registration API -----------------------------------------------------------------
 
-    def tool(self, name: str | None = None, *, title: str | None = None,
+    def tool(self, name: str | Callable[..., Any] | None = None, *, title: str | None = None,
              description: str | None = None, annotations: dict[str, Any] | None = None,
              output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
              icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
              input_schema: dict[str, Any] | None = None, task: str | None = None,
-             defer_task: bool = False) -> Callable[[F], F]:
-        """Register a function as a tool. Its parameters (typed) become the input schema; a
-        structured return annotation (TypedDict, dataclass, dict) becomes the output schema.
+             defer_task: bool = False, replace: bool = False) -> Any:
+        """Register a function as a tool (``@server.tool`` or ``@server.tool(...)``). Its
+        parameters (typed) become the input schema; a structured return annotation
+        (TypedDict, dataclass, dict, pydantic model) becomes the output schema.
         ``task="optional"`` or ``"required"``: a 2026-07-28 client that declares the tasks
         extension gets a task (the function runs on a task thread; ``"required"`` refuses
         other clients with -32021). ``defer_task=True``: the task starts where the function
-        calls ``ctx.begin_task()`` (input before it comes through MRTR rounds)."""
+        calls ``ctx.begin_task()`` (input before it comes through MRTR rounds).
+        ``replace=True`` replaces a tool of the same name (otherwise a ``DefinitionError``)."""
         def decorate(fn: F) -> F:
-            self.add_tool(fn, name=name, title=title, description=description,
-                          annotations=annotations, output_schema=output_schema,
-                          structured_output=structured_output, icons=icons, meta=meta,
-                          input_schema=input_schema, task=task, defer_task=defer_task)
+            self.add_tool(fn, name=None if callable(name) else name, title=title,
+                          description=description, annotations=annotations,
+                          output_schema=output_schema, structured_output=structured_output,
+                          icons=icons, meta=meta, input_schema=input_schema, task=task,
+                          defer_task=defer_task, replace=replace)
             return fn
-        return decorate
+        return decorate(name) if callable(name) else decorate
 
     def add_tool(self, fn: Callable[..., Any], *, name: str | None = None, title: str | None = None,
                  description: str | None = None, annotations: dict[str, Any] | None = None,
                  output_schema: dict[str, Any] | None = None, structured_output: bool | None = None,
                  icons: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
                  input_schema: dict[str, Any] | None = None, task: str | None = None,
-                 defer_task: bool = False) -> ToolDef:
+                 defer_task: bool = False, replace: bool = False) -> ToolDef:
         tool_name = name or fn.__name__
         if task not in (None, "optional", "required"):
-            raise ValueError(f"task must be None, 'optional' or 'required', not {task!r}")
+            raise DefinitionError(f"tool {tool_name!r}: task must be None, 'optional' or "
+                                  f"'required', not {task!r}")
         if not TOOL_NAME_RE.match(tool_name):
-            raise ValueError(f"invalid tool name {tool_name!r}: 1-128 characters of A-Z a-z 0-9 _ - .")
+            raise DefinitionError(f"invalid tool name {tool_name!r}: 1-128 characters of A-Z a-z 0-9 _ - .")
+        self._check_new("tools", tool_name, replace)
         ctx = _ctx_param(fn)
-        schema, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+        schema, hints = _signature(fn, ctx, "tool")
         wrap = False
         if output_schema is None and structured_output is not False:
             ret = typing.get_type_hints(fn, include_extras=True).get("return", inspect.Parameter.empty)
@@ -365,7 +401,7 @@ class Server:
                        output_schema, wrap, title, annotations, icons, meta)
         tool.var_keyword = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
         tool.task, tool.defer_task = task, defer_task and task is not None
-        self._commit(lambda r: replace(r, tools={**r.tools, tool_name: tool}), "tools")
+        self._commit(lambda r: dataclass_replace(r, tools={**r.tools, tool_name: tool}), "tools")
         return tool
 
     def remove_tool(self, name: str) -> bool:
@@ -375,13 +411,19 @@ class Server:
                  description: str | None = None, mime_type: str | None = None,
                  size: int | None = None, annotations: dict[str, Any] | None = None,
                  icons: list[dict[str, Any]] | None = None,
-                 meta: dict[str, Any] | None = None) -> Callable[[F], F]:
+                 meta: dict[str, Any] | None = None, replace: bool = False) -> Callable[[F], F]:
         """Register a resource (``uri``) or a resource template (a ``uri`` with ``{var}``
-        parts, whose values are passed to the function as arguments)."""
+        parts, whose values are passed to the function as arguments):
+        ``@server.resource("notes://{name}")``; there is no bare form, a resource needs its URI."""
+        if callable(uri):
+            raise DefinitionError(
+                f"@server.resource needs a URI: write @server.resource(\"scheme://...\") above "
+                f"{getattr(uri, '__qualname__', 'the function')}()")
+
         def decorate(fn: F) -> F:
             self.add_resource(fn, uri, name=name, title=title, description=description,
                               mime_type=mime_type, size=size, annotations=annotations,
-                              icons=icons, meta=meta)
+                              icons=icons, meta=meta, replace=replace)
             return fn
         return decorate
 
@@ -390,44 +432,48 @@ class Server:
                      mime_type: str | None = None, size: int | None = None,
                      annotations: dict[str, Any] | None = None,
                      icons: list[dict[str, Any]] | None = None,
-                     meta: dict[str, Any] | None = None) -> ResourceDef:
+                     meta: dict[str, Any] | None = None, replace: bool = False) -> ResourceDef:
+        self._check_new("templates" if "{" in uri else "resources", uri, replace)
         ctx = _ctx_param(fn)
         res = ResourceDef(uri, fn, name or fn.__name__, description or _doc(fn), mime_type, ctx,
                           title, size, annotations, icons, meta)
         if "{" in uri:
             res.pattern, names = _template_regex(uri)
-            _, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+            _, hints = _signature(fn, ctx, "resource")
             res.arg_hints = hints
             missing = set(names) - set(hints)
             if missing and not any(p.kind == p.VAR_KEYWORD
                                    for p in inspect.signature(fn).parameters.values()):
-                raise ValueError(f"resource template {uri!r}: function lacks parameters {sorted(missing)}")
-            self._commit(lambda r: replace(r, templates={**r.templates, uri: res}), "resources")
+                raise DefinitionError(f"resource template {uri!r}: {fn.__qualname__}() lacks "
+                                      f"parameters {sorted(missing)}")
+            self._commit(lambda r: dataclass_replace(r, templates={**r.templates, uri: res}), "resources")
         else:
-            self._commit(lambda r: replace(r, resources={**r.resources, uri: res}), "resources")
+            self._commit(lambda r: dataclass_replace(r, resources={**r.resources, uri: res}), "resources")
         return res
 
     def remove_resource(self, uri: str) -> bool:
         return self._remove("resources", uri) or self._remove("templates", uri)
 
-    def prompt(self, name: str | None = None, *, title: str | None = None,
+    def prompt(self, name: str | Callable[..., Any] | None = None, *, title: str | None = None,
                description: str | None = None, icons: list[dict[str, Any]] | None = None,
-               meta: dict[str, Any] | None = None) -> Callable[[F], F]:
-        """Register a prompt. Its parameters are the prompt's arguments (required unless they
-        have a default); it returns a string (one user message) or a list of messages."""
+               meta: dict[str, Any] | None = None, replace: bool = False) -> Any:
+        """Register a prompt (``@server.prompt`` or ``@server.prompt(...)``). Its parameters
+        are the prompt's arguments (required unless they have a default); it returns a
+        string (one user message) or a list of messages."""
         def decorate(fn: F) -> F:
-            self.add_prompt(fn, name=name, title=title, description=description, icons=icons,
-                            meta=meta)
+            self.add_prompt(fn, name=None if callable(name) else name, title=title,
+                            description=description, icons=icons, meta=meta, replace=replace)
             return fn
-        return decorate
+        return decorate(name) if callable(name) else decorate
 
     def add_prompt(self, fn: Callable[..., Any], *, name: str | None = None,
                    title: str | None = None, description: str | None = None,
                    icons: list[dict[str, Any]] | None = None,
-                   meta: dict[str, Any] | None = None) -> PromptDef:
+                   meta: dict[str, Any] | None = None, replace: bool = False) -> PromptDef:
         prompt_name = name or fn.__name__
+        self._check_new("prompts", prompt_name, replace)
         ctx = _ctx_param(fn)
-        schema, hints = signature_schema(fn, skip=frozenset({ctx}) if ctx else frozenset())
+        schema, hints = _signature(fn, ctx, "prompt")
         required = set(schema.get("required", ()))
         arguments = []
         for arg, prop in schema["properties"].items():
@@ -437,7 +483,7 @@ class Server:
             arguments.append(a)
         p = PromptDef(prompt_name, fn, description or _doc(fn) or prompt_name, arguments, hints,
                       ctx, title, icons, meta)
-        self._commit(lambda r: replace(r, prompts={**r.prompts, prompt_name: p}), "prompts")
+        self._commit(lambda r: dataclass_replace(r, prompts={**r.prompts, prompt_name: p}), "prompts")
         return p
 
     def remove_prompt(self, name: str) -> bool:
@@ -452,7 +498,7 @@ class Server:
         key = ("ref/prompt", prompt, argument) if prompt else ("ref/resource", resource_template, argument)
 
         def decorate(fn: F) -> F:
-            self._commit(lambda r: replace(r, completers={**r.completers, key: fn}), None)  # type: ignore[dict-item]
+            self._commit(lambda r: dataclass_replace(r, completers={**r.completers, key: fn}), None)  # type: ignore[dict-item]
             return fn
         return decorate
 
@@ -463,10 +509,17 @@ class Server:
 
     # ---- registry internals -------------------------------------------------------------------
 
+    def _check_new(self, attr: str, key: str, replace: bool) -> None:
+        """A second definition under one name is a mistake unless it says ``replace=True``."""
+        if not replace and key in getattr(self._registry, attr):
+            kind = {"tools": "tool", "prompts": "prompt"}.get(attr, "resource")
+            raise DefinitionError(f"a {kind} named {key!r} is already registered; pass "
+                                  "replace=True to replace it, or choose another name")
+
     def _commit(self, change: Callable[[Registry], Registry], kind: str | None) -> None:
         with self._registry_mutex:
             new = change(self._registry)
-            self._registry = replace(new, generation=self._registry.generation + 1)
+            self._registry = dataclass_replace(new, generation=self._registry.generation + 1)
             self._list_cache = {}
         if kind is not None:
             self.notify_list_changed(kind)
@@ -477,7 +530,7 @@ class Server:
             if key not in current:
                 return False
             remaining = {k: v for k, v in current.items() if k != key}
-            self._registry = replace(self._registry, **{attr: remaining},
+            self._registry = dataclass_replace(self._registry, **{attr: remaining},
                                      generation=self._registry.generation + 1)
             self._list_cache = {}
         self.notify_list_changed("resources" if attr == "templates" else attr)
@@ -517,13 +570,13 @@ class Server:
                     return prefix is None or key[1].startswith(prefix)
                 kept_completers = {k: v for k, v in r.completers.items() if not replaced(k)}
                 kept_completers.update(completers)
-            return replace(r, tools=merged(r.tools, tools, "name", replace_prefix),
+            return dataclass_replace(r, tools=merged(r.tools, tools, "name", replace_prefix),
                            resources=merged(r.resources, resources, "uri", uri_prefix),
                            templates=merged(r.templates, templates, "uri", uri_prefix),
                            prompts=merged(r.prompts, prompts, "name", replace_prefix),
                            completers=kept_completers)
         with self._registry_mutex:
-            self._registry = replace(change(self._registry), generation=self._registry.generation + 1)
+            self._registry = dataclass_replace(change(self._registry), generation=self._registry.generation + 1)
             self._list_cache = {}
         for kind, given in (("tools", tools), ("resources", resources or templates), ("prompts", prompts)):
             if given is not None:
@@ -788,23 +841,27 @@ class Server:
         if args is None:
             args = {}
         feats = versions.features(ctx.version)
+        kwargs: dict[str, Any] = {}
         if not isinstance(args, dict):
             problems = ["arguments must be an object"]
         else:
             problems = tool.check(args)
+        if not problems:
+            converters = tool.converters
+            for k, v in args.items():
+                if k in converters:
+                    conv = converters[k]
+                    try:
+                        kwargs[k] = v if conv is None else conv(v)
+                    except ArgumentError as exc:  # validated JSON its type still refuses
+                        problems.append(f"$.{k}: {exc}")
+                elif tool.var_keyword:
+                    kwargs[k] = v
         if problems:
             message = f"Invalid arguments for tool {tool.name}: " + "; ".join(problems[:5])
             if feats.tool_input_errors_as_results:
                 return {"content": [{"type": "text", "text": message}], "isError": True}
             raise InvalidParams(message)
-        converters = tool.converters
-        kwargs = {}
-        for k, v in args.items():
-            if k in converters:
-                conv = converters[k]
-                kwargs[k] = v if conv is None else conv(v)
-            elif tool.var_keyword:
-                kwargs[k] = v
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         if tool.task is not None and ctx.modern and ctx.task is None:
@@ -939,8 +996,12 @@ class Server:
         kwargs: dict[str, Any] = {k: _uri_variable(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
-        with gate_paused():
-            value = res.fn(**kwargs)
+        try:
+            with gate_paused(), _user_errors(ResourceError):
+                value = res.fn(**kwargs)
+        except ResourceNotFound as exc:  # the function's own "no such item": this revision's code
+            raise ResourceNotFound(exc.message, exc.data if exc.data is not None else {"uri": uri},
+                                   code=versions.features(ctx.version).resource_not_found_code) from None
         return {"contents": self._contents(uri, res, value)}
 
     @staticmethod
@@ -994,11 +1055,14 @@ class Server:
         missing = [a["name"] for a in prompt.arguments if a["required"] and a["name"] not in args]
         if missing:
             raise InvalidParams(f"Invalid params: missing required arguments {missing}")
-        kwargs = {k: convert(prompt.arg_hints.get(k, Any), v) for k, v in args.items()
-                  if k in prompt.arg_hints}
+        try:
+            kwargs = {k: convert(prompt.arg_hints.get(k, Any), v) for k, v in args.items()
+                      if k in prompt.arg_hints}
+        except ArgumentError as exc:
+            raise InvalidParams(f"Invalid params: {exc}") from None
         if prompt.ctx_param:
             kwargs[prompt.ctx_param] = ctx
-        with gate_paused():
+        with gate_paused(), _user_errors(ResourceError):
             value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}

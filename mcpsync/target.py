@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DefinitionError
 from .server import Server
 
 DEFAULT_ATTRS = ("server", "app", "mcp")
@@ -25,6 +25,8 @@ def load_target(target: str) -> Server:
             module = importlib.import_module(path)
         except ImportError as exc:
             raise ConfigError("TARGET", f"cannot import {path!r}: {exc}") from None
+        except DefinitionError as exc:
+            raise ConfigError("TARGET", f"{path}: {exc}") from None
     names = (attr,) if attr else DEFAULT_ATTRS
     for name in names:
         obj: Any = getattr(module, name, None)
@@ -50,5 +52,8 @@ def _load_file(path: str) -> Any:
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in sys.path:
         sys.path.insert(0, directory)  # let the file import its siblings
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except DefinitionError as exc:  # a tool, resource or prompt that cannot be registered
+        raise ConfigError("TARGET", f"{path}: {exc}") from None
     return module

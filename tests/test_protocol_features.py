@@ -214,9 +214,10 @@ def test_tools_list_entries(client: MemClient) -> None:
         "type": "object",
         "properties": {"n": {"type": "integer", "description": "a number"},
                        "mode": {"type": "string", "enum": ["a", "b"], "default": "a"}},
-        "required": ["n"]}
+        "required": ["n"], "additionalProperties": False}
     assert tools["typed"]["description"] == "Strictly typed arguments."
-    assert tools["text"]["inputSchema"] == {"type": "object", "properties": {}}
+    assert tools["text"]["inputSchema"] == {"type": "object", "properties": {},
+                                            "additionalProperties": False}
     assert tools["point"]["outputSchema"] == {
         "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
         "required": ["x", "y"]}
@@ -386,8 +387,10 @@ def test_unknown_tool(client: MemClient) -> None:
     assert client.error("tools/call", {})["code"] == -32602
 
 
-def test_extra_arguments_are_ignored(client: MemClient) -> None:
-    assert client.call_tool("typed", {"n": 2, "other": 1})["content"][0]["text"] == "2a"
+def test_extra_arguments_are_refused(client: MemClient) -> None:
+    result = client.call_tool("typed", {"n": 2, "other": 1})
+    assert result["isError"] is True
+    assert "unexpected property 'other'" in result["content"][0]["text"]
 
 
 # ---- progress -------------------------------------------------------------------------------------

@@ -136,9 +136,9 @@ def test_unencodable_result_becomes_a_tool_error_or_internal_error(caplog: pytes
         wire.feed_sync(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}')
         wire.feed_sync(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
         with caplog.at_level(logging.ERROR, logger="mcpsync"):
-            for rid, name in (("r", "ratio"), ("o", "opaque")):
+            for rid, name, args in (("r", "ratio", b'{"a":1,"b":0}'), ("o", "opaque", b"{}")):
                 wire.feed_sync(b'{"jsonrpc":"2.0","id":"%s","method":"tools/call","params":{"name":"%s",'
-                               b'"arguments":{"a":1,"b":0}}}' % (rid.encode(), name.encode()))
+                               b'"arguments":%s}}' % (rid.encode(), name.encode(), args))
                 reply = wire.wait_for(lambda m: m.get("id") == rid)
                 if name == "ratio":  # infinity: the tool's value has no JSON form, a tool error
                     assert reply["result"]["isError"] is True

@@ -6,9 +6,11 @@ session: in-flight calls are cancelled and the workers joined (bounded), then we
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from ..errors import InvalidRequest
 from ..protocol import jsonrpc
@@ -23,10 +25,35 @@ EOF_DRAIN_S = 5.0  # after EOF, how long requests already read may still run and
 
 def serve_stdio(server: Server, stdin: BinaryIO | None = None,
                 stdout: BinaryIO | None = None) -> None:
-    """Serve ``server`` on stdin/stdout until stdin closes."""
-    inp = stdin if stdin is not None else sys.stdin.buffer
-    out = stdout if stdout is not None else sys.stdout.buffer
+    """Serve ``server`` on stdin/stdout until stdin closes. On the process's own stdout, the
+    protocol takes the descriptor for itself: ``print()`` in a tool, C extensions and child
+    processes that write to standard output reach stderr instead of corrupting the stream."""
+    if stdout is None:
+        with _protocol_stdout() as out:
+            _serve(server, stdin if stdin is not None else sys.stdin.buffer, out)
+    else:
+        _serve(server, stdin if stdin is not None else sys.stdin.buffer, stdout)
 
+
+@contextlib.contextmanager
+def _protocol_stdout() -> Iterator[BinaryIO]:
+    """A private duplicate of descriptor 1 for protocol messages, while descriptor 1 itself
+    (and ``sys.stdout``) point at stderr; both are put back afterwards."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    previous = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        with os.fdopen(os.dup(saved), "wb") as out:
+            yield out
+    finally:
+        sys.stdout = previous
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _serve(server: Server, inp: BinaryIO, out: BinaryIO) -> None:
     def write(data: bytes) -> None:
         out.write(data + b"\n")
         out.flush()
