@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 from memclient import CallThread, MemClient
+from rpcutil import wait_until
 
 from mcpsync.hub import Hub, parse_config
 from mcpsync.hub.aggregate import build, hub_name
@@ -841,6 +842,13 @@ def test_cli_serves_healthz_and_reloads_on_sighup(tmp_path: pathlib.Path) -> Non
         url = _read_banner(proc)
         parts = urlsplit(url)
         health_conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=WAIT_S)
+
+        def ready() -> bool:  # the hub serves at once; /readyz says when its upstreams are up
+            health_conn.request("GET", "/readyz")
+            resp = health_conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        assert wait_until(ready, WAIT_S)
         health_conn.request("GET", "/healthz")
         resp = health_conn.getresponse()
         health = json.loads(resp.read())
