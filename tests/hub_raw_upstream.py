@@ -7,7 +7,8 @@ it can misbehave in ways a real server framework would not let it.
 * ``RAW_PID_DIR``: write ``<role>.pid`` there at start (role: ``server`` or ``wrapper``)
 * ``RAW_STDERR_BYTES=N``: first write one stderr line of N bytes, then exit with status 1
 * ``RAW_STDERR_LINES="a|b"`` with ``RAW_EXIT=N``: write those stderr lines, exit with N
-* ``RAW_FLOOD=1``: write non-JSON lines to stdout as fast as the pipe takes them
+* ``RAW_FLOOD=text`` or ``json``: write lines that are not JSON-RPC (text, or a JSON
+  logger's lines) to stdout as fast as the pipe takes them
 * ``RAW_SILENT=1``: read stdin, never answer
 * ``RAW_DEAF=1``: after answering tools/list, never read stdin again
 * ``RAW_STUBBORN=1``: ignore SIGTERM and the end of stdin (only SIGKILL ends it)
@@ -72,7 +73,8 @@ def serve() -> None:
     if env.get("RAW_HELPER"):
         subprocess.Popen([sys.executable, os.path.abspath(__file__), "helper"], stdin=subprocess.DEVNULL)
     if env.get("RAW_FLOOD"):
-        junk = b"this is not JSON, just a server logging to the wrong stream\n" * 1000
+        junk = (b'{"level": "info", "msg": "a JSON logger on the wrong stream"}\n' if env["RAW_FLOOD"] == "json"
+                else b"this is not JSON, just a server logging to the wrong stream\n") * 1000
         while True:
             os.write(1, junk)
     roots_answer: list[Any] = []

@@ -14,7 +14,7 @@ Two threads per child, both owned here and joined by ``close``:
   ``npx``) have all ended while the child runs on, the reader pings the upstream itself
   (id ``LIVENESS_ID``, answered by the reader, never delivered): no answer within the
   probe timeout means the server is gone and the wrapper lingers: lost. Lines that are
-  not JSON are counted and logged a few per window; past ``GARBAGE_MAX_LINES`` or
+  not JSON-RPC (text, or JSON from a logger) are counted and logged a few per window; past ``GARBAGE_MAX_LINES`` or
   ``GARBAGE_MAX_BYTES`` in one ``WINDOW_S`` the upstream is declared broken (lost, so it
   is restarted with backoff).
 * ``mcpsync-hub-stderr-<name>`` copies stderr into the hub's log under the upstream's
@@ -56,9 +56,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024     # one message on stdout
 MAX_STDERR_LINE_BYTES = 4096          # one stderr line, as logged
 READ_CHUNK_BYTES = 64 * 1024
 WINDOW_S = 10.0                       # the window of the rate limits below
-GARBAGE_MAX_LINES = 1000              # non-JSON stdout lines per window before "broken"
+GARBAGE_MAX_LINES = 1000              # non-JSON-RPC stdout lines per window before "broken"
 GARBAGE_MAX_BYTES = 32 * 1024 * 1024  # bytes of them (and of dropped lines) per window
-GARBAGE_LOG_LINES = 5                 # non-JSON lines logged per window
+GARBAGE_LOG_LINES = 5                 # non-JSON-RPC lines logged per window
 STDERR_LOG_LINES = 200                # stderr lines logged per window
 STDERR_TAIL_LINES = 5                 # last stderr lines kept for lastError
 STDERR_TAIL_CHARS = 200               # each cut to this
@@ -66,6 +66,21 @@ TERM_WAIT_S = 2.0                     # after SIGTERM, before SIGKILL
 EXIT_STATUS_WAIT_S = 0.5              # after EOF on stdout, for the exit status (and stderr's end)
 WRITE_LOCK_WAIT_S = 2.0               # close(): for a woken writer to leave
 LIVENESS_ID = "mcpsync-hub-liveness"  # the id of the reader's own ping
+
+
+class _StdoutReading:
+    """What the stdout reader keeps (that thread's alone)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.watch = process.ProcessWatch(proc)
+        self.poller = select.poll()
+        for f in [self.fd, *self.watch.fds()]:
+            self.poller.register(f, select.POLLIN)
+        self.splitter = LineSplitter(MAX_LINE_BYTES, keep_cut=False)
+        self.garbage = Window(WINDOW_S)
+        self.budget = LogBudget(GARBAGE_LOG_LINES, WINDOW_S)
 
 
 class StdioChannel:
@@ -127,62 +142,52 @@ class StdioChannel:
 
     def _read_stdout(self) -> None:
         proc = self.proc
-        assert proc is not None and proc.stdout is not None
-        fd = proc.stdout.fileno()
-        watch = process.ProcessWatch(proc)
-        poller = select.poll()
-        for f in [fd, *watch.fds()]:
-            poller.register(f, select.POLLIN)
-        splitter = LineSplitter(MAX_LINE_BYTES, keep_cut=False)
-        garbage = Window(WINDOW_S)
-        budget = LogBudget(GARBAGE_LOG_LINES, WINDOW_S)
+        assert proc is not None
+        r = _StdoutReading(proc)
         reason: str | None = None
         try:
             while reason is None:
-                wait = watch.timeout_s
+                wait = r.watch.timeout_s
                 if self._liveness is not None:
                     left = max(0.0, self._liveness[0] - time.monotonic())
                     wait = left if wait is None else min(wait, left)
-                ready = {f for f, _ev in poller.poll(None if wait is None else wait * 1000)}
-                if fd in ready or not ready:
-                    data = os.read(fd, READ_CHUNK_BYTES) if fd in ready else None
-                    if data == b"":
+                ready = {f for f, _ev in r.poller.poll(None if wait is None else wait * 1000)}
+                if r.fd in ready:  # drain the pipe before looking at the processes
+                    data = os.read(r.fd, READ_CHUNK_BYTES)
+                    if not data:
                         reason = self._exit_reason(proc)
                         break
-                    if data:
-                        dropped = splitter.dropped_bytes
-                        for line, cut in splitter.feed(data):
-                            reason = reason or self._line(line, cut, garbage, budget, watch, poller, fd)
-                        if splitter.dropped_bytes > dropped and reason is None:  # the rest of a long line
-                            reason = self._garbage(None, splitter.dropped_bytes - dropped, 0, garbage, budget)
-                        continue  # drain the pipe before looking at the processes
-                reason, gone, done = watch.check(ready)
+                    dropped = r.splitter.dropped_bytes
+                    for line, cut in r.splitter.feed(data):
+                        reason = reason or self._line(r, line, cut)
+                    if r.splitter.dropped_bytes > dropped and reason is None:  # the rest of a long line
+                        reason = self._garbage(r, None, r.splitter.dropped_bytes - dropped, 0)
+                    continue
+                reason, gone, done = r.watch.check(ready)
                 for f in done:
-                    poller.unregister(f)
+                    r.poller.unregister(f)
                 if gone and reason is None:
-                    reason = self._ask_alive(gone, proc.pid)
+                    self._ask_alive(gone, proc.pid)
                 if reason is None and self._liveness is not None and time.monotonic() >= self._liveness[0]:
                     reason = self._liveness[1]
         except (OSError, ValueError) as exc:
             log.debug("upstream %s: stdout read ended: %s", self.name, exc)
             reason = self._exit_reason(proc)
         finally:
-            watch.close()
-        held = budget.pending()
+            r.watch.close()
+        held = r.budget.pending()
         if held:
-            log.warning("upstream %s: %d more non-JSON lines on stdout were not logged", self.name, held)
+            log.warning("upstream %s: %d more non-JSON-RPC lines on stdout were not logged", self.name, held)
         with self._state_lock:
             closing = self._closing
         self._lost("closed by the hub" if closing else reason)
 
-    def _line(self, line: bytes, cut: bool, garbage: Window, budget: LogBudget,
-              watch: process.ProcessWatch, poller: Any, fd: int) -> str | None:
+    def _line(self, r: _StdoutReading, line: bytes, cut: bool) -> str | None:
         """One stdout line: deliver it, or count it as garbage (the reason when that makes
         the upstream broken)."""
         if cut:
             self.counts["stdoutDroppedLines"] += 1
-            return self._garbage(f"a message over {MAX_LINE_BYTES} bytes was dropped", MAX_LINE_BYTES, 1,
-                                 garbage, budget)
+            return self._garbage(r, f"a message over {MAX_LINE_BYTES} bytes was dropped", MAX_LINE_BYTES, 1)
         line = line.strip()
         if not line:
             return None
@@ -192,54 +197,53 @@ class StdioChannel:
                 msg = jsonrpc.decode(line)
             except Exception:
                 msg = None
-        if msg is None:
-            self.counts["stdoutBadLines"] += 1
-            return self._garbage(f"a non-JSON line on stdout: {line[:200]!r}", len(line), 1, garbage, budget)
-        for added in watch.discover(fd):
-            poller.register(added, select.POLLIN)
+        items = msg if isinstance(msg, list) else [msg]
+        if not items or not all(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in items):
+            self.counts["stdoutBadLines"] += 1  # text, or JSON that is not JSON-RPC (a JSON logger)
+            return self._garbage(r, f"a line on stdout that is not JSON-RPC: {line[:200]!r}", len(line), 1)
+        for added in r.watch.discover(r.fd):
+            r.poller.register(added, select.POLLIN)
         if isinstance(msg, dict) and msg.get("id") == LIVENESS_ID and "method" not in msg:
             self._liveness = None  # any answer will do: the upstream is alive
             log.info("upstream %s: still answers; going on", self.name)
             return None
-        for one in msg if isinstance(msg, list) else [msg]:
+        for one in items:
             try:
                 self._deliver(one, None)
             except Exception:
                 log.exception("upstream %s: handling a message failed", self.name)
         return None
 
-    def _garbage(self, what: str | None, nbytes: int, events: int, garbage: Window,
-                 budget: LogBudget) -> str | None:
+    def _garbage(self, r: _StdoutReading, what: str | None, nbytes: int, events: int) -> str | None:
         """Count ``events`` bad lines of ``nbytes`` (logging ``what`` within the budget);
         returns why the upstream is broken once the window's limits are passed."""
         if what is not None:
-            self._log_within(budget, logging.WARNING, f"upstream {self.name}: {what}",
-                             f"upstream {self.name}: %d more non-JSON lines on stdout were not logged",
+            self._log_within(r.budget, logging.WARNING, f"upstream {self.name}: {what}",
+                             f"upstream {self.name}: %d more non-JSON-RPC lines on stdout were not logged",
                              "stdoutLinesNotLogged")
+        garbage = r.garbage
         garbage.add(time.monotonic(), nbytes, events)
         if garbage.events > GARBAGE_MAX_LINES or garbage.bytes > GARBAGE_MAX_BYTES:
             with self._state_lock:
                 self._broken = True
-            return (f"broken: it wrote {garbage.events} non-JSON lines ({garbage.bytes} bytes) to stdout "
+            return (f"broken: it wrote {garbage.events} non-JSON-RPC lines ({garbage.bytes} bytes) to stdout "
                     f"within {WINDOW_S:g} s (an MCP stdio server writes only JSON-RPC there)")
         return None
 
-    def _ask_alive(self, pids: list[int], child: int) -> str | None:
+    def _ask_alive(self, pids: list[int], child: int) -> None:
         """The processes under the child that held the pipe have ended: ping the upstream
-        (the reader sees the answer). Returns a reason if the ping cannot even be sent."""
+        (the reader sees the answer) and give it the probe timeout to answer."""
         limit = self.cfg.timeouts.probe
+        deadline = time.monotonic() + limit
         gone = (f"the server process {', '.join(map(str, pids))} under pid {child} ended, "
                 f"and pid {child} runs on without answering a ping within {limit:g} s")
         log.info("upstream %s: pid %s under pid %d ended; is the upstream still there?",
                  self.name, ", ".join(map(str, pids)), child)
-        data = jsonrpc.encode(jsonrpc.request(LIVENESS_ID, "ping", None)) + b"\n"
         try:
-            if self._write_message(data, limit) < len(data):
-                return gone
+            self._write_message(jsonrpc.encode(jsonrpc.request(LIVENESS_ID, "ping", None)) + b"\n", limit)
         except ConnectionClosed:
-            return gone
-        self._liveness = (time.monotonic() + limit, gone)
-        return None
+            pass  # nobody reads stdin any more: the end of stdout will say why (or the deadline)
+        self._liveness = (deadline, gone)
 
     def _exit_reason(self, proc: subprocess.Popen[bytes]) -> str:
         """After the end of stdout: the exit status, once stderr has been read to its end
