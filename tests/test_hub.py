@@ -21,6 +21,7 @@ import threading
 from typing import Any, Iterator
 
 import pytest
+from hubutil import banner_url
 from memclient import CallThread, MemClient
 from rpcutil import wait_until
 
@@ -807,8 +808,9 @@ def _read_banner(proc: Any) -> str:
         line = proc.stderr.readline()
         if not line:
             break
-        if "over Streamable HTTP at " in line:
-            return str(line.split(" at ", 1)[1].strip())
+        url = banner_url(line)
+        if url is not None:
+            return url
     raise AssertionError("no banner on stderr")
 
 

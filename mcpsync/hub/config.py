@@ -12,13 +12,15 @@ error naming the key that used it.
 Hub-wide defaults (``hub.timeouts``, ``hub.restart``, ``hub.pingInterval``) are folded into
 each ``UpstreamConfig``, so two configs compare equal exactly when nothing an upstream
 depends on changed: that is what a reload uses to restart only the changed upstreams.
+``required`` (default true) says whether the hub's ``/readyz`` waits for the upstream.
 
 An example::
 
     {
       "mcpServers": {
         "files":  {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "${HOME}"]},
-        "remote": {"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+        "remote": {"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"},
+                   "required": false},
         "memory": {"command": "mcp-server-memory", "isolation": "per-session", "prefix": "mem",
                    "tools": {"deny": ["delete_*"]}, "timeouts": {"request": 30}}
       },

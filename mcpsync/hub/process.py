@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,8 +114,12 @@ class Guardian:
         self._closed = False
 
     def start(self) -> "Guardian":
+        python = _python()
+        if python is None:
+            log.warning("hub: no Python interpreter for the guardian: upstreams may outlive a killed hub")
+            return self
         try:
-            proc = subprocess.Popen([sys.executable, "-S", "-E", "-c", GUARD_CODE], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([python, "-S", "-E", "-c", GUARD_CODE], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
                                     start_new_session=True)
         except OSError as exc:
@@ -164,6 +169,15 @@ class Guardian:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(GUARD_EXIT_WAIT_S)
+
+
+def _python() -> str | None:
+    """The interpreter to run the guardian: ours, unless we are embedded in a program that
+    is not one (``sys.executable`` is then that program), else python3 from PATH."""
+    name = os.path.basename(sys.executable or "").lower()
+    if name.startswith(("python", "pypy")):
+        return sys.executable
+    return shutil.which("python3")
 
 
 def open_pidfd(pid: int) -> int | None:
