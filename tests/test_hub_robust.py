@@ -24,6 +24,7 @@ from memclient import CallThread, MemClient
 from rpcutil import wait_until
 
 from mcpsync.hub import Hub, parse_config
+from mcpsync.hub.lines import LineSplitter, LogBudget, Window
 from mcpsync.protocol import jsonrpc
 
 WAIT_S = 20.0
@@ -56,6 +57,28 @@ def text(result: dict[str, Any]) -> str:
 
 
 # ---- A: upstream output is bounded ------------------------------------------------------------
+
+def test_line_splitter_cuts_long_lines_once_and_discards_their_rest() -> None:
+    sp = LineSplitter(4)
+    assert sp.feed(b"ab\ncd") == [(b"ab", False)]
+    assert sp.feed(b"ef") == []                                  # "cdef": exactly the limit
+    assert sp.feed(b"\n123456") == [(b"cdef", False), (b"1234", True)]
+    assert sp.feed(b"78") == [] and sp.feed(b"9\nok\n") == [(b"ok", False)]
+    assert (sp.cut_lines, sp.dropped_bytes) == (1, 5)           # "56789"
+    assert sp.feed(b"tail") == [] and sp.flush() == b"tail"
+    quiet = LineSplitter(2, keep_cut=False)
+    assert quiet.feed(b"xyz\n") == [(b"", True)] and quiet.dropped_bytes == 1
+
+
+def test_log_budget_counts_what_it_holds_back_per_window() -> None:
+    budget = LogBudget(2, 10.0)
+    assert [budget.take(t) for t in (0.0, 1.0, 2.0, 3.0)] == [(True, 0), (True, 0), (False, 0), (False, 0)]
+    assert budget.pending() == 2
+    assert budget.take(10.0) == (True, 2)                       # a new window says what the last held
+    window = Window(5.0)
+    assert window.add(0.0, 10) == 0 and window.add(1.0, 0, events=0) == 0 and window.add(6.0, 3) == 1
+    assert (window.events, window.bytes) == (1, 3)
+
 
 BIG_LINE_BYTES = 100 * 1024 * 1024
 

@@ -456,7 +456,7 @@ class UpstreamSession:
         if needed is None:
             raise MethodNotFound(f"Method not found: the hub does not relay {method}")
         if ctx is None:
-            raise self._no_client(method)
+            raise self._no_client(method, several=False)
         caps = ctx.client_capabilities or {}
         if not isinstance(caps.get(needed), dict):
             raise MethodNotFound(f"the client of this call did not declare the {needed} capability")
@@ -466,7 +466,7 @@ class UpstreamSession:
                 params = {k: v for k, v in params.items() if k != "mode"}
         return dict(ctx.request(method, params))
 
-    def _no_client(self, method: str) -> McpError:
+    def _no_client(self, method: str, *, several: bool) -> McpError:
         """The answer to a request from the upstream that no client call can take: one
         arriving while only the hub's own requests run (its listings, pings), or while
         calls of several clients run (it would be a guess). An error, not an empty result:
@@ -476,7 +476,7 @@ class UpstreamSession:
         a client's internal failures; -32601 would say roots are not supported at all)."""
         if method not in RELAYED:
             return MethodNotFound(f"Method not found: the hub does not relay {method}")
-        if any(c.ctx is not None for c in self.corr.inflight()):
+        if several:
             why = "calls of several clients are in progress, and the hub does not guess which one it is for"
         else:
             why = "no client request is in progress (the hub relays it to the client whose call is running)"
@@ -519,7 +519,8 @@ class UpstreamSession:
                 return
             target = hint if hint is not None and hint.ctx is not None else self.corr.sole_client_call()
             if target is None:
-                self._answer(msg, self._no_client(method))
+                several = any(c.ctx is not None for c in self.corr.inflight())
+                self._answer(msg, self._no_client(method, several=several))
             else:
                 target.put(REQUEST, msg)
             return

@@ -91,17 +91,13 @@ class LogBudget:
     def __init__(self, per_window: int, seconds: float) -> None:
         self.per_window = per_window
         self._window = Window(seconds)
-        self.held_total = 0
 
     def take(self, now: float) -> tuple[bool, int]:
         """(may this line be logged, how many lines the window that just ended held back:
         say so before this line)."""
         closed = self._window.add(now)
         held = max(0, closed - self.per_window)
-        allowed = self._window.events <= self.per_window
-        if not allowed:
-            self.held_total += 1
-        return allowed, held
+        return self._window.events <= self.per_window, held
 
     def pending(self) -> int:
         """Lines the current window held back so far (to report at end of stream)."""

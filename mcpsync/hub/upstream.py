@@ -39,6 +39,7 @@ from ..server import Server
 from . import aggregate
 from .client import Channel, UpstreamSession
 from .config import PER_SESSION, SSE, STDIO, STREAMABLE_HTTP, WEBSOCKET, UpstreamConfig
+from .process import Guardian
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -58,9 +59,9 @@ class UpstreamUnavailable(McpError):
     """A call to an upstream that is not ready (its message names the upstream and state)."""
 
 
-def make_channel(cfg: UpstreamConfig, guardian: Any = None) -> Channel:
+def make_channel(cfg: UpstreamConfig, guardian: Guardian | None = None) -> Channel:
     """The channel for ``cfg``'s transport; stdio children are reported to ``guardian``
-    (a ``process.Guardian``) so that they end with the hub."""
+    so that they end with the hub."""
     if cfg.transport == STDIO:
         from .stdio import StdioChannel
         return StdioChannel(cfg, guardian)
