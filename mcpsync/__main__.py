@@ -27,7 +27,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 EXIT_USAGE = 2
-HUB_STARTUP_WAIT_S = 60.0   # the longest the hub waits for its upstreams before serving
 
 DESCRIPTION = """\
 Serve MCP (Model Context Protocol) servers written as plain Python functions, on threads.
@@ -200,9 +199,10 @@ def _hub_gauges(hub: Any) -> dict[str, Any]:
 
 def _run_hub(args: argparse.Namespace) -> int:
     """``hub CONFIG.json``: check the config (nothing starts if it is invalid), start the
-    upstreams, wait for their first attempt, serve; SIGHUP reloads the config."""
+    upstreams and serve at once (each upstream's tools appear, with list_changed, when it
+    is ready; /readyz says when every required one is); SIGHUP reloads the config."""
     from .hub import Hub, load_config
-    from .transports.hub_routes import HEALTHZ_PATH, healthz_route
+    from .transports.hub_routes import HEALTHZ_PATH, READYZ_PATH, healthz_route, readyz_route
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -215,16 +215,16 @@ def _run_hub(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGHUP, lambda _sig, _frame: hub.request_reload())
     hub.start()
     try:
-        enabled = [u for u in config.upstreams.values() if u.enabled]
-        startup = max((u.timeouts.connect + u.timeouts.probe for u in enabled), default=0.0)
-        hub.wait_ready(min(startup + 1.0, HUB_STARTUP_WAIT_S))
-        states = ", ".join(f"{n}={h['state']}" for n, h in hub.health()["upstreams"].items())
-        print(f"mcpsync: hub: {len(config.upstreams)} upstream(s): {states or 'none'}",
+        names = ", ".join(n for n, u in config.upstreams.items() if u.enabled)
+        print(f"mcpsync: hub: {len(config.upstreams)} upstream(s), starting: {names or 'none'} "
+              "(their tools appear as each is ready; GET /readyz says when all required ones are)",
               file=sys.stderr, flush=True)
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
                          server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
-                         cpu_gate=not args.no_cpu_gate, **_session_options(args), routes={HEALTHZ_PATH: healthz_route(hub.health)},
+                         cpu_gate=not args.no_cpu_gate, **_session_options(args),
+                         routes={HEALTHZ_PATH: healthz_route(hub.health),
+                                 READYZ_PATH: readyz_route(hub.readiness)},
                          gauges=_hub_gauges(hub))
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

@@ -21,7 +21,9 @@ import threading
 from typing import Any, Iterator
 
 import pytest
+from hubutil import banner_url
 from memclient import CallThread, MemClient
+from rpcutil import wait_until
 
 from mcpsync.hub import Hub, parse_config
 from mcpsync.hub.aggregate import build, hub_name
@@ -806,8 +808,9 @@ def _read_banner(proc: Any) -> str:
         line = proc.stderr.readline()
         if not line:
             break
-        if "over Streamable HTTP at " in line:
-            return str(line.split(" at ", 1)[1].strip())
+        url = banner_url(line)
+        if url is not None:
+            return url
     raise AssertionError("no banner on stderr")
 
 
@@ -841,6 +844,13 @@ def test_cli_serves_healthz_and_reloads_on_sighup(tmp_path: pathlib.Path) -> Non
         url = _read_banner(proc)
         parts = urlsplit(url)
         health_conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=WAIT_S)
+
+        def ready() -> bool:  # the hub serves at once; /readyz says when its upstreams are up
+            health_conn.request("GET", "/readyz")
+            resp = health_conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        assert wait_until(ready, WAIT_S)
         health_conn.request("GET", "/healthz")
         resp = health_conn.getresponse()
         health = json.loads(resp.read())

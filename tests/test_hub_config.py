@@ -108,6 +108,11 @@ BAD: list[tuple[Any, str]] = [
     ({"mcpServers": {"a": {"url": "http://h/mcp", "headers": {"Bad Name": "v"}}}}, "mcpServers.a.headers"),
     ({"mcpServers": {"a": {"url": "http://h/mcp", "headers": {"X": "a\r\nb"}}}}, "mcpServers.a.headers.X"),
     ({"mcpServers": {"a": {"command": "x", "enabled": "yes"}}}, "mcpServers.a.enabled"),
+    ({"mcpServers": {"a": {"command": "x", "required": "yes"}}}, "mcpServers.a.required"),
+    ({"mcpServers": {"a": {"command": "x", "evn": {"K": "v"}}}}, "mcpServers.a.evn"),
+    ({"mcpServers": {"a": {"command": "x", "envFile": ".env"}}}, "mcpServers.a.envFile"),
+    ({"mcpServers": {"a": {"url": "http://h/mcp", "disabledTools": ["x"]}}}, "mcpServers.a.disabledTools"),
+    ({"mcpServers": {"a": {"command": "x", "zzz": 1}}}, "mcpServers.a.zzz"),
     ({"mcpServers": {"a": {"command": "x", "enabled": True, "disabled": True}}}, "mcpServers.a.disabled"),
     ({"mcpServers": {"a": {"command": "x", "isolation": "per-user"}}}, "mcpServers.a.isolation"),
     ({"mcpServers": {"a": {"command": "x", "revision": "2099-01-01"}}}, "mcpServers.a.revision"),
@@ -147,6 +152,26 @@ def test_every_error_names_its_key(data: Any, key: str) -> None:
         parse_config(data, env=ENV)
     assert info.value.key == key, info.value
     assert info.value.reason and "\n" not in info.value.reason
+
+
+@pytest.mark.parametrize("entry,reason", [
+    ({"command": "x", "evn": {}}, "unknown setting; did you mean 'env'?"),
+    ({"command": "x", "arg": []}, "unknown setting; did you mean 'args'?"),
+    ({"url": "http://h/mcp", "header": {}}, "unknown setting; did you mean 'headers'?"),
+    ({"command": "x", "requird": False}, "unknown setting; did you mean 'required'?"),
+    ({"command": "x", "env": {}, "evn": {}}, "unknown setting; expected one of command, args, env,"),
+    ({"url": "http://h/mcp", "serverUrl": "http://h/mcp"}, "is not supported; write url"),
+    ({"command": "x", "timeout": 30}, 'is not supported; write "timeouts": {"request": SECONDS}'),
+])
+def test_unknown_server_keys_are_named_with_the_close_match(entry: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"a": entry})
+    assert info.value.reason.startswith(reason), info.value.reason
+
+
+def test_required_defaults_to_true() -> None:
+    cfg = parse({"a": {"command": "x"}, "b": {"command": "x", "required": False}})
+    assert cfg.upstreams["a"].required is True and cfg.upstreams["b"].required is False
 
 
 def test_an_unset_variable_is_named() -> None:

@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from .. import __version__
-from ..errors import (Cancelled, ConnectionClosed, InvalidRequest, McpError, MethodNotFound,
+from ..errors import (Cancelled, ConnectionClosed, McpError, MethodNotFound,
                       PeerError, RequestTimeout)
 from ..protocol import jsonrpc, modern, versions
 from .config import AUTO, UpstreamConfig
@@ -456,7 +456,7 @@ class UpstreamSession:
         if needed is None:
             raise MethodNotFound(f"Method not found: the hub does not relay {method}")
         if ctx is None:
-            raise InvalidRequest(f"Invalid Request: {method} outside a client's call")
+            raise self._no_client(method, several=False)
         caps = ctx.client_capabilities or {}
         if not isinstance(caps.get(needed), dict):
             raise MethodNotFound(f"the client of this call did not declare the {needed} capability")
@@ -465,6 +465,22 @@ class UpstreamSession:
             if version is not None and not versions.features(version).elicitation_url:
                 params = {k: v for k, v in params.items() if k != "mode"}
         return dict(ctx.request(method, params))
+
+    def _no_client(self, method: str, *, several: bool) -> McpError:
+        """The answer to a request from the upstream that no client call can take: one
+        arriving while only the hub's own requests run (its listings, pings), or while
+        calls of several clients run (it would be a guess). An error, not an empty result:
+        an empty ``roots/list`` would be cached as the client's roots by servers such as
+        the reference server-everything and never asked again, while after an error they
+        ask again in a client's call, which the hub relays (-32603 as the spec lists for
+        a client's internal failures; -32601 would say roots are not supported at all)."""
+        if method not in RELAYED:
+            return MethodNotFound(f"Method not found: the hub does not relay {method}")
+        if several:
+            why = "calls of several clients are in progress, and the hub does not guess which one it is for"
+        else:
+            why = "no client request is in progress (the hub relays it to the client whose call is running)"
+        return McpError(f"{method} is not available now: {why}", code=-32603)
 
     def _answer(self, msg: dict[str, Any], answer: dict[str, Any] | McpError) -> None:
         rid = msg.get("id")
@@ -503,8 +519,8 @@ class UpstreamSession:
                 return
             target = hint if hint is not None and hint.ctx is not None else self.corr.sole_client_call()
             if target is None:
-                self._answer(msg, McpError(f"the hub cannot tell which client {method} is for "
-                                           "(no single client call in flight)"))
+                several = any(c.ctx is not None for c in self.corr.inflight())
+                self._answer(msg, self._no_client(method, several=several))
             else:
                 target.put(REQUEST, msg)
             return

@@ -12,25 +12,30 @@ error naming the key that used it.
 Hub-wide defaults (``hub.timeouts``, ``hub.restart``, ``hub.pingInterval``) are folded into
 each ``UpstreamConfig``, so two configs compare equal exactly when nothing an upstream
 depends on changed: that is what a reload uses to restart only the changed upstreams.
+``required`` (default true) says whether the hub's ``/readyz`` waits for the upstream.
 
 An example::
 
     {
       "mcpServers": {
         "files":  {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "${HOME}"]},
-        "remote": {"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+        "remote": {"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"},
+                   "required": false},
         "memory": {"command": "mcp-server-memory", "isolation": "per-session", "prefix": "mem",
                    "tools": {"deny": ["delete_*"]}, "timeouts": {"request": 30}}
       },
       "hub": {"separator": "__", "timeouts": {"request": 60}, "restart": {"maxDelay": 30}}
     }
 
-Unknown keys in a server entry are ignored (desktop clients add their own, such as
-``autoApprove``); unknown keys in the ``hub`` section are errors (they are ours: a typo
-must not pass silently).
+Unknown keys are errors that name the key and the closest known one (``evn``: did you mean
+``env``?): a typo must not pass silently. The few keys desktop clients add for their own
+approval UI (``CLIENT_KEYS``) are accepted and ignored; keys of other clients' formats that
+would change what runs (``envFile``, ``serverUrl``, ``disabledTools`` ...) are errors that
+say what to write instead.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -73,6 +78,23 @@ RESTART_INITIAL_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 RESTART_FACTOR = 2.0
 
+SERVER_KEYS = ("command", "args", "env", "cwd", "url", "headers", "type", "transport", "enabled",
+               "disabled", "required", "isolation", "prefix", "revision", "timeouts", "restart",
+               "pingInterval", "tools")
+# Desktop clients' own keys (tool approval in their UI): accepted and ignored.
+CLIENT_KEYS = ("autoApprove", "alwaysAllow", "description")
+# Keys of other clients' formats that must not be dropped silently, and what to write instead.
+FOREIGN_KEYS = {
+    "envFile": "is not supported; put the variables in env",
+    "serverUrl": "is not supported; write url",
+    "httpUrl": "is not supported; write url",
+    "transportType": "is not supported; write type",
+    "timeout": 'is not supported; write "timeouts": {"request": SECONDS}',
+    "disabledTools": 'is not supported; write "tools": {"deny": [...]}',
+    "excludeTools": 'is not supported; write "tools": {"deny": [...]}',
+    "includeTools": 'is not supported; write "tools": {"allow": [...]}',
+}
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -108,6 +130,7 @@ class UpstreamConfig:
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     enabled: bool = True
+    required: bool = True                  # /readyz waits for it
     isolation: str = SHARED
     prefix: str = ""
     allow: tuple[str, ...] | None = None   # tool-name globs; None: every tool
@@ -206,6 +229,11 @@ def _upstream(name: str, entry: Any, *, env: Mapping[str, str], base_dir: str | 
     _check_name(name, key, separator)
     if not isinstance(entry, dict):
         raise ConfigError(key, "must be an object with a command (stdio) or a url")
+    for k in entry:
+        if k in FOREIGN_KEYS:
+            raise ConfigError(f"{key}.{k}", FOREIGN_KEYS[k])
+        if k not in SERVER_KEYS and k not in CLIENT_KEYS:
+            _unknown(entry, key, SERVER_KEYS, k)
     declared = entry.get("type", entry.get("transport"))
     tkey = f"{key}.type" if "type" in entry else f"{key}.transport"
     if "type" in entry and "transport" in entry and entry["type"] != entry["transport"]:
@@ -222,8 +250,11 @@ def _upstream(name: str, entry: Any, *, env: Mapping[str, str], base_dir: str | 
     else:
         transport = STDIO if has_command else ""
     enabled = _enabled(entry, key)
+    required = entry.get("required", True)
+    if not isinstance(required, bool):
+        raise ConfigError(f"{key}.required", "must be true or false")
     common: dict[str, Any] = dict(
-        name=name, enabled=enabled, separator=separator,
+        name=name, enabled=enabled, required=required, separator=separator,
         isolation=_choice(entry.get("isolation", SHARED), f"{key}.isolation", ISOLATIONS),
         prefix=_prefix(entry, key, env, separator),
         revision=_revision(entry.get("revision", AUTO), f"{key}.revision"),
@@ -381,7 +412,16 @@ def _restart(value: Any, key: str, base: RestartPolicy) -> RestartPolicy:
 def _only_keys(value: dict[str, Any], key: str, allowed: tuple[str, ...]) -> None:
     for k in value:
         if k not in allowed:
-            raise ConfigError(f"{key}.{k}", f"unknown setting; expected one of {', '.join(allowed)}")
+            _unknown(value, key, allowed, k)
+
+
+def _unknown(value: dict[str, Any], key: str, allowed: tuple[str, ...], k: Any) -> None:
+    """Raise the error for the unknown setting ``k`` of ``value``: the closest known name
+    that is not set already, else the list."""
+    close = [c for c in difflib.get_close_matches(str(k), allowed, n=3, cutoff=0.6) if c not in value]
+    if close:
+        raise ConfigError(f"{key}.{k}", f"unknown setting; did you mean {close[0]!r}?")
+    raise ConfigError(f"{key}.{k}", f"unknown setting; expected one of {', '.join(allowed)}")
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:

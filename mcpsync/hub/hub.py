@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..server import Server
 from .client import Channel, UpstreamSession
 from .config import HubConfig, UpstreamConfig, load_config
+from .process import Guardian
 from .upstream import (BACKOFF, CONNECTING, DISABLED, FAILED, READY, Upstream, UpstreamUnavailable,
                        make_channel)
 
@@ -53,6 +54,14 @@ class HubServer(Server):
     """The hub's server: what it declares is what it can do (H-02): list changes are
     forwarded, resource subscriptions are not (yet) passed upstream."""
 
+    draining = False   # set once, when the front end starts its shutdown (end_listeners)
+
+    def end_listeners(self) -> None:
+        """The front end's shutdown begins here (``McpWsgiApp.end_streams``): from now on the
+        hub's ``/readyz`` answers 503."""
+        self.draining = True
+        super().end_listeners()
+
     def capabilities(self, version: str | None = None) -> dict[str, Any]:
         caps = super().capabilities(version)
         caps["resources"] = {"listChanged": True}
@@ -65,7 +74,7 @@ class Hub:
 
     def __init__(self, config: HubConfig, *, config_path: str | None = None,
                  server: Server | None = None,
-                 channel_factory: Callable[[UpstreamConfig], Channel] = make_channel) -> None:
+                 channel_factory: Callable[[UpstreamConfig], Channel] | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.server = server if server is not None else HubServer(
@@ -73,7 +82,9 @@ class Hub:
             description="An mcpsync hub: the tools, prompts and resources of several MCP servers",
             instructions=f"Names are <server>{config.separator}<name>: each tool, prompt and "
                          "resource belongs to the upstream server its prefix names.")
-        self._channel_factory = channel_factory
+        # Ends the stdio upstreams' process groups if the hub dies (process.py).
+        self._guardian = Guardian()
+        self._channel_factory = channel_factory or (lambda cfg: make_channel(cfg, self._guardian))
         self.started_at = time.monotonic()
         # Guards _upstreams, _version, the reload fields and _closing; see the module docstring.
         self._cond = threading.Condition(threading.RLock())
@@ -102,6 +113,7 @@ class Hub:
             self._started = True
             ups = {name: self._make(cfg) for name, cfg in self.config.upstreams.items()}
             self._upstreams = ups
+        self._guardian.start()
         for up in ups.values():
             up.start()
         for role, target in (("watcher", self._watch), ("reaper", self._reaper)):
@@ -137,6 +149,7 @@ class Hub:
             if t.is_alive():
                 log.warning("hub: thread %s did not stop in time", t.name)
         self._drain_reaper()
+        self._guardian.close()
         self._changed()
 
     def __enter__(self) -> "Hub":
@@ -202,6 +215,20 @@ class Hub:
         return self.wait_until(settled, timeout)
 
     # ---- health ------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        """For ``/readyz``: ready when every enabled, required upstream is ready and the
+        front end is not draining. ``waitingFor`` names the upstreams it waits for."""
+        waiting: dict[str, str] = {}
+        for name, up in self.upstreams().items():
+            state = up.health()["state"] if up.cfg.enabled and up.cfg.required else READY
+            if state != READY:
+                waiting[name] = state
+        with self._cond:
+            closing = self._closing
+        draining = closing or bool(getattr(self.server, "draining", False))
+        status = "draining" if draining else "ready" if not waiting else "not ready"
+        return {"status": status, "ready": status == "ready", "waitingFor": waiting}
 
     def health(self) -> dict[str, Any]:
         with self._cond:

@@ -39,6 +39,7 @@ from ..server import Server
 from . import aggregate
 from .client import Channel, UpstreamSession
 from .config import PER_SESSION, SSE, STDIO, STREAMABLE_HTTP, WEBSOCKET, UpstreamConfig
+from .process import Guardian
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -58,10 +59,12 @@ class UpstreamUnavailable(McpError):
     """A call to an upstream that is not ready (its message names the upstream and state)."""
 
 
-def make_channel(cfg: UpstreamConfig) -> Channel:
+def make_channel(cfg: UpstreamConfig, guardian: Guardian | None = None) -> Channel:
+    """The channel for ``cfg``'s transport; stdio children are reported to ``guardian``
+    so that they end with the hub."""
     if cfg.transport == STDIO:
         from .stdio import StdioChannel
-        return StdioChannel(cfg)
+        return StdioChannel(cfg, guardian)
     if cfg.transport in (STREAMABLE_HTTP, SSE):
         if cfg.transport == STREAMABLE_HTTP:
             from .streamable import HttpChannel
@@ -241,7 +244,7 @@ class Upstream:
             self._refresh(session, want)
         except Exception as exc:
             session.close()
-            reason = _describe(exc)
+            reason = _with_stderr(session, _describe(exc))
             with self._cond:
                 self._opening = None
                 self.failures += 1
@@ -288,7 +291,7 @@ class Upstream:
                         pass  # an answer, even an error, is a live upstream
             except Exception as exc:
                 if not session.alive or isinstance(exc, (ConnectionClosed, RequestTimeout)):
-                    reason = session.lost or _describe(exc)
+                    reason = _with_stderr(session, session.lost or _describe(exc))
                     log.warning("upstream %s: %s", self.name, reason)
                     self._set_state(BACKOFF, reason)
                     return
@@ -304,6 +307,7 @@ class Upstream:
                 return
             self._lost = True
             current = session is self._session
+        reason = _with_stderr(session, reason)
         if current:  # calls fail from now on: say so at once, not after the cleanup
             log.warning("upstream %s: lost (%s); it will be restarted", self.name, reason)
             self._set_state(BACKOFF, reason)
@@ -571,7 +575,8 @@ class Upstream:
             session = self._session
             defs = self._defs
             out: dict[str, Any] = {
-                "state": self.state, "enabled": self.cfg.enabled, "transport": self.cfg.transport,
+                "state": self.state, "enabled": self.cfg.enabled, "required": self.cfg.required,
+                "transport": self.cfg.transport,
                 "isolation": self.cfg.isolation, "prefix": self.cfg.prefix,
                 "restarts": max(0, self.attempts - 1), "failures": self.failures,
                 "lastError": self.last_error,
@@ -599,6 +604,12 @@ class Upstream:
             per = {s.label: s.session for s in self._slots.values() if s.session is not None}
         pid = (lambda s: s.channel.info().get("pid") if s is not None else None)
         return {"shared": pid(shared), "sessions": {k: pid(v) for k, v in per.items()}}
+
+
+def _with_stderr(session: UpstreamSession, reason: str) -> str:
+    """``reason`` and the last lines the upstream wrote to stderr (stdio), for lastError."""
+    tail = list(getattr(session.channel, "stderr_tail", None) or ())
+    return f"{reason}; its last stderr: {' | '.join(tail)}" if tail else reason
 
 
 def _describe(exc: BaseException) -> str:
