@@ -4,7 +4,7 @@ Everything runs on plain threads; there is no asyncio at run time.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import inputs
 from .connection import Context

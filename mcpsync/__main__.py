@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, NoReturn, Sequence
 
-from . import __version__
+from ._version import __version__
 from .auth import StaticTokenVerifier
 from .errors import ConfigError
 from .server import Server
@@ -202,7 +202,7 @@ def _run_hub(args: argparse.Namespace) -> int:
     upstreams and serve at once (each upstream's tools appear, with list_changed, when it
     is ready; /readyz says when every required one is); SIGHUP reloads the config."""
     from .hub import Hub, load_config
-    from .transports.hub_routes import HEALTHZ_PATH, READYZ_PATH, healthz_route, readyz_route
+    from .http.hub_routes import HEALTHZ_PATH, READYZ_PATH, healthz_route, readyz_route
     try:
         config = load_config(args.config)
     except ConfigError as exc:

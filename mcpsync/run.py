@@ -15,14 +15,14 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
-from .app import McpApp
+from .service import Service
 from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .transports.serve import make_server
-from .transports.stdio import serve_stdio
-from .transports.wsgi import LOOPBACK_HOSTS, McpWsgiApp
+from .streams.stdio import serve_stdio
+from .http.app import LOOPBACK_HOSTS, HttpApp
 
 log = logging.getLogger("mcpsync")
 
@@ -37,14 +37,14 @@ def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None
                    max_sessions: int = MAX_SESSIONS,
                    max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
                    session_ttl_s: float | None = SESSION_IDLE_TTL_S,
-                   **options: Any) -> McpWsgiApp:
+                   **options: Any) -> HttpApp:
     """The WSGI application for ``server`` (mount it in gunicorn, Flask, Django …).
     Sessions: at most ``max_sessions``, ``max_sessions_per_client`` of them per principal
     (or client address without auth), closed after ``session_ttl_s`` idle seconds; other
-    options go to ``McpWsgiApp``."""
-    app = McpApp(server, max_sessions=max_sessions, max_sessions_per_client=max_sessions_per_client,
+    options go to ``HttpApp``."""
+    service = Service(server, max_sessions=max_sessions, max_sessions_per_client=max_sessions_per_client,
                  session_idle_ttl_s=session_ttl_s)
-    return McpWsgiApp(app.start(), allowed_hosts=allowed_hosts, **options)
+    return HttpApp(service.start(), allowed_hosts=allowed_hosts, **options)
 
 
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -137,7 +137,7 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return 0 if clean else 1
 
 
-def _shut_down(wsgi: McpWsgiApp, front: Any, grace_s: float) -> bool:
+def _shut_down(wsgi: HttpApp, front: Any, grace_s: float) -> bool:
     """Stop accepting, end long-lived streams, let calls in flight finish for ``grace_s``
     seconds; past that, answer every call still running with a -32000 error
     ("server shutting down") and cancel it, then close what is left. True unless the front
@@ -155,7 +155,7 @@ def _shut_down(wsgi: McpWsgiApp, front: Any, grace_s: float) -> bool:
     finally:
         timer.cancel()
         timer.join()
-        wsgi.app.close()
+        wsgi.service.close()
     if aborted and aborted[0]:
         log.warning("shutdown: %d call(s) still running at the end of the grace period were "
                     "answered with an error and abandoned", aborted[0])

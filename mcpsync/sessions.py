@@ -16,7 +16,7 @@ Quotas: every session has an ``owner`` (the credential's principal, or the clien
 without auth). ``max_sessions`` bounds the store and ``max_sessions_per_owner`` each owner,
 so one client cannot fill the store for everyone. ``create`` raises ``SessionLimitError``
 (its ``scope`` says which limit) and leaves the choice of what to evict to the caller
-(``McpApp``, which knows which sessions are in use); ``oldest`` lists the candidates.
+(``Service``, which knows which sessions are in use); ``oldest`` lists the candidates.
 
 Idle expiry: every session records ``last_used`` from an injectable monotonic clock. A
 reaper thread (``mcpsync-session-reaper``) wakes every ``reap_interval_s`` and removes the
@@ -33,7 +33,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from .errors import SessionLimitError
 
@@ -53,6 +53,20 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(SESSION_ID_BYTES)
 
 
+class TransportState(Protocol):
+    """A transport's own state for one session (``Session.transport``)."""
+
+    kind: str  # "http", "legacy-sse", "websocket": metrics count sessions by it
+
+    def in_use(self) -> bool:
+        """A connection or stream is open for the session now (it is not idle)."""
+        ...
+
+    def end_streams(self) -> None:
+        """Shutdown: end long-lived streams so they do not hold the front end up."""
+        ...
+
+
 class Session:
     """One client session: an id, its protocol handler, and bookkeeping.
 
@@ -61,7 +75,7 @@ class Session:
     session to any other principal. ``last_used`` is written by the store under its lock.
     """
 
-    __slots__ = ("id", "handler", "principal", "owner", "created", "last_used", "data",
+    __slots__ = ("id", "handler", "principal", "owner", "created", "last_used", "transport",
                  "_close_hooks", "_closed", "__weakref__")
 
     def __init__(self, session_id: str, handler: Any = None, *, principal: Any = None,
@@ -72,7 +86,9 @@ class Session:
         self.owner = owner  # whose quota the session counts against (None: only the total)
         self.created = now
         self.last_used = now
-        self.data: dict[str, Any] = {}  # transport-private per-session state
+        # What the session's transport keeps for it (streams, a connection); set once by the
+        # transport before the session is published.
+        self.transport: TransportState | None = None
         # Written only before the session is published or by the single closer (see close()).
         self._close_hooks: list[Callable[["Session"], None]] = []
         self._closed = False

@@ -21,10 +21,10 @@ from test_websocket import RawWs, raw_initialize
 
 from mcpsync import Context, Server
 from mcpsync.errors import OVERLOADED
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.examples.everything import server as everything
-from mcpsync.transports.stream import STREAM_WORKERS
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.streams.stream import STREAM_WORKERS
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 PER_SESSION, TOTAL = 4, 6
@@ -51,11 +51,11 @@ class Holding:
 
 
 @pytest.fixture()
-def held() -> Iterator[tuple[int, McpApp, Holding]]:
+def held() -> Iterator[tuple[int, Service, Holding]]:
     h = Holding()
-    app = McpApp(h.server, max_inflight=TOTAL, max_inflight_per_session=PER_SESSION)
+    app = Service(h.server, max_inflight=TOTAL, max_inflight_per_session=PER_SESSION)
     try:
-        with serving(McpWsgiApp(app)) as base:
+        with serving(HttpApp(app)) as base:
             yield int(base.rsplit(":", 1)[1]), app, h
             h.release.set()
     finally:
@@ -171,8 +171,8 @@ def ws_threads() -> int:
 
 
 def test_a_websocket_client_that_never_reads_gets_bounded_threads() -> None:
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(everything)
+    with serving(HttpApp(app)) as base:
         port = int(base.rsplit(":", 1)[1])
         c = RawWs(port)
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -214,8 +214,8 @@ def test_a_websocket_client_that_never_reads_gets_bounded_threads() -> None:
 
 def test_client_chosen_methods_do_not_become_metric_series_or_log_lines(
         caplog: pytest.LogCaptureFixture) -> None:
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app)) as base, HttpMcp(f"{base}/mcp") as c:
+    app = Service(everything)
+    with serving(HttpApp(app)) as base, HttpMcp(f"{base}/mcp") as c:
         port = int(base.rsplit(":", 1)[1])
         c.initialize()
         with caplog.at_level(logging.INFO, logger="mcpsync.access"):

@@ -13,10 +13,10 @@ from cliserver import mcpsync_cli
 from httpclient import HttpMcp
 from httpserver import serving
 
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.auth import AuthMiddleware, IntrospectionVerifier, StaticTokenVerifier, TokenInfo
 from mcpsync.examples.everything import server
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.http.app import HttpApp
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -27,7 +27,7 @@ class Guarded:
     """An AuthMiddleware-wrapped app that still exposes end_streams for the test server."""
 
     def __init__(self, verifier: Any, **kw: Any) -> None:
-        self.mcp = McpWsgiApp(McpApp(server))
+        self.mcp = HttpApp(Service(server))
         self.guard = AuthMiddleware(self.mcp, verifier, resource_url="http://127.0.0.1/mcp",
                                     authorization_servers=["https://as.example.com"], **kw)
 
@@ -66,7 +66,7 @@ def test_missing_and_bad_tokens_get_401_with_resource_metadata(guarded: Any) -> 
             assert challenge.startswith("Bearer ")
             assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in challenge
         assert 'error="invalid_token"' in c.post(INIT, bearer("nope"), session=False).headers["www-authenticate"]
-    assert len(app.mcp.app.store) == 0
+    assert len(app.mcp.service.store) == 0
 
 
 def test_token_in_query_string_is_not_accepted(guarded: Any) -> None:

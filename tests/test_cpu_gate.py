@@ -19,10 +19,10 @@ from httpclient import HttpMcp
 from rpcutil import wait_until
 
 from mcpsync import Context, Server
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.sync import CpuGate, gate_paused, held_gate, leave_gate
 from mcpsync.transports.serve import make_server
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 
@@ -189,8 +189,8 @@ def blocking_server(release: threading.Event, entered: threading.Event) -> Serve
 @pytest.fixture()
 def gated() -> Iterator[tuple[str, threading.Event, threading.Event, Any]]:
     release, entered = threading.Event(), threading.Event()
-    app = McpApp(blocking_server(release, entered))
-    wsgi = McpWsgiApp(app)
+    app = Service(blocking_server(release, entered))
+    wsgi = HttpApp(app)
     front = make_server(wsgi, "127.0.0.1", 0).start()
     front.cpu_gate = CpuGate(slots=1, max_wait_s=60)  # one blocked holder would stall the rest
     try:

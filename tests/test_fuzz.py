@@ -25,10 +25,10 @@ from httpclient import HttpMcp  # noqa: E402
 from httpserver import serving  # noqa: E402
 from memclient import MemClient  # noqa: E402
 
-from mcpsync.app import McpApp  # noqa: E402
+from mcpsync.service import Service  # noqa: E402
 from mcpsync.examples.everything import server  # noqa: E402
 from mcpsync.protocol import jsonrpc  # noqa: E402
-from mcpsync.transports.wsgi import McpWsgiApp  # noqa: E402
+from mcpsync.http.app import HttpApp  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("MCPSYNC_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
@@ -86,9 +86,9 @@ def test_core_decoder_only_raises_parse_errors(data: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[str, McpApp]]:
-    app = McpApp(server)
-    with serving(McpWsgiApp(app)) as base:
+def live() -> Iterator[tuple[str, Service]]:
+    app = Service(server)
+    with serving(HttpApp(app)) as base:
         yield f"{base}/mcp", app
     app.close()
 
@@ -104,7 +104,7 @@ header_values = st.none() | st.sampled_from(["application/json", "text/plain", "
                       st.lists(messages, max_size=3).map(lambda b: json.dumps(b).encode())),
        ctype=header_values, accept=header_values, version=header_values, method=header_values,
        use_session=st.booleans())
-def test_http_endpoint_never_500s_and_keeps_serving(live: tuple[str, McpApp], body: bytes,
+def test_http_endpoint_never_500s_and_keeps_serving(live: tuple[str, Service], body: bytes,
                                                     ctype: Any, accept: Any, version: Any,
                                                     method: Any, use_session: bool) -> None:
     url, app = live
@@ -130,7 +130,7 @@ def test_http_endpoint_never_500s_and_keeps_serving(live: tuple[str, McpApp], bo
             c.delete()
 
 
-def test_fuzzing_leaked_no_sessions_or_threads(live: tuple[str, McpApp]) -> None:
+def test_fuzzing_leaked_no_sessions_or_threads(live: tuple[str, Service]) -> None:
     """Runs after the HTTP property test in this module: the store is back to empty (every
     fuzz client deleted the session it made) and no worker thread is stuck."""
     _, app = live
@@ -145,7 +145,7 @@ def test_fuzzing_leaked_no_sessions_or_threads(live: tuple[str, McpApp]) -> None
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
 import _wire  # noqa: E402
 
-from mcpsync.transports.websocket import WS_MAX_MESSAGE_BYTES  # noqa: E402
+from mcpsync.streams.websocket import WS_MAX_MESSAGE_BYTES  # noqa: E402
 
 WS_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009})  # 1011: a bug of ours
 WIRE_BUDGET_S = 30.0
@@ -261,7 +261,7 @@ def _read_ws_to_end(ws: "_wire.WsConn") -> tuple[list[bytes], int | None]:
             assert op in (_wire.OP_PING, _wire.OP_PONG), f"server frame opcode {op:#x}"
 
 
-def _settle(app: McpApp) -> None:
+def _settle(app: Service) -> None:
     """Bounded poll: the connection's session is closed and its threads are gone."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -285,7 +285,7 @@ def _ws_alive(target: "_wire.Target") -> None:
 
 @FUZZ
 @given(frames=st.lists(ws_frames, max_size=6), initialize=st.booleans())
-def test_websocket_frames_get_answers_or_a_close_frame(live: tuple[str, McpApp],
+def test_websocket_frames_get_answers_or_a_close_frame(live: tuple[str, Service],
                                                        frames: list[dict[str, Any]],
                                                        initialize: bool) -> None:
     """Whatever frames arrive, every server frame is well-formed, the connection ends with a
@@ -333,7 +333,7 @@ def _with_surrogate(where: str, ch: str) -> dict[str, Any]:
 
 @FUZZ_SURROGATES
 @given(where=st.sampled_from(["id", "method", "argument"]), ch=lone_surrogates)
-def test_websocket_lone_surrogates_get_an_error(live: tuple[str, McpApp], where: str, ch: str) -> None:
+def test_websocket_lone_surrogates_get_an_error(live: tuple[str, Service], where: str, ch: str) -> None:
     url, app = live
     msg = _with_surrogate(where, ch)
     resp, ws = _wire.WsConn.open(_wire.Target.from_url(url), _wire.Budget(WIRE_BUDGET_S))
@@ -366,7 +366,7 @@ def _legacy_session(target: "_wire.Target", budget: "_wire.Budget"
     return conn, stream, event[1].decode()
 
 
-def _end_legacy(app: McpApp, sse: "_wire.HttpConn", endpoint: str) -> None:
+def _end_legacy(app: Service, sse: "_wire.HttpConn", endpoint: str) -> None:
     """Close our stream, and end the session server-side: the server would notice the
     closed stream only at its next keep-alive (15 s)."""
     sse.close()
@@ -402,7 +402,7 @@ def _has_id(rid: Any) -> Any:
 @given(body=st.one_of(st.binary(max_size=300), messages.map(lambda m: json.dumps(m).encode()),
                       st.lists(messages, max_size=3).map(lambda b: json.dumps(b).encode())),
        ctype=header_values, initialize=st.booleans())
-def test_legacy_messages_never_500_and_the_stream_goes_on(live: tuple[str, McpApp], body: bytes,
+def test_legacy_messages_never_500_and_the_stream_goes_on(live: tuple[str, Service], body: bytes,
                                                           ctype: Any, initialize: bool) -> None:
     url, app = live
     target = _wire.Target.from_url(url)
@@ -427,7 +427,7 @@ def test_legacy_messages_never_500_and_the_stream_goes_on(live: tuple[str, McpAp
 
 @FUZZ_SURROGATES
 @given(where=st.sampled_from(["id", "method", "argument"]), ch=lone_surrogates)
-def test_legacy_messages_lone_surrogates_get_an_error(live: tuple[str, McpApp], where: str,
+def test_legacy_messages_lone_surrogates_get_an_error(live: tuple[str, Service], where: str,
                                                       ch: str) -> None:
     url, app = live
     target = _wire.Target.from_url(url)

@@ -15,8 +15,8 @@ from httpserver import serving
 from rpcutil import rpc
 
 from mcpsync import Context, Server
-from mcpsync.app import McpApp
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.service import Service
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 
@@ -59,10 +59,10 @@ def make_server() -> tuple[Server, dict[str, Any]]:
 
 
 @pytest.fixture()
-def env() -> Iterator[tuple[str, McpApp, dict[str, Any]]]:
+def env() -> Iterator[tuple[str, Service, dict[str, Any]]]:
     srv, gates = make_server()
-    app = McpApp(srv)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(srv)
+    with serving(HttpApp(app)) as base:
         yield f"{base}/mcp", app, gates
     gates["release"].set()
     app.close()
@@ -408,8 +408,8 @@ def test_fifty_sessions_created_and_deleted_concurrently_leak_nothing(env: Any) 
 
 def test_sessions_are_bound_to_their_principal() -> None:
     srv, _ = make_server()
-    app = McpApp(srv)
-    wsgi = McpWsgiApp(app, principal=lambda environ: environ.get("HTTP_AUTHORIZATION"))
+    app = Service(srv)
+    wsgi = HttpApp(app, principal=lambda environ: environ.get("HTTP_AUTHORIZATION"))
     with serving(wsgi) as base, HttpMcp(f"{base}/mcp") as c:
         reply = c.post(rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                              "clientInfo": {"name": "a", "version": "1"}}),

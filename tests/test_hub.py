@@ -359,9 +359,9 @@ def remote() -> Iterator[Remote]:
     from httpserver import serving
     from hub_fixture_server import make_server
 
-    from mcpsync.transports.wsgi import McpWsgiApp
+    from mcpsync.http.app import HttpApp
 
-    app = McpWsgiApp(make_server("remote"))
+    app = HttpApp(make_server("remote"))
     with serving(app) as base:
         ws = base.replace("http://", "ws://")
         hub = start_hub({"http": {"url": f"{base}/mcp"},
@@ -435,7 +435,7 @@ def test_http_session_404_is_reinitialized_transparently(remote: Remote, rclient
     upstream = remote.hub.upstream("httpold")
     assert upstream is not None and upstream.session is not None
     old = upstream.session.channel.session_id  # type: ignore[attr-defined]
-    assert remote.app.app.close_session(old)  # the upstream forgets the hub's session
+    assert remote.app.service.close_session(old)  # the upstream forgets the hub's session
     assert text(rclient.call_tool("httpold__echo", {"text": "again"})) == "again"
     assert upstream.session.channel.session_id not in (None, old)  # type: ignore[attr-defined]
     assert state(remote.hub, "httpold")["restarts"] == 0
@@ -445,9 +445,9 @@ def test_unreachable_http_upstream_backs_off_and_returns() -> None:
     from hub_fixture_server import make_server
 
     from mcpsync.transports.serve import make_server as make_front
-    from mcpsync.transports.wsgi import McpWsgiApp
+    from mcpsync.http.app import HttpApp
 
-    app = McpWsgiApp(make_server("phoenix"))
+    app = HttpApp(make_server("phoenix"))
     front = make_front(app, "127.0.0.1", 0).start()
     port = front.port
     hub = start_hub({"phoenix": {"url": f"http://127.0.0.1:{port}/mcp", "revision": "2025-11-25",
@@ -464,7 +464,7 @@ def test_unreachable_http_upstream_backs_off_and_returns() -> None:
         assert down["state"] in ("backoff", "connecting") and "cannot reach" in (down["lastError"] or "")
         result = c.call_tool("phoenix__echo", {"text": "2"})
         assert result.get("isError") and "upstream 'phoenix' is unavailable" in text(result)
-        app2 = McpWsgiApp(make_server("phoenix"))
+        app2 = HttpApp(make_server("phoenix"))
         second = make_front(app2, "127.0.0.1", port).start()
         assert hub.wait_until(lambda h: state(h, "phoenix")["state"] == "ready", WAIT_S)
         assert text(c.call_tool("phoenix__echo", {"text": "3"})) == "3"
@@ -483,17 +483,17 @@ def served_hub() -> Iterator[Any]:
     """A hub with a per-session stdio upstream, served over real HTTP."""
     from httpserver import serving
 
-    from mcpsync.transports.wsgi import McpWsgiApp
+    from mcpsync.http.app import HttpApp
 
     hub = start_hub({"iso": fixture_entry("iso", isolation="per-session"),
                      "shared": fixture_entry("shared")})
-    app = McpWsgiApp(hub.server)
+    app = HttpApp(hub.server)
     try:
         with serving(app) as base:
             yield hub, f"{base}/mcp"
     finally:
         hub.close()
-        app.app.close()
+        app.service.close()
 
 
 def _whoami(client: Any, tool: str) -> dict[str, Any]:
@@ -570,9 +570,9 @@ def test_concurrent_registrations_and_session_creations_end_exactly_right() -> N
     from httpserver import serving
     from hub_fixture_server import make_server
 
-    from mcpsync.transports.wsgi import McpWsgiApp
+    from mcpsync.http.app import HttpApp
 
-    upstream_app = McpWsgiApp(make_server("concurrent"))
+    upstream_app = HttpApp(make_server("concurrent"))
     with serving(upstream_app) as base:
         hub = start_hub({"per": {"url": f"{base}/mcp", "revision": "2025-11-25", "isolation": "per-session"},
                          "one": {"url": f"{base}/mcp", "revision": "2025-11-25"},
@@ -612,7 +612,7 @@ def test_concurrent_registrations_and_session_creations_end_exactly_right() -> N
             assert len(set().union(*sessions.values())) == clients_n             # ... and all different
             assert state(hub, "per")["sessions"] == clients_n
             # hub sessions upstream: the three shared ones plus one per client
-            assert len(upstream_app.app.store.snapshot()) == 2 + clients_n + 1
+            assert len(upstream_app.service.store.snapshot()) == 2 + clients_n + 1
             for up in ("per", "one", "two"):
                 upstream = hub.upstream(up)
                 assert upstream is not None and upstream.refresh(WAIT_S)
@@ -625,11 +625,11 @@ def test_concurrent_registrations_and_session_creations_end_exactly_right() -> N
             for c in clients:
                 c.conn.close()
         assert hub.wait_until(lambda h: state(h, "per")["sessions"] == 0
-                              and len(upstream_app.app.store.snapshot()) == 3, WAIT_S)
+                              and len(upstream_app.service.store.snapshot()) == 3, WAIT_S)
         hub.close()
         # Closing deleted the HTTP sessions (DELETE); only the WebSocket's may remain until the
         # upstream reads the close frame.
-        assert len(upstream_app.app.store.snapshot()) <= 1
+        assert len(upstream_app.service.store.snapshot()) <= 1
 
 
 # ---- hot reload ------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from httpserver import serving
 from rpcutil import call_tool, rpc
 from rpcutil import wait_until as _wait_until
 
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.examples.everything import server as everything
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 SDK_DEPRECATION = "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
@@ -125,9 +125,9 @@ class Poster:
 
 
 @pytest.fixture()
-def env() -> Iterator[tuple[int, McpApp]]:
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app)) as base:
+def env() -> Iterator[tuple[int, Service]]:
+    app = Service(everything)
+    with serving(HttpApp(app)) as base:
         yield int(base.rsplit(":", 1)[1]), app
     app.close()
 
@@ -144,7 +144,7 @@ def initialize(stream: SseStream, poster: Poster, version: str = "2024-11-05") -
     return reply["result"]
 
 
-def end_by_writing(poster: Poster, endpoint: str, app: McpApp, sid: str) -> bool:
+def end_by_writing(poster: Poster, endpoint: str, app: Service, sid: str) -> bool:
     """A vanished client is noticed when a write to its stream fails: keep making the server
     write (a ping's answer goes to the stream) until the session is gone. Bounded."""
     deadline = time.monotonic() + WAIT_S

@@ -13,8 +13,8 @@ from httpserver import serving
 from rpcutil import rpc
 
 from mcpsync import Context, Server
-from mcpsync.app import McpApp
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.service import Service
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 
@@ -41,7 +41,7 @@ def blocking_server() -> tuple[Server, threading.Event, threading.Semaphore]:
 
 def test_body_too_large_is_413() -> None:
     srv, release, _ = blocking_server()
-    with serving(McpWsgiApp(McpApp(srv), max_body_bytes=1000)) as base, HttpMcp(f"{base}/mcp") as c:
+    with serving(HttpApp(Service(srv), max_body_bytes=1000)) as base, HttpMcp(f"{base}/mcp") as c:
         reply = c.post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"pad": "x" * 2000}},
                        session=False)
         assert reply.status == 413
@@ -49,7 +49,7 @@ def test_body_too_large_is_413() -> None:
 
 def test_inflight_limits_answer_503_with_retry_after() -> None:
     srv, release, entered = blocking_server()
-    app = McpWsgiApp(McpApp(srv), max_inflight_per_session=2, max_inflight=3)
+    app = HttpApp(Service(srv), max_inflight_per_session=2, max_inflight=3)
     with serving(app) as base:
         with HttpMcp(f"{base}/mcp") as c, HttpMcp(f"{base}/mcp") as other:
             c.initialize()
@@ -79,7 +79,7 @@ def test_session_limit_evicts_the_oldest_idle_session_then_answers_503() -> None
     srv, release, entered = blocking_server()
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}}
-    with serving(McpWsgiApp(McpApp(srv, max_sessions=2))) as base:
+    with serving(HttpApp(Service(srv, max_sessions=2))) as base:
         clients = [HttpMcp(f"{base}/mcp") for _ in range(4)]
         try:
             clients[0].initialize()
@@ -106,7 +106,7 @@ def test_session_limit_evicts_the_oldest_idle_session_then_answers_503() -> None
 
 def test_health_ready_and_metrics() -> None:
     srv, _, _ = blocking_server()
-    app = McpWsgiApp(McpApp(srv))
+    app = HttpApp(Service(srv))
     with serving(app) as base:
         with HttpMcp(f"{base}/mcp") as c:
             c.initialize()

@@ -14,8 +14,8 @@ from httpclient import HttpMcp, parse_sse
 from httpserver import serving
 
 from mcpsync import Context, Server, inputs
-from mcpsync.app import McpApp
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.service import Service
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 V = "2026-07-28"
@@ -85,9 +85,9 @@ def make_server() -> Server:
 
 
 @pytest.fixture()
-def env() -> Iterator[tuple[str, McpApp]]:
-    app = McpApp(make_server())
-    with serving(McpWsgiApp(app)) as base:
+def env() -> Iterator[tuple[str, Service]]:
+    app = Service(make_server())
+    with serving(HttpApp(app)) as base:
         yield f"{base}/mcp", app
     app.close()
 

@@ -1,7 +1,7 @@
 """Protocol core in memory: JSON-RPC framing and errors, the lifecycle, revision differences.
 
 Every test wires a ``MemClient`` to a fresh ``Server``; no sockets, no transports except the
-in-memory ``MessageStreamSession`` used for the byte-level (parse error) cases.
+in-memory ``MessageStream`` used for the byte-level (parse error) cases.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from mcpsync import Context, Server
 from mcpsync.protocol import jsonrpc, lifecycle, versions
 from mcpsync.protocol.dispatch import encode_outgoing
-from mcpsync.transports.stream import MessageStreamSession
+from mcpsync.streams.stream import MessageStream
 
 from memclient import CallThread, MemClient, RpcError
 
@@ -63,13 +63,13 @@ def client(server: Server) -> MemClient:
 # ---- JSON-RPC framing ----------------------------------------------------------------------------
 
 class Wire:
-    """A MessageStreamSession with an in-memory writer: bytes in, decoded messages out."""
+    """A MessageStream with an in-memory writer: bytes in, decoded messages out."""
 
     def __init__(self, server: Server, max_workers: int = 2) -> None:
         # Guards `out`; notified by whichever thread writes (reader or pool worker).
         self._cond = threading.Condition()
         self.out: list[Any] = []
-        self.session = MessageStreamSession(server, self._write, name="test", max_workers=max_workers)
+        self.session = MessageStream(server, self._write, name="test", max_workers=max_workers)
 
     def _write(self, data: bytes) -> None:
         with self._cond:

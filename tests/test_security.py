@@ -17,9 +17,9 @@ from rpcutil import call_tool, rpc
 from test_websocket import RawWs, raw_initialize, upgrade_head
 
 from mcpsync import Context, Server
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.examples.everything import server as everything
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 TOKENS = "tok-alice:alice,tok-bob:bob"
@@ -118,8 +118,8 @@ def test_metrics_with_a_token_and_healthz_without(guarded_cli: CliServer) -> Non
 def app_port(caplog: pytest.LogCaptureFixture) -> Iterator[int]:
     """The example server on the front end in this process; no record may carry a
     traceback or be an ERROR (client mistakes are warnings at most)."""
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(everything)
+    with serving(HttpApp(app)) as base:
         yield int(base.rsplit(":", 1)[1])
     app.close()
     bad = [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
@@ -271,9 +271,9 @@ def test_one_token_holder_cannot_lock_others_out() -> None:
 def test_a_client_whose_sessions_are_all_in_use_gets_429() -> None:
     import http.client
     quota = 5
-    app = McpApp(everything, max_sessions_per_client=quota)
+    app = Service(everything, max_sessions_per_client=quota)
     streams = []
-    with serving(McpWsgiApp(app)) as base:
+    with serving(HttpApp(app)) as base:
         port = int(base.rsplit(":", 1)[1])
         try:
             for _ in range(quota):  # legacy SSE streams hold their sessions in use
@@ -294,8 +294,8 @@ def test_a_client_whose_sessions_are_all_in_use_gets_429() -> None:
 # ---- finding 9: an Origin on another port is another site ---------------------------------
 
 def test_origin_must_name_this_servers_port() -> None:
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app, allowed_origins=["http://localhost:6274", "trusted.example"])) as base:
+    app = Service(everything)
+    with serving(HttpApp(app, allowed_origins=["http://localhost:6274", "trusted.example"])) as base:
         port = int(base.rsplit(":", 1)[1])
 
         def status(origin: str, host: str = f"127.0.0.1:{port}") -> int:
@@ -340,8 +340,8 @@ def test_an_on_cancel_callback_that_logs_does_not_deadlock_a_stateless_stream() 
         finally:
             finished.set()
 
-    app = McpApp(srv)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(srv)
+    with serving(HttpApp(app)) as base:
         port = int(base.rsplit(":", 1)[1])
         body = json.dumps(call_tool(1, "streamer") | {"params": {"name": "streamer", "arguments": {}, "_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",

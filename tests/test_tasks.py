@@ -12,10 +12,10 @@ from httpclient import HttpMcp
 from httpserver import serving
 
 from mcpsync import Context, McpError, Server, ToolError
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.connection import ServerConnection
 from mcpsync.tasks import TaskManager, TaskRecord
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.http.app import HttpApp
 
 V = "2026-07-28"
 EXT = "io.modelcontextprotocol/tasks"
@@ -398,7 +398,7 @@ def test_shutdown_cancels_tasks_and_joins_their_threads() -> None:
 
 def test_over_http_tasks_outlive_their_request_and_keep_to_their_principal() -> None:
     srv, watcher, gates = make_server()
-    app = McpApp(srv)
+    app = Service(srv)
 
     def post(c: HttpMcp, method: str, params: dict[str, Any], user: str, name: str | None = None) -> Any:
         headers = {"MCP-Protocol-Version": V, "Mcp-Method": method, "X-User": user}
@@ -407,7 +407,7 @@ def test_over_http_tasks_outlive_their_request_and_keep_to_their_principal() -> 
         return c.post({"jsonrpc": "2.0", "id": 7, "method": method,
                        "params": {**params, "_meta": meta(TASKS)}}, headers, session=False)
 
-    with serving(McpWsgiApp(app, principal=lambda environ: environ.get("HTTP_X_USER"))) as base:
+    with serving(HttpApp(app, principal=lambda environ: environ.get("HTTP_X_USER"))) as base:
         with HttpMcp(f"{base}/mcp") as c:
             created = post(c, "tools/call", {"name": "gated", "arguments": {}}, "alice", "gated").json()["result"]
         tid = created["taskId"]  # that connection is gone; the task runs on

@@ -27,10 +27,10 @@ from rpcutil import wait_until as _wait_until
 from jsdeps import JS_DIR, node22, node_env
 
 from mcpsync import Context, Server
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.examples.everything import server as everything
-from mcpsync.transports.websocket import serve_websocket
-from mcpsync.transports.wsgi import McpWsgiApp
+from mcpsync.streams.websocket import serve_websocket
+from mcpsync.http.app import HttpApp
 
 WAIT_S = 10.0
 
@@ -125,10 +125,10 @@ def ws_url(base: str) -> str:
 
 
 @pytest.fixture()
-def env() -> Iterator[tuple[str, McpApp]]:
-    """The bundled example server (echo, add, sleep_ms ...) behind McpWsgiApp."""
-    app = McpApp(everything)
-    with serving(McpWsgiApp(app)) as base:
+def env() -> Iterator[tuple[str, Service]]:
+    """The bundled example server (echo, add, sleep_ms ...) behind HttpApp."""
+    app = Service(everything)
+    with serving(HttpApp(app)) as base:
         yield ws_url(base), app
     app.close()
 
@@ -421,8 +421,8 @@ def test_tool_that_outlives_its_connection_can_still_log() -> None:
             done.set()
         return "done"
 
-    app = McpApp(srv)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(srv)
+    with serving(HttpApp(app)) as base:
         with WsMcp(ws_url(base)) as c:
             c.initialize()
             c.send(call_tool(1, "linger"))
@@ -449,8 +449,8 @@ def test_binary_frame_is_answered_with_invalid_request(env: Any) -> None:
 
 def test_oversized_message_closes_the_connection() -> None:
     limit = 1024
-    app = McpApp(everything)
-    wsgi = McpWsgiApp(app)
+    app = Service(everything)
+    wsgi = HttpApp(app)
     wsgi.routes["/ws"] = lambda environ, start_response: serve_websocket(
         app, environ, start_response, open_session=wsgi.open_session, max_message_bytes=limit)
     with serving(wsgi) as base:
@@ -608,8 +608,8 @@ def test_a_long_call_run_by_the_reader_hands_reading_over() -> None:
         """Echo."""
         return text
 
-    app = McpApp(srv)
-    with serving(McpWsgiApp(app)) as base:
+    app = Service(srv)
+    with serving(HttpApp(app)) as base:
         c = RawWs(port_of(ws_url(base)))
         try:
             raw_initialize(c)

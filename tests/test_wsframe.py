@@ -1,4 +1,4 @@
-"""RFC 6455 framing (``mcpsync.transports.wsframe``), sans-IO: handshake checks, the accept
+"""RFC 6455 framing (``mcpsync.streams.wsframe``), sans-IO: handshake checks, the accept
 key, client frame parsing and every protocol violation's close code, server frame encoding."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mcpsync.transports import wsframe
-from mcpsync.transports.wsframe import FrameError, FrameParser
+from mcpsync.streams import wsframe
+from mcpsync.streams.wsframe import FrameError, FrameParser
 
 
 def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,

@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from .. import __version__
+from .._version import __version__
 from ..errors import (Cancelled, ConnectionClosed, McpError, MethodNotFound,
                       PeerError, RequestTimeout)
 from ..protocol import jsonrpc, modern, versions

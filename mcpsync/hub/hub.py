@@ -33,7 +33,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .. import __version__
+from .._version import __version__
 from ..connection import ServerConnection
 from ..errors import ConfigError
 from ..server import Server
@@ -57,7 +57,7 @@ class HubServer(Server):
     draining = False   # set once, when the front end starts its shutdown (end_listeners)
 
     def end_listeners(self) -> None:
-        """The front end's shutdown begins here (``McpWsgiApp.end_streams``): from now on the
+        """The front end's shutdown begins here (``HttpApp.end_streams``): from now on the
         hub's ``/readyz`` answers 503."""
         self.draining = True
         super().end_listeners()

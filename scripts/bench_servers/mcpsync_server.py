@@ -19,11 +19,11 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the checkout's mcpsync
 
-from mcpsync.app import McpApp
+from mcpsync.service import Service
 from mcpsync.examples.everything import server
 from mcpsync.sessions import MAX_SESSIONS, SESSION_IDLE_TTL_S, SESSION_REAP_INTERVAL_S, SessionStore
 from mcpsync.transports.serve import make_server
-from mcpsync.transports.wsgi import LOOPBACK_HOSTS, McpWsgiApp
+from mcpsync.http.app import LOOPBACK_HOSTS, HttpApp
 
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_S = 5.0
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     store = SessionStore(max_sessions=args.max_sessions, max_sessions_per_owner=None,
                          idle_ttl_s=args.session_ttl,
                          reap_interval_s=args.reap_interval)
-    wsgi = McpWsgiApp(McpApp(server, store=store).start(), allowed_hosts=LOOPBACK_HOSTS)
+    wsgi = HttpApp(Service(server, store=store).start(), allowed_hosts=LOOPBACK_HOSTS)
     front = make_server(wsgi, HOST, args.port)
     stop = threading.Event()  # set by SIGTERM/SIGINT; the main thread waits on it
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     wsgi.end_streams()
     front.shutdown(SHUTDOWN_GRACE_S)
-    wsgi.app.close()
+    wsgi.service.close()
     return 0
 
 

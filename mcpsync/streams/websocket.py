@@ -10,7 +10,7 @@ Theory of operation
 The WSGI call (the front end's connection thread) checks the upgrade, opens the session,
 writes the ``101`` itself on the raw socket (``werkzeug.socket`` or ``gunicorn.socket``) and
 then reads frames on that same thread (``wsframe.FrameParser``): no reader thread of a
-WebSocket library in between. Each message goes to a ``MessageStreamSession``.
+WebSocket library in between. Each message goes to a ``MessageStream``.
 
 The *reader role*: exactly one thread at a time reads the socket. When a request arrives and
 it is the session's only one, the reader runs it itself (``feed(..., inline=...)``), as the
@@ -36,17 +36,18 @@ store's reaper, and a session the store closes anyway (shutdown) ends its connec
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import select
 import threading
 import time
 from typing import Any, Callable, Iterable
 
-from ..app import McpApp
+from ..service import Service
 from ..errors import InvalidRequest
 from ..protocol import jsonrpc
 from ..sessions import Session
 from . import wsframe
-from .stream import MessageStreamSession
+from .stream import MessageStream
 
 log = logging.getLogger("mcpsync.websocket")
 
@@ -58,6 +59,24 @@ WS_RECEIVE_POLL_S = 1.0     # the reader wakes this often to look at the session
 WS_CLOSE_TIMEOUT_S = 2.0    # after our close frame, how long the peer has to answer it
 WS_INLINE_GRACE_S = 0.005   # a request run by the reader keeps the socket unread this long
 RECV_BYTES = 65536
+
+
+@dataclass
+class WebSocketState:
+    """A WebSocket session's transport state: the connection is the session, so it is in
+    use as long as it lives, and it ends itself at shutdown (``Service.draining``)."""
+
+    kind: str = "websocket"
+
+    def in_use(self) -> bool:
+        return True
+
+    def end_streams(self) -> None:
+        pass
+
+
+def _attach(session: Session) -> None:
+    session.transport = WebSocketState()
 
 
 class _Watchdog:
@@ -114,16 +133,16 @@ _watchdog = _Watchdog()
 class WsConnection:
     """One WebSocket connection: its socket, parser, session stream and reader role."""
 
-    def __init__(self, app: McpApp, session: Session, sock: Any, *, max_message_bytes: int,
+    def __init__(self, service: Service, session: Session, sock: Any, *, max_message_bytes: int,
                  ping_interval_s: float | None) -> None:
-        self._app = app
+        self._service = service
         self._session = session
         self._sock = sock
         self._ping_interval_s = ping_interval_s
         self._parser = wsframe.FrameParser(max_message_bytes)  # used by the reader only
-        self.stream = MessageStreamSession(app.server, self._write_text, name="ws",
-                                           conn=app.connection(session),
-                                           admission=app.admission, admission_key=session.id)
+        self.stream = MessageStream(service.server, self._write_text, name="ws",
+                                    conn=service.connection(session),
+                                    admission=service.admission, admission_key=session.id)
         # The reader role: guards _gen (the generation whose thread may read) and
         # _busy_since (when the reader started running a request; None while it reads).
         # Held for a few assignments; the watchdog's lock may be taken inside it.
@@ -213,7 +232,7 @@ class WsConnection:
                     self.stream.send(jsonrpc.error_response(None, InvalidRequest(
                         "Invalid Request: binary frames are not accepted; send JSON text frames")))
                     continue
-                self._app.store.touch(self._session.id)
+                self._service.store.touch(self._session.id)
                 self.stream.feed(payload, inline)
                 if not self._is_reader(gen):
                     return  # a new reader took over while we ran a request
@@ -281,7 +300,7 @@ class WsConnection:
             if self._session.closed or self.stream.write_failed:
                 self._start_close(wsframe.CLOSE_GOING_AWAY, "session closed")
                 continue
-            if self._app.draining and self.stream.conn.inflight_count() == 0:
+            if self._service.draining and self.stream.conn.inflight_count() == 0:
                 self._start_close(wsframe.CLOSE_GOING_AWAY, "server shutting down")
                 continue
             now = time.monotonic()
@@ -291,7 +310,7 @@ class WsConnection:
                     continue
                 self._send_control(wsframe.encode_frame(wsframe.OP_PING))
                 self._next_ping = now + self._ping_interval_s
-                self._app.store.touch(self._session.id)  # alive: pinged and answering
+                self._service.store.touch(self._session.id)  # alive: pinged and answering
 
     def _finish(self) -> None:
         """End the connection: cancel calls, close the session, release ``run``."""
@@ -299,12 +318,12 @@ class WsConnection:
             return
         try:
             self.stream.close()
-            self._app.close_session(self._session.id)
+            self._service.close_session(self._session.id)
         finally:
             self._ended.set()
 
 
-def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callable[..., Any],
+def serve_websocket(service: Service, environ: dict[str, Any], start_response: Callable[..., Any],
                     *, open_session: Callable[[dict[str, Any], Callable[[Session], None]], Session],
                     max_message_bytes: int = WS_MAX_MESSAGE_BYTES,
                     ping_interval_s: float | None = WS_PING_INTERVAL_S) -> Iterable[bytes]:
@@ -329,7 +348,7 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
     if problem is not None:
         extra = [("Sec-WebSocket-Version", "13")] if problem[0].startswith("426") else []
         return _refuse(start_response, problem[0], problem[1], extra)
-    session = open_session(environ, lambda s: s.data.update(websocket=True))
+    session = open_session(environ, _attach)
     environ["mcpsync.socket_taken"] = True
     offered = wsframe.offered_subprotocols(header("Sec-WebSocket-Protocol"))
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None
@@ -337,9 +356,9 @@ def serve_websocket(app: McpApp, environ: dict[str, Any], start_response: Callab
         raw.sendall(wsframe.accept_response(header("Sec-WebSocket-Key"), subprotocol))
     except OSError as exc:  # the peer went away during the handshake
         log.debug("WebSocket handshake failed: %s", exc)
-        app.close_session(session.id)
+        service.close_session(session.id)
         return _after_takeover(environ)
-    conn = WsConnection(app, session, raw, max_message_bytes=max_message_bytes,
+    conn = WsConnection(service, session, raw, max_message_bytes=max_message_bytes,
                         ping_interval_s=ping_interval_s)
     conn.run()
     return _after_takeover(environ)

@@ -1,7 +1,7 @@
-"""Transport-agnostic glue: a ``Server``, its ``SessionStore``, its ``Admission``, and how
-sessions are opened, found and closed. Every transport (Streamable HTTP, legacy SSE,
-WebSocket) goes through ``McpApp`` so limits, expiry, credential binding and admission
-control are the same everywhere.
+"""``Service``: a ``Server`` being served. It owns what the transports share: the
+``SessionStore``, the ``Admission`` control, and whether the process is draining. Every
+transport (Streamable HTTP in both eras, legacy SSE, WebSocket, stdio) goes through it, so
+limits, expiry, credential binding and admission control are the same everywhere.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def client_key(principal: Any, address: str | None) -> str:
     return f"address:{address or '?'}"
 
 
-class McpApp:
-    """Sessions of one server. ``principal`` is whatever identifies the credential of a
-    request (None without auth); a session answers only to the principal that created it."""
+class Service:
+    """The served state of one server: sessions, admission control, draining. ``principal``
+    is whatever identifies the credential of a request (None without auth); a session
+    answers only to the principal that created it."""
 
     def __init__(self, server: Server, *, store: SessionStore | None = None,
                  max_sessions: int = MAX_SESSIONS,
@@ -82,15 +83,11 @@ class McpApp:
         return False
 
     def in_use(self, session: Session) -> bool:
-        """Whether a session serves something now: a request in flight, a WebSocket or
-        legacy SSE connection, or an open GET stream. Such a session is never evicted."""
+        """Whether a session serves something now: a request in flight, or its transport
+        holds a connection or stream open for it. Such a session is never evicted."""
         if self.admission.inflight_for(session.id):
             return True
-        data = session.data
-        if data.get("websocket") or data.get("legacy") is not None:
-            return True
-        streams = data.get("streams")
-        return streams is not None and bool(streams.standalone.attached)
+        return session.transport is not None and session.transport.in_use()
 
     def find_session(self, session_id: str | None, *, principal: Any = None) -> Session:
         """The live session with this id created by this principal; else ``SessionNotFound``
@@ -111,7 +108,7 @@ class McpApp:
         assert isinstance(conn, ServerConnection)
         return conn
 
-    def start(self) -> "McpApp":
+    def start(self) -> "Service":
         self.store.start()
         return self
 

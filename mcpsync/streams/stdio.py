@@ -15,9 +15,9 @@ from typing import BinaryIO, Iterator
 from ..errors import InvalidRequest
 from ..protocol import jsonrpc
 from ..server import Server
-from .stream import MessageStreamSession
+from .stream import MessageStream
 
-log = logging.getLogger("mcpsync.transports.stdio")
+log = logging.getLogger("mcpsync.stdio")
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 EOF_DRAIN_S = 5.0  # after EOF, how long requests already read may still run and answer  # a longer line is answered with a parse error and skipped
@@ -58,7 +58,7 @@ def _serve(server: Server, inp: BinaryIO, out: BinaryIO) -> None:
         out.write(data + b"\n")
         out.flush()
 
-    session = MessageStreamSession(server, write, name="stdio")
+    session = MessageStream(server, write, name="stdio")
     eof = False
     try:
         while True:

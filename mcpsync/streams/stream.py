@@ -1,7 +1,7 @@
 """A message-stream session: one connection that carries whole JSON-RPC messages both ways.
 
 stdio (one message per line) and WebSocket (one message per text frame) are the same shape:
-a reader delivers messages in order, one writer sends them back. ``MessageStreamSession``
+a reader delivers messages in order, one writer sends them back. ``MessageStream``
 is that shape, shared by both transports.
 
 Theory of operation
@@ -47,13 +47,13 @@ from ..protocol.dispatch import encode_outgoing
 from ..connection import ServerConnection
 from ..server import Server
 
-log = logging.getLogger("mcpsync.transports.stream")
+log = logging.getLogger("mcpsync.stream")
 
 STREAM_WORKERS = 64          # concurrent tool calls per connection
 CLOSE_TIMEOUT_S = 5.0
 
 
-class MessageStreamSession:
+class MessageStream:
     """Drive one ``ServerConnection`` from a message stream.
 
     ``write(data: bytes)`` sends one encoded message; it is always called with

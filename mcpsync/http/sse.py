@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict, deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..protocol.dispatch import encode_outgoing
 
@@ -38,6 +38,22 @@ KEEPALIVE = b": keepalive\n\n"
 
 def event(event_id: str, data: bytes) -> bytes:
     return b"event: message\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def touching(touch: Callable[[], Any], events: Iterator[bytes], first: bytes) -> Iterator[bytes]:
+    """A GET stream's body: ``first``, then the events; every keep-alive also calls
+    ``touch`` (an open stream keeps its session from idling out). Closing it closes
+    ``events``."""
+    try:
+        yield first
+        for chunk in events:
+            if chunk is KEEPALIVE:
+                touch()
+            yield chunk
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def priming(event_id: str, retry_ms: int = SSE_RETRY_MS) -> bytes:

@@ -1,0 +1,1 @@
+"""The HTTP side: ``HttpApp`` (a WSGI application) and its endpoints."""

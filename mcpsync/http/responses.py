@@ -1,0 +1,233 @@
+"""The response to one Streamable HTTP POST that carries a request; it is the request's sink.
+
+``PostResponse`` (handshake era, a session) is JSON unless the handler sends something
+before its reply (progress, a log message, a request to the client); then it switches to
+SSE through WSGI's ``write()``, and every event is also logged in the session's
+``SessionStreams`` so a client that lost the stream resumes it (``GET`` + ``Last-Event-ID``).
+``ModernResponse`` (2026-07-28) is the same without a log: a failed write means the client
+closed the stream, which in that revision cancels the request.
+
+Each response's ``_lock`` serializes its writes (the request's thread, and any thread its
+tool starts); it is held across one ``write`` call: the stream write lock of the lock map.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable
+
+from ..connection import ServerConnection
+from ..errors import ConnectionClosed
+from ..protocol import jsonrpc, modern, versions
+from ..protocol.dispatch import encode_outgoing
+from . import sse
+from .base import JSON_HEADER, SSE_HEADERS, STATUS, StartResponse, json_reply
+
+log = logging.getLogger("mcpsync.http")
+
+
+class _Abortable:
+    """What both POST responses share for shutdown: ``aborter`` makes the ``abort(message)``
+    that admission control calls past the grace period. It answers the request with an error
+    at once (the whole JSON response, or the final SSE event) and cancels it; the handler's
+    own ``finish`` then writes nothing. Subclasses set ``_lock``, ``_aborted``, ``_finished``
+    and say how an error goes out (``_abort_write``, with ``_lock`` held)."""
+
+    _lock: threading.Lock
+    _aborted = False
+    _finished = False
+
+    def aborter(self, conn: ServerConnection, rid: Any) -> Callable[[str], None]:
+        def abort(message: str) -> None:
+            with self._lock:
+                if self._finished or self._aborted:
+                    return
+                self._aborted = True
+                self._abort_write(jsonrpc.error_response(rid, ConnectionClosed(message)))
+            if rid is not None:
+                conn.cancel(rid, message)
+        return abort
+
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _whole(start_response: StartResponse, reply: dict[str, Any],
+               extra: list[tuple[str, str]]) -> None:
+        """Send ``reply`` as a complete JSON response from outside the app's return path."""
+        body = encode_outgoing(reply) or b""
+        write = start_response(STATUS[200], [JSON_HEADER, ("Content-Length", str(len(body))), *extra])
+        try:
+            write(body)
+        except (OSError, ValueError) as exc:
+            log.debug("could not answer an aborted request: %s", exc)
+
+
+class PostResponse(_Abortable):
+    """The response to one POST that carries a request: JSON unless something must be sent
+    before the reply, then SSE through WSGI's ``write()``. It is the request's sink.
+
+    ``_lock`` serializes writes to this response (the request's thread, and any thread the
+    tool starts that reports progress); it is held across one ``write`` call, the stream
+    write lock of ARCHITECTURE.md's lock map.
+    """
+
+    def __init__(self, streams: sse.SessionStreams, conn: ServerConnection,
+                 start_response: StartResponse, cors: list[tuple[str, str]], can_sse: bool,
+                 retry_ms: int) -> None:
+        self._streams = streams
+        self._conn = conn
+        self._start_response = start_response
+        self._cors = cors
+        self._can_sse = can_sse
+        self._retry_ms = retry_ms
+        self._lock = threading.Lock()
+        self._write: Callable[[bytes], Any] | None = None
+        self._log: sse.StreamLog | None = None
+        self._live = False
+
+    def _start(self) -> None:
+        """Switch to SSE (call with ``_lock`` held)."""
+        self._log = self._streams.open_stream()
+        self._write = self._start_response("200 OK", [*SSE_HEADERS, *self._cors])
+        self._live = True
+        if versions.features(self._conn.version).sse_priming:
+            self._emit(sse.priming(f"{self._log.id}.0", self._retry_ms))
+
+    def _emit(self, data: bytes) -> None:
+        assert self._log is not None
+        if not self._live or self._write is None:
+            return
+        if not self._streams.owns(self._log, 0):  # a resuming GET took the stream over
+            self._live = False
+            return
+        try:
+            self._write(data)
+        except (OSError, ValueError) as exc:  # the client went away; it may resume
+            log.debug("SSE write failed: %s", exc)
+            self._live = False
+            assert self._log is not None
+            self._streams.detach(self._log)
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        """A message about the running request (this object is the request's sink)."""
+        if not self._can_sse:
+            self._streams.push(msg)  # the client takes no SSE here: use its GET stream
+            return
+        with self._lock:
+            if self._log is None:
+                self._start()
+            assert self._log is not None
+            self._emit(self._streams.append(self._log, msg))
+
+    def close_stream(self) -> None:
+        """End the live stream early; the rest is logged for a resuming GET."""
+        if not self._can_sse:
+            return
+        with self._lock:
+            if self._log is None:
+                self._start()
+            assert self._log is not None
+            if self._live:
+                self._live = False
+                self._streams.detach(self._log)
+
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        if self._log is None:
+            self._whole(self._start_response, reply, self._cors)
+        else:
+            self._emit(self._streams.append(self._log, reply, final=True))
+
+    def finish(self, reply: Any) -> Iterable[bytes]:
+        with self._lock:
+            self._finished = True
+            if self._aborted:
+                return []
+            if self._log is None:
+                if reply is None:  # cancelled before anything was sent
+                    self._start_response("202 Accepted", [("Content-Length", "0"),
+                                                          *self._cors])
+                    return []
+                return json_reply(self._start_response, 200, reply, self._cors)
+            if reply is not None:
+                self._emit(self._streams.append(self._log, reply, final=True))
+            else:
+                self._streams.finish(self._log)
+            if self._live:
+                self._live = False
+                self._streams.detach(self._log)
+            return []
+
+
+class ModernResponse(_Abortable):
+    """The response to a modern-era (2026-07-28) request: JSON, or SSE through ``write()`` once the
+    handler sends something first (progress, log messages, a listen stream). There is no
+    event log and no resumption; a failed write means the client closed the stream, which
+    in this revision cancels the request (``cancel``)."""
+
+    def __init__(self, start_response: StartResponse, cors: list[tuple[str, str]],
+                 can_sse: bool, cancel: Callable[[], Any]) -> None:
+        self._start_response = start_response
+        self._cors = cors
+        self._can_sse = can_sse
+        self._cancel = cancel
+        # Serializes writes to this response (the stream write lock); held for one write.
+        self._lock = threading.Lock()
+        self._write: Callable[[bytes], Any] | None = None
+        self._live = True
+
+    def _emit(self, data: bytes) -> bool:
+        """Write once SSE has started (call with ``_lock`` held). True when this write found
+        the client gone: the caller cancels the request *after* releasing the lock, since
+        cancellation runs callbacks that may write to this very stream."""
+        if self._write is None:
+            self._write = self._start_response("200 OK", [*SSE_HEADERS, *self._cors])
+        if not self._live:
+            return False
+        try:
+            self._write(data)
+        except (OSError, ValueError) as exc:
+            log.debug("stream closed by the client: %s", exc)
+            self._live = False
+            return True
+        return False
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        if not self._can_sse:
+            return  # a JSON-only client gets the reply alone
+        encoded = encode_outgoing(msg)
+        if encoded is None:
+            return
+        data = b"event: message\ndata: " + encoded + b"\n\n"
+        with self._lock:
+            gone = self._emit(data)
+        if gone:
+            self._cancel()
+
+    def keepalive(self) -> None:
+        """A comment on an idle stream; it also finds out whether the client is still there."""
+        with self._lock:
+            gone = self._write is not None and self._emit(sse.KEEPALIVE)
+        if gone:
+            self._cancel()
+
+    def _abort_write(self, reply: dict[str, Any]) -> None:
+        if self._write is None:
+            self._whole(self._start_response, reply, self._cors)
+        else:
+            self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
+
+    def finish(self, reply: Any) -> Iterable[bytes]:
+        with self._lock:
+            self._finished = True
+            if self._aborted:
+                return []
+            if self._write is None:
+                if reply is None:
+                    self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
+                    return []
+                status = modern.http_status(reply["error"]) if "error" in reply else 200
+                return json_reply(self._start_response, status, reply, self._cors)
+            if reply is not None:  # the request is over: a failed write has nothing to cancel
+                self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
+            return []
