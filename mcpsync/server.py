@@ -748,7 +748,7 @@ class Server:
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ctx
         try:
-            with may_block():  # user code may block: it must not hold up others' turn
+            with may_block(tool.fn):  # user code may block: it must not hold up others' turn
                 value = (tool.fn(**kwargs) if self.tool_timeout_s is None
                          else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
@@ -863,7 +863,7 @@ class Server:
         kwargs: dict[str, Any] = {k: _uri_variable(res.arg_hints.get(k, Any), v) for k, v in variables.items()}
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
-        with may_block():
+        with may_block(res.fn):
             value = res.fn(**kwargs)
         return {"contents": self._contents(uri, res, value)}
 
@@ -922,7 +922,7 @@ class Server:
                   if k in prompt.arg_hints}
         if prompt.ctx_param:
             kwargs[prompt.ctx_param] = ctx
-        with may_block():
+        with may_block(prompt.fn):
             value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}
@@ -959,7 +959,7 @@ class Server:
         values: list[str] = []
         if completer is not None:
             context = params.get("context") or {}
-            with may_block():
+            with may_block(completer):
                 got = (completer.fn(ctx) if isinstance(completer, ProxyCompleter) else
                        completer(str(argument.get("value", "")), dict(context.get("arguments") or {})))
             values = [str(v) for v in got]

@@ -107,10 +107,10 @@ def test_a_parked_worker_gives_its_slot_to_the_next_task(
     assert pool.stats().threads == 2
 
 
-def test_a_resuming_worker_queues_behind_earlier_arrivals(
+def test_a_resuming_request_goes_before_later_arrivals(
         make_pool: Callable[..., WorkerPool]) -> None:
-    """A parks; B takes the slot; C arrives (queued); A's user code returns (queued after
-    C); B ends: C runs before A resumes."""
+    """A parks; B takes the slot; C arrives (queued); A's user code returns and queues for
+    a slot; B ends: A, the older request, resumes before C starts (arrival order)."""
     pool = make_pool(slots=1)
     order: list[str] = []
     a_parked, a_release = threading.Event(), threading.Event()
@@ -137,7 +137,7 @@ def test_a_resuming_worker_queues_behind_earlier_arrivals(
     assert wait_until(lambda: pool.stats().resuming == 1, WAIT_S)
     b_release.set()
     assert wait_until(lambda: len(order) == 3, WAIT_S)
-    assert order == ["B", "C", "A"]
+    assert order == ["B", "A", "C"]
 
 
 def test_nested_may_block_acts_once(make_pool: Callable[..., WorkerPool]) -> None:
@@ -145,18 +145,23 @@ def test_nested_may_block_acts_once(make_pool: Callable[..., WorkerPool]) -> Non
     seen: list[tuple[int, int]] = []
     done = threading.Event()
 
+    def snapshot() -> tuple[int, int]:
+        st = pool.stats()
+        return st.parked, st.busy_slots
+
     def task(_: Any) -> None:
         with may_block():
-            seen.append((pool.stats().busy_slots, pool.stats().resuming))
+            seen.append(snapshot())
             with may_block():
-                seen.append((pool.stats().busy_slots, 0))
-            seen.append((pool.stats().busy_slots, 0))  # still parked: the outer block holds
-        seen.append((pool.stats().busy_slots, 0))
+                seen.append(snapshot())
+            seen.append(snapshot())  # still parked: the outer block holds
+        seen.append(snapshot())
         done.set()
 
     pool.submit(task)
     assert done.wait(WAIT_S)
-    assert seen == [(0, 0), (0, 0), (0, 0), (1, 0)]
+    # parked (nobody waits, so it keeps its slot), once; then back to plain holding
+    assert seen == [(1, 1), (1, 1), (1, 1), (0, 1)]
 
 
 def test_threads_are_bounded_and_tasks_wait_for_one(make_pool: Callable[..., WorkerPool]) -> None:
@@ -176,7 +181,8 @@ def test_threads_are_bounded_and_tasks_wait_for_one(make_pool: Callable[..., Wor
     for _ in range(3):
         assert parked.acquire(timeout=WAIT_S)
     st = pool.stats()
-    assert (st.threads, st.queued, st.busy_slots) == (3, 2, 0)  # a slot free, no thread
+    # no thread for the two queued tasks: the last one parked keeps its slot (of no use)
+    assert (st.threads, st.queued, st.parked) == (3, 2, 1)
     release.set()
     assert wait_until(lambda: len(finished) == 5, WAIT_S)
     assert sorted(finished) == [0, 1, 2, 3, 4] and pool.stats().threads <= 3
@@ -380,3 +386,120 @@ def test_prestart_keeps_slots_threads_ready(make_pool: Callable[..., WorkerPool]
     for _ in range(9):
         assert done.acquire(timeout=WAIT_S)
     assert pool.stats().threads == 3  # served by the threads already there
+
+
+def test_a_short_wait_keeps_its_slot_until_the_grace_is_up(
+        make_pool: Callable[..., WorkerPool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a reclaimer (the dispatcher) awake, a worker entering may_block() keeps its slot:
+    a task that arrives meanwhile waits until the worker has been parked PARK_GRACE_S and
+    the reclaimer takes the slot, or until the worker comes back (no switch at all)."""
+    monkeypatch.setattr(pool_module, "PARK_GRACE_S", 60.0)  # only reclaim() at a time we pick
+    pool = make_pool(slots=1)
+    pool.attach_reclaimer()
+    pool.reclaimer_awake = True
+    parked, release = threading.Event(), threading.Event()
+
+    def tool(_: Any) -> None:
+        with may_block():
+            parked.set()
+            assert release.wait(WAIT_S)
+
+    pool.submit(tool)
+    assert parked.wait(WAIT_S)
+    ran = threading.Event()
+    pool.submit(lambda _: ran.set())
+    st = pool.stats()
+    assert (st.parked, st.queued, st.busy_slots) == (1, 1, 1)  # the slot was kept
+    due = pool.reclaim(time.monotonic())
+    assert due is not None and not ran.is_set()  # not yet: the grace is not up
+    assert pool.reclaim(due) is None  # now it is: the slot goes to the waiting task
+    assert ran.wait(WAIT_S) and pool.stats().steals == 1
+    release.set()
+    assert wait_until(lambda: pool.stats().busy_slots == 0, WAIT_S)
+
+
+def test_a_wait_that_ends_within_the_grace_costs_no_hand_over(
+        make_pool: Callable[..., WorkerPool]) -> None:
+    """A task waits for the only slot while the holder runs 100 short may_block() blocks:
+    the holder keeps its slot through all of them (had it handed the slot over at the
+    first, it could not have gone on before the waiting task ended)."""
+    pool = make_pool(slots=1)
+    pool.attach_reclaimer()
+    pool.reclaimer_awake = True
+    go = threading.Event()
+    order: list[str] = []
+
+    def quick_tool(_: Any) -> None:
+        assert go.wait(WAIT_S)
+        for _ in range(100):
+            with may_block():
+                pass
+        order.append("tool")
+
+    pool.submit(quick_tool)
+    pool.submit(lambda _: order.append("task"))
+    assert wait_until(lambda: pool.stats().queued == 1, WAIT_S)
+    go.set()
+    assert wait_until(lambda: len(order) == 2, WAIT_S)
+    assert order == ["tool", "task"] and pool.stats().steals == 0
+
+
+def test_without_an_awake_reclaimer_a_waiter_takes_the_slot_at_once(
+        make_pool: Callable[..., WorkerPool]) -> None:
+    """The reclaimer asleep: a worker that parks while a task waits gives its slot up at
+    once (nobody would come back for it in time)."""
+    pool = make_pool(slots=1)
+    pool.attach_reclaimer()
+    hog_started, hog_release = threading.Event(), threading.Event()
+    parked, release = threading.Event(), threading.Event()
+
+    def first(_: Any) -> None:
+        hog_started.set()
+        assert hog_release.wait(WAIT_S)
+        with may_block():
+            parked.set()
+            assert release.wait(WAIT_S)
+
+    pool.submit(first)
+    assert hog_started.wait(WAIT_S)
+    ran = threading.Event()
+    pool.submit(lambda _: ran.set())  # queued behind the holder
+    hog_release.set()
+    assert ran.wait(WAIT_S)  # the holder parked with a waiter and no reclaimer awake
+    release.set()
+
+
+def test_code_that_blocked_long_last_time_hands_its_slot_on_at_once(
+        make_pool: Callable[..., WorkerPool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """may_block(key) remembers: the first block of ``slow`` outlasts the grace, so its
+    second one gives the slot up on entry, with no reclaim() (the reclaimer stays
+    "awake" but never comes)."""
+    monkeypatch.setattr(pool_module, "PARK_GRACE_S", 0.01)
+    pool = make_pool(slots=1)
+    pool.attach_reclaimer()
+    pool.reclaimer_awake = True
+    slow = object()
+    first_done = threading.Event()
+    long_enough = threading.Event()  # never set: a bounded wait longer than the grace
+
+    def first(_: Any) -> None:
+        with may_block(slow):
+            long_enough.wait(0.05)
+        first_done.set()
+
+    pool.submit(first)
+    assert first_done.wait(WAIT_S)
+    parked, release = threading.Event(), threading.Event()
+
+    def second(_: Any) -> None:
+        with may_block(slow):
+            parked.set()
+            assert release.wait(WAIT_S)
+
+    pool.submit(second)
+    assert parked.wait(WAIT_S)
+    ran = threading.Event()
+    pool.submit(lambda _: ran.set())
+    assert ran.wait(WAIT_S)  # the slot was free: no grace, no reclaim
+    assert pool.stats().steals == 0
+    release.set()

@@ -72,6 +72,7 @@ ACCEPT_BATCH = 64           # connections accepted per loop turn before looking 
 ACCEPT_BACKOFF_S = 0.1      # pause after accept() fails (e.g. out of descriptors)
 TICK_S = 1.0                # the longest sleep: returns and the pool queue are looked at
 READ_TURN_BYTES = 256 * 1024  # read per channel per loop turn, so that one cannot hog it
+POLL_RESOLUTION_S = 0.001   # epoll sleeps whole milliseconds: a shorter timeout is 1 ms
 STATES = (IDLE, HEAD, BODY, BUSY, FLUSH, LINGER)
 _ACTIVE = frozenset((BODY, BUSY, FLUSH))  # a request is in progress: shutdown waits for it
 _RETRY_LATER = "Retry-After: 1\r\n"
@@ -267,8 +268,13 @@ class Dispatcher:
         try:
             poller.watch(self._listen_fd)
             poller.watch(self._wake_fd)
+            pool = self._pool
+            pool.attach_reclaimer()
             while True:
-                events = poller.poll(self._timeout())
+                pool.reclaimer_awake = False  # first: a worker parking from now on sees it
+                timeout = self._timeout()
+                events = poller.poll(timeout)
+                pool.reclaimer_awake = True
                 self._wake_pending = False  # before taking returns: a later give-back wakes
                 now = time.monotonic()
                 self._take_returns(now)
@@ -287,8 +293,10 @@ class Dispatcher:
                             self._read(chan, now)
                 if self._timers and self._timers[0][0] <= now:
                     self._run_timers(now)
-                if self._pool.queued and self._limits.queue_timeout is not None:
-                    for chan in self._pool.expire(now - self._limits.queue_timeout):
+                if pool.contended:  # hand the slots of workers blocked in user code on
+                    pool.reclaim(now)
+                if pool.queued and self._limits.queue_timeout is not None:
+                    for chan in pool.expire(now - self._limits.queue_timeout):
                         self.shed += 1
                         if self._resume(chan):
                             self._fail(chan, 503, now, _RETRY_LATER)
@@ -316,6 +324,10 @@ class Dispatcher:
             timeout = min(timeout, self._accept_paused_until - now)
         if self._stop_at is not None:
             timeout = min(timeout, 0.05, self._stop_at - now)
+        if self._pool.contended:  # going to sleep: steal what would be due before we wake
+            due = self._pool.reclaim(now + POLL_RESOLUTION_S)
+            if due is not None:
+                timeout = min(timeout, due - now)
         return max(timeout, 0.0)
 
     def _drain_wake(self) -> None:
@@ -466,14 +478,15 @@ class Dispatcher:
                 elif kind is Request:
                     request: Request = event  # type: ignore[assignment]
                     chan.request = request
-                    if request.length != 0:
-                        if request.length is not None and request.length > limits.body_buffer:
+                    length = request.length
+                    if length != 0 and (length is None or reader.buffered < length):
+                        if length is not None and length > limits.body_buffer:
                             self._submit(chan, now)  # read (and 100-continued) by the worker
                             return
                         if request.expect_continue and chan.sock.send(CONTINUE) != len(CONTINUE):
                             self._close(chan)  # cannot happen with an empty send buffer
                             return
-                        self._set_state(chan, BODY)
+                        self._set_state(chan, BODY)  # (not when the body is here already)
                         chan.started_at = now
                 elif kind is EndOfMessage:
                     self._submit(chan, now)

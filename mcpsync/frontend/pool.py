@@ -12,18 +12,33 @@ Slots and threads
 A task (one complete request, from the dispatcher) needs a slot and a thread. A thread
 that runs a task holds a slot, except while it waits: around user code (a tool, resource,
 prompt or completion function, a session hook: ``mcpsync.sync.blocking.may_block``), around
-a socket wait, and for the rest of a streamed response (``leave_slot``). Entering such a
-wait gives the slot to the next in line at once; leaving it queues for a slot again, at the
-back. So blocking tools still run side by side: the pool grows an extra thread for the
-next request while a worker is parked, up to ``max_threads`` threads in all (the in-flight
-bound; ``Limits.max_threads``, default 1,024). Threads beyond ``slots`` that stay idle for
+a socket wait, and for the rest of a streamed response (``leave_slot``). A waiting worker's
+slot goes to the next in line, and the worker queues for one again when its wait ends. So
+blocking tools still run side by side: the pool grows an extra thread for the next request
+while a worker is parked, up to ``max_threads`` threads in all (the in-flight bound;
+``Limits.max_threads``, default 1,024). Threads beyond ``slots`` that stay idle for
 ``IDLE_THREAD_S`` exit.
 
-Order: tasks and parked workers that want their slot back wait in two FIFO queues with a
-common sequence number; a freed slot goes to whichever of the two heads came first (a
-task only if a thread is free or may be started), so nobody barges. The thread that ends a
-task takes the next queued task itself, with its slot: under load workers loop without a
-thread switch.
+Parking is deferred: most user code (an echo, a dict lookup) returns within microseconds,
+and handing the slot over and queueing for it again would cost two thread switches each
+time. So a worker entering ``may_block()`` keeps its slot, marked *parked*; the slot is
+taken from it (``_steal_locked``) only once somebody waits for one and the worker has been
+parked for ``PARK_GRACE_S``. The *reclaimer* (the dispatcher, which loops anyway: it calls
+``reclaim`` each turn and sleeps no longer than the next steal is due) does this; a worker
+queueing for a slot steals for itself; while no reclaimer is awake to come back in time, a
+worker that parks with somebody waiting gives its slot up at once, and without any
+reclaimer at all a waiter takes a parked slot whatever its age.
+
+The pool also remembers, per ``may_block(key)`` (a tool's function), whether that code's
+last block outlasted the grace: then its next one hands the slot on at once instead of
+making others wait out the grace (a tool that sleeps 20 ms would otherwise cost every
+waiter half a millisecond).
+
+Order: arrival order of the requests. Queued tasks and parked workers that want their
+slot back are ordered by their request's sequence number (a resuming request is older than
+every task that arrived after it); a freed slot goes to the oldest (a task only if a
+thread is free or may be started), so nobody barges. The thread that ends a task takes the
+next queued task itself, with its slot: under load workers loop without a thread switch.
 
 Locks: ``_lock`` guards every field of the pool and of its ``_Worker``s (slot flags, task
 hand-over, the queues, counters). It is held for a few operations, never across a task,
@@ -40,13 +55,14 @@ Thread creation is injectable (``start_thread``), so tests can count, refuse or 
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Hashable, Protocol
 
 from ..sync.blocking import current_hook, install_hook
 
@@ -54,6 +70,8 @@ log = logging.getLogger("mcpsync.http")
 
 IDLE_THREAD_S = 30.0       # an idle thread beyond `slots` exits after this long
 RESUME_MAX_WAIT_S = 1.0    # a parked worker waiting longer for its slot runs without one
+PARK_GRACE_S = 0.0005      # a parked worker keeps its slot this long even if others wait
+LONG_KEYS_MAX = 1024       # code (keys) remembered to block longer than the grace
 SPAWN_BACKOFF_S = 1.0      # after a failed thread start, none is tried for this long
 
 _QUEUED, _RUNNING, _CANCELLED = range(3)
@@ -99,13 +117,15 @@ class PoolStats:
     waited: int           # ... of which had to queue
     overdrafts: int       # parked workers that ran on without a slot (RESUME_MAX_WAIT_S)
     spawn_failures: int
+    parked: int           # workers in may_block() that still hold their slot
+    steals: int           # slots taken from parked workers for others
 
 
 class _Worker:
     """One pool thread, and the hook installed on it (``may_block()`` on that thread)."""
 
-    __slots__ = ("pool", "name", "signal", "task", "has_slot", "paused", "depth", "seq",
-                 "thread")
+    __slots__ = ("pool", "name", "signal", "task", "has_slot", "paused", "parked_at", "depth",
+                 "thread", "key", "block_key", "blocked_at")
 
     def __init__(self, pool: WorkerPool, name: str) -> None:
         self.pool = pool
@@ -116,19 +136,31 @@ class _Worker:
         self.signal.acquire()
         self.task: Ticket | None = None
         self.has_slot = False
-        self.paused = False     # gave its slot up inside may_block(); takes one back on exit
+        self.paused = False     # lost its slot inside may_block(); takes one back on exit
+        self.parked_at = 0.0    # in may_block() still holding its slot: since when (else 0)
         self.depth = 0          # nesting of may_block() on this thread
-        self.seq = 0            # position in the resume queue
         self.thread: Joinable | None = None
+        self.key: Hashable = None        # set by may_block(key) just before __enter__
+        self.block_key: Hashable = None  # the outermost block's key ...
+        self.blocked_at = 0.0            # ... and when it began
+
+    @property
+    def seq(self) -> int:
+        """Its request's place in the arrival order."""
+        return self.task.seq if self.task is not None else -1
+
+    def __lt__(self, other: _Worker) -> bool:  # (for the resume heap: ties never happen)
+        return self.seq < other.seq
 
     def __enter__(self) -> None:
         self.depth += 1
         if self.depth == 1 and self.has_slot:
-            self.pool._pause(self)
+            self.block_key = self.key
+            self.pool._park(self)
 
     def __exit__(self, *exc_info: object) -> None:
         self.depth -= 1
-        if self.depth == 0 and self.paused:
+        if self.depth == 0 and (self.parked_at or self.paused):
             self.pool._resume(self)
 
 
@@ -152,7 +184,13 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._free = slots
         self._tasks: deque[Ticket] = deque()
-        self._resumers: deque[_Worker] = deque()
+        self._resumers: list[_Worker] = []   # a heap by request sequence: oldest first
+        self._parked: dict[_Worker, None] = {}  # holding their slot in may_block(), oldest first
+        # Keys whose last block outlasted the grace. Workers update it without _lock, one
+        # dict operation at a time (atomic under the GIL); a lost update costs one grace.
+        self._long: dict[Hashable, None] = {}
+        self._reclaimer = False              # a reclaimer (the dispatcher) calls reclaim()
+        self.reclaimer_awake = False         # ... and is not asleep: set by the reclaimer
         self._idle: list[_Worker] = []       # LIFO: the most recently busy thread runs next
         self._workers: set[_Worker] = set()  # alive (counted from the start request on)
         self._exited: list[Joinable] = []    # threads of workers that left, for joining
@@ -160,6 +198,8 @@ class WorkerPool:
         self._closing = False
         self._spawn_after = 0.0
         self._started = self._waited = self._overdrafts = self._spawn_failures = 0
+        self._steals = 0
+        self._starts: list[_Worker] = []     # threads to start once _lock is released
 
     # --- the dispatcher's side -------------------------------------------------------------
 
@@ -175,6 +215,10 @@ class WorkerPool:
             starts = self._grant_locked()
             if ticket.state == _QUEUED:
                 self._waited += 1
+                if self._parked:
+                    self._steal_locked(ticket.queued_at)
+                    starts += self._starts
+                    self._starts = []
         self._start(starts)
         return ticket
 
@@ -226,38 +270,118 @@ class WorkerPool:
         worker = current_hook()
         if type(worker) is _Worker and worker.pool is self and worker.has_slot:
             with self._lock:
+                if worker.parked_at:
+                    del self._parked[worker]
+                    worker.parked_at = 0.0
                 worker.has_slot = False
                 self._free += 1
                 starts = self._grant_locked()
             self._start(starts)
 
-    def _pause(self, worker: _Worker) -> None:
+    # --- parking (may_block) and the reclaimer ---------------------------------------------------
+
+    def attach_reclaimer(self) -> None:
+        """Somebody (the dispatcher) will call ``reclaim`` while anyone waits for a slot,
+        and keep ``reclaimer_awake`` true while it will do so within ``PARK_GRACE_S``."""
+        self._reclaimer = True
+
+    def _park(self, worker: _Worker) -> None:
+        now = worker.blocked_at = time.monotonic()
+        try:
+            slow = worker.block_key in self._long  # (a dict read: no lock needed)
+        except TypeError:  # an unhashable key: no history
+            worker.block_key = None
+            slow = False
         with self._lock:
-            worker.has_slot = False
+            if not slow and (self.reclaimer_awake or not self._waiting_locked()):
+                worker.parked_at = now  # keep the slot; see _steal_locked
+                self._parked[worker] = None
+                return
+            worker.has_slot = False  # nobody would take the slot in time: give it up now
             worker.paused = True
             self._free += 1
             starts = self._grant_locked()
         self._start(starts)
 
+    def _waiting_locked(self) -> bool:
+        """Somebody could use a slot now: a resuming worker, or a task that has a thread."""
+        if self._resumers:
+            return True
+        tasks = self._tasks
+        while tasks and tasks[0].state == _CANCELLED:
+            tasks.popleft()
+        return bool(tasks) and (bool(self._idle) or self._may_spawn_locked())
+
+    def _steal_locked(self, now: float) -> float | None:
+        """Take the slots of workers parked long enough (any age without a reclaimer) while
+        somebody waits; hand them on. Returns when the next steal is due, or None."""
+        while self._parked and self._waiting_locked():
+            worker = next(iter(self._parked))
+            due = worker.parked_at + PARK_GRACE_S
+            if self._reclaimer and due > now:
+                return due
+            del self._parked[worker]
+            worker.parked_at = 0.0
+            worker.has_slot = False
+            worker.paused = True
+            self._free += 1
+            self._steals += 1
+            self._starts += self._grant_locked()
+        return None
+
+    def reclaim(self, now: float) -> float | None:
+        """The reclaimer's turn: steal what is due; when the next steal will be due."""
+        with self._lock:
+            due = self._steal_locked(now)
+            starts, self._starts = self._starts, []
+        self._start(starts)
+        return due
+
+    @property
+    def contended(self) -> bool:
+        """Somebody may be waiting for a slot while a worker is parked (a hint, no lock)."""
+        return bool(self._parked) and bool(self._tasks or self._resumers)
+
     def _resume(self, worker: _Worker) -> None:
+        """The end of ``may_block()``: keep the slot if nobody took it, else queue for one in
+        the request's arrival order. Blocks (a bounded wait)."""
+        now = time.monotonic()
+        deadline = now + RESUME_MAX_WAIT_S
+        key = worker.block_key
+        if now - worker.blocked_at >= PARK_GRACE_S:  # next time, hand the slot on at once
+            if key not in self._long:
+                if len(self._long) >= LONG_KEYS_MAX:
+                    self._long.clear()
+                self._long[key] = None
+        elif key in self._long:
+            self._long.pop(key, None)
         with self._lock:
+            if worker.parked_at:  # nobody needed it: no hand-over, no switch
+                del self._parked[worker]
+                worker.parked_at = 0.0
+                return
             worker.paused = False
-            if self._free and not self._resumers:
-                self._free -= 1
-                worker.has_slot = True
+            heapq.heappush(self._resumers, worker)
+            self._starts += self._grant_locked()
+            due = self._steal_locked(time.monotonic())
+            starts, self._starts = self._starts, []
+        self._start(starts)
+        while True:
+            now = time.monotonic()
+            wait = deadline - now if due is None else min(due, deadline) - now
+            if worker.signal.acquire(True, max(wait, 0.0)):
                 return
-            worker.seq = next(self._seqs)
-            self._resumers.append(worker)
-        if worker.signal.acquire(True, RESUME_MAX_WAIT_S):
-            return
-        with self._lock:
-            try:
-                self._resumers.remove(worker)
-            except ValueError:  # handed a slot just as the wait expired: it is ours
-                pass
-            else:
-                self._overdrafts += 1
-                return
+            with self._lock:
+                if worker.has_slot:  # handed a slot just as the wait expired: it is ours
+                    break
+                if time.monotonic() >= deadline:
+                    self._resumers.remove(worker)
+                    heapq.heapify(self._resumers)
+                    self._overdrafts += 1
+                    return
+                due = self._steal_locked(time.monotonic())  # the reclaimer is late: do it
+                starts, self._starts = self._starts, []
+            self._start(starts)
         worker.signal.acquire()  # released under the lock already: returns at once
 
     def _run(self, worker: _Worker) -> None:
@@ -283,6 +407,9 @@ class WorkerPool:
             worker.task = None
             worker.depth = 0
             worker.paused = False
+            if worker.parked_at:  # (may_block() always ends first; kept consistent anyway)
+                del self._parked[worker]
+                worker.parked_at = 0.0
             if worker.has_slot:
                 worker.has_slot = False
                 self._free += 1
@@ -335,7 +462,7 @@ class WorkerPool:
             resumer = self._resumers[0] if self._resumers else None
             runnable = bool(tasks) and (bool(self._idle) or self._may_spawn_locked())
             if resumer is not None and (not runnable or resumer.seq < tasks[0].seq):
-                self._resumers.popleft()
+                heapq.heappop(self._resumers)
                 self._free -= 1
                 resumer.has_slot = True
                 resumer.signal.release()
@@ -407,7 +534,8 @@ class WorkerPool:
                              threads=len(self._workers), idle_threads=len(self._idle),
                              queued=self._queued, resuming=len(self._resumers),
                              started=self._started, waited=self._waited,
-                             overdrafts=self._overdrafts, spawn_failures=self._spawn_failures)
+                             overdrafts=self._overdrafts, spawn_failures=self._spawn_failures,
+                             parked=len(self._parked), steals=self._steals)
 
     def shutdown(self, timeout: float) -> bool:
         """Refuse new tasks, drop queued ones, let running tasks finish and join every
@@ -426,9 +554,9 @@ class WorkerPool:
                 worker.signal.release()
             self._idle.clear()
             # Parked workers waiting for a slot: let them on, there is no more order to keep.
-            while self._resumers:
-                resumer = self._resumers.popleft()
+            for resumer in self._resumers:
                 resumer.signal.release()
+            self._resumers.clear()
         me = threading.current_thread()
         while True:
             with self._lock:

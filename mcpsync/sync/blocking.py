@@ -17,6 +17,10 @@ gives up the worker's slot on entry and takes one again on exit. On every other 
 (stdio and WebSocket readers, werkzeug's or gunicorn's threads) no hook is installed and
 ``may_block()`` is a no-op costing one attribute lookup.
 
+``may_block(key)`` names what is about to run (a tool's function): a hook may remember how
+long each key blocked last time, so that it hands its turn on at once for code that
+sleeps for milliseconds and keeps it for code that returns in microseconds.
+
 The hook is per thread (``threading.local``) because which slot a thread holds is a fact
 about that thread. A hook must tolerate nesting on its thread (only the outermost block
 acts) and must never raise out of ``__exit__``.
@@ -24,11 +28,14 @@ acts) and must never raise out of ``__exit__``.
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from typing import Any, Hashable, Protocol
 
 
 class BlockingHook(Protocol):
-    """A context manager run around code that may block, on one thread."""
+    """A context manager run around code that may block, on one thread; ``key`` is set
+    just before ``__enter__``."""
+
+    key: Hashable
 
     def __enter__(self) -> Any: ...
 
@@ -37,6 +44,7 @@ class BlockingHook(Protocol):
 
 class _NoHook:
     __slots__ = ()
+    key: Hashable = None
 
     def __enter__(self) -> None:
         return None
@@ -49,9 +57,13 @@ _NO_HOOK = _NoHook()
 _local = threading.local()  # .hook: the calling thread's BlockingHook, if one is installed
 
 
-def may_block() -> BlockingHook:
+def may_block(key: Hashable = None) -> BlockingHook:
     """``with may_block(): ...`` around code that may wait (see the module docstring)."""
-    return getattr(_local, "hook", None) or _NO_HOOK
+    hook: BlockingHook | None = getattr(_local, "hook", None)
+    if hook is None:
+        return _NO_HOOK
+    hook.key = key
+    return hook
 
 
 def install_hook(hook: BlockingHook | None) -> None:
