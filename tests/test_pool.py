@@ -35,6 +35,13 @@ def make_pool() -> Iterator[Callable[..., WorkerPool]]:
     assert not [t.name for t in threading.enumerate() if t.name.startswith("mcpsync-worker")]
 
 
+def awake(pool: WorkerPool) -> WorkerPool:
+    """The pool as the front end runs it: a reclaimer (the dispatcher), awake."""
+    pool.attach_reclaimer()
+    pool.reclaimer_awake = True
+    return pool
+
+
 def blocker() -> tuple[threading.Event, threading.Event, Callable[[Any], None]]:
     """A task that says it started, then waits (holding its slot) until released."""
     started, release = threading.Event(), threading.Event()
@@ -394,9 +401,7 @@ def test_a_short_wait_keeps_its_slot_until_the_grace_is_up(
     a task that arrives meanwhile waits until the worker has been parked PARK_GRACE_S and
     the reclaimer takes the slot, or until the worker comes back (no switch at all)."""
     monkeypatch.setattr(pool_module, "PARK_GRACE_S", 60.0)  # only reclaim() at a time we pick
-    pool = make_pool(slots=1)
-    pool.attach_reclaimer()
-    pool.reclaimer_awake = True
+    pool = awake(make_pool(slots=1))
     parked, release = threading.Event(), threading.Event()
 
     def tool(_: Any) -> None:
@@ -423,9 +428,7 @@ def test_a_wait_that_ends_within_the_grace_costs_no_hand_over(
     """A task waits for the only slot while the holder runs 100 short may_block() blocks:
     the holder keeps its slot through all of them (had it handed the slot over at the
     first, it could not have gone on before the waiting task ended)."""
-    pool = make_pool(slots=1)
-    pool.attach_reclaimer()
-    pool.reclaimer_awake = True
+    pool = awake(make_pool(slots=1))
     go = threading.Event()
     order: list[str] = []
 
@@ -475,9 +478,7 @@ def test_code_that_blocked_long_last_time_hands_its_slot_on_at_once(
     second one gives the slot up on entry, with no reclaim() (the reclaimer stays
     "awake" but never comes)."""
     monkeypatch.setattr(pool_module, "PARK_GRACE_S", 0.01)
-    pool = make_pool(slots=1)
-    pool.attach_reclaimer()
-    pool.reclaimer_awake = True
+    pool = awake(make_pool(slots=1))
     slow = object()
     first_done = threading.Event()
     long_enough = threading.Event()  # never set: a bounded wait longer than the grace
