@@ -18,6 +18,8 @@ from typing import Any, NoReturn, Sequence
 from ._version import __version__
 from .auth import StaticTokenVerifier
 from .errors import ConfigError
+from .frontend.limits import (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, MAX_THREADS, WORKERS,
+                              Limits)
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
 from .target import load_target
@@ -52,9 +54,15 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
                    help="serve newline-delimited JSON-RPC on stdin/stdout instead of HTTP")
     p.add_argument("--server", choices=["threaded", "werkzeug"], default=d("threaded"),
                    help="HTTP front end: mcpsync's keep-alive threaded server (default) or werkzeug's dev server")
-    p.add_argument("--no-cpu-gate", action="store_true", default=d(False),
-                   help="let request threads take the GIL in any order (more throughput at "
-                        "moderate load, a much longer tail under heavy load)")
+    p.add_argument("--workers", type=_positive_int, default=d(WORKERS), metavar="N",
+                   help=f"HTTP requests running Python code at once, in arrival order (default "
+                        f"{WORKERS}); requests waiting in tools do not count")
+    p.add_argument("--max-connections", type=_positive_int, default=d(MAX_CONNECTIONS), metavar="N",
+                   help=f"open HTTP connections (default {MAX_CONNECTIONS:,}); at the cap the "
+                        "oldest idle one is closed for a new client")
+    p.add_argument("--max-connections-per-address", type=_positive_int,
+                   default=d(MAX_CONNECTIONS_PER_ADDRESS), metavar="N",
+                   help=f"the same per client IP address (default {MAX_CONNECTIONS_PER_ADDRESS:,})")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=d("INFO"),
                    metavar="LEVEL", help=f"logging level for stderr: {', '.join(LOG_LEVELS)} (default INFO)")
     p.add_argument("--access-log", action="store_true", default=d(False),
@@ -161,6 +169,15 @@ def _server_for(args: argparse.Namespace) -> "Server":
     return server
 
 
+def _limits(args: argparse.Namespace) -> Limits:
+    try:
+        return Limits(workers=args.workers, max_threads=max(MAX_THREADS, args.workers),
+                      max_connections=args.max_connections,
+                      max_connections_per_address=args.max_connections_per_address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed command line; returns the exit status."""
     if args.command == "hub":
@@ -171,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         verifier = StaticTokenVerifier.from_spec(spec) if spec else None
         return serve(server, host=args.host, port=args.port, stdio=args.stdio,
                      server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
-                     cpu_gate=not args.no_cpu_gate, **_session_options(args))
+                     limits=_limits(args), **_session_options(args))
     except OSError as exc:  # e.g. the port is taken
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
 
@@ -222,7 +239,7 @@ def _run_hub(args: argparse.Namespace) -> int:
         try:
             return serve(hub.server, host=args.host, port=args.port, stdio=args.stdio,
                          server_kind=args.server, auth=verifier, metrics_auth=args.metrics_auth,
-                         cpu_gate=not args.no_cpu_gate, **_session_options(args),
+                         limits=_limits(args), **_session_options(args),
                          routes={HEALTHZ_PATH: healthz_route(hub.health),
                                  READYZ_PATH: readyz_route(hub.readiness)},
                          gauges=_hub_gauges(hub))

@@ -36,7 +36,7 @@ from .protocol.dispatch import wire_error
 from .protocol.modern import BeginTask, InputRequired
 from . import inputs
 from .inputs import InputRequest
-from .sync import leave_gate
+from .sync import may_block
 
 if TYPE_CHECKING:
     from .server import Server
@@ -345,13 +345,14 @@ class Context:
 def _run_cancel_callbacks(callbacks: list[Callable[[], None]], request_id: Any) -> None:
     """Run a cancelled request's ``on_cancel`` callbacks (no lock held; one failing does not
     stop the others)."""
-    if callbacks:
-        leave_gate()  # callbacks may block (the hub tells its upstream)
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            log.exception("cancellation callback of request %r failed", request_id)
+    if not callbacks:
+        return
+    with may_block():  # callbacks may block (the hub tells its upstream)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("cancellation callback of request %r failed", request_id)
 
 
 class ServerConnection:

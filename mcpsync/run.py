@@ -20,7 +20,7 @@ from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
-from .transports.serve import make_server
+from .frontend import HttpFrontEnd, Limits, make_server
 from .streams.stdio import serve_stdio
 from .http.app import LOOPBACK_HOSTS, HttpApp
 
@@ -56,15 +56,15 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           ready: threading.Event | None = None,
           routes: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
           gauges: Mapping[str, tuple[str, Gauge]] | None = None,
-          cpu_gate: bool = True, max_sessions: int = MAX_SESSIONS,
+          limits: Limits | None = None, max_sessions: int = MAX_SESSIONS,
           max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
           session_ttl_s: float | None = SESSION_IDLE_TTL_S,
           shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
     adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
-    behind the same bearer tokens as the MCP routes; ``cpu_gate=False`` turns off the
-    threaded front end's FIFO admission (``mcpsync.sync.gate``)."""
+    behind the same bearer tokens as the MCP routes; ``limits`` are the front end's
+    (``mcpsync.frontend.Limits``: workers, connection caps, timeouts)."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -87,22 +87,15 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                                      protected_paths=protected)
     try:
         front = make_server(app, host, port, kind=server_kind,
-                            **({} if server_kind != "threaded" else {"cpu_gate": cpu_gate}))
+                            **({} if server_kind != "threaded" else {"limits": limits or Limits()}))
     except (OSError, OverflowError) as exc:  # the port is taken, or no port at all
         print(f"mcpsync: cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}",
               file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-    gate = getattr(front, "cpu_gate", None)
-    if gate is not None:
-        def gate_stats() -> list[tuple[dict[str, str], float]]:
-            st = gate.stats()
-            return [({"stat": "admitted"}, st.acquisitions), ({"stat": "queued"}, st.contended),
-                    ({"stat": "ran_ungated"}, st.timeouts), ({"stat": "queue_depth"}, st.queue_depth),
-                    ({"stat": "total_wait_seconds"}, st.total_wait_s),
-                    ({"stat": "max_wait_seconds"}, st.max_wait_s)]
-        wsgi.metrics.gauge("mcpsync_cpu_gate", "The front end's CPU gate: requests admitted, "
-                           "admitted after queueing, waits that ran ungated, seconds queued.",
-                           gate_stats)
+    if isinstance(front, HttpFrontEnd):
+        wsgi.metrics.gauge("mcpsync_front_end", "The HTTP front end: connections by state, "
+                           "worker slots and threads, requests queued, refused, evicted, "
+                           "timed out and shed.", front.stats)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{front.port}{wsgi.path}"
     if guard is not None and public_url is None:

@@ -47,7 +47,7 @@ from .protocol.modern import (META_SERVER_INFO, META_SUBSCRIPTION, TASKS_EXTENSI
                               params_digest)
 from .schema import (ArgumentError, compile_converter, compile_validator, convert, is_structured, schema_for, signature_schema, to_jsonable,
                      validate)
-from .sync import FIFOMutex, gate_paused, leave_gate
+from .sync import FIFOMutex, may_block
 from .tasks import TaskManager
 from .tasks.runtime import task_notification
 
@@ -608,13 +608,14 @@ class Server:
         return fn
 
     def _session_closed(self, conn: ServerConnection) -> None:
-        if self._session_closed_hooks:
-            leave_gate()  # hooks may block (the hub stops a per-session upstream)
-        for fn in list(self._session_closed_hooks):
-            try:
-                fn(conn)
-            except Exception:
-                log.exception("session-closed hook %r failed", fn)
+        if not self._session_closed_hooks:
+            return
+        with may_block():  # hooks may block (the hub stops a per-session upstream)
+            for fn in list(self._session_closed_hooks):
+                try:
+                    fn(conn)
+                except Exception:
+                    log.exception("session-closed hook %r failed", fn)
 
     def connections(self) -> list[ServerConnection]:
         with self._conns_lock:
@@ -869,7 +870,7 @@ class Server:
             if created is not None:
                 return created
         try:
-            with gate_paused():  # user code may block: it must not hold up others' turn
+            with may_block(tool.fn):  # user code may block: it must not hold up others' turn
                 value = (tool.fn(**kwargs) if self.tool_timeout_s is None
                          else self._call_with_timeout(tool, kwargs, ctx))
         except InputRequired:
@@ -997,7 +998,7 @@ class Server:
         if res.ctx_param:
             kwargs[res.ctx_param] = ctx
         try:
-            with gate_paused(), _user_errors(ResourceError):
+            with may_block(res.fn), _user_errors(ResourceError):
                 value = res.fn(**kwargs)
         except ResourceNotFound as exc:  # the function's own "no such item": this revision's code
             raise ResourceNotFound(exc.message, exc.data if exc.data is not None else {"uri": uri},
@@ -1062,7 +1063,7 @@ class Server:
             raise InvalidParams(f"Invalid params: {exc}") from None
         if prompt.ctx_param:
             kwargs[prompt.ctx_param] = ctx
-        with gate_paused(), _user_errors(ResourceError):
+        with may_block(prompt.fn), _user_errors(ResourceError):
             value = prompt.fn(**kwargs)
         result: dict[str, Any] = {"description": prompt.description,
                                   "messages": self._messages(value)}
@@ -1099,7 +1100,7 @@ class Server:
         values: list[str] = []
         if completer is not None:
             context = params.get("context") or {}
-            with gate_paused():
+            with may_block(completer):
                 got = (completer.fn(ctx) if isinstance(completer, ProxyCompleter) else
                        completer(str(argument.get("value", "")), dict(context.get("arguments") or {})))
             values = [str(v) for v in got]
@@ -1111,10 +1112,11 @@ class Server:
         return {}
 
     def _roots_list_changed(self, params: dict[str, Any], conn: ServerConnection) -> None:
-        if self._roots_changed:
-            leave_gate()
-        for fn in self._roots_changed:
-            fn(conn)
+        if not self._roots_changed:
+            return
+        with may_block():
+            for fn in self._roots_changed:
+                fn(conn)
 
 
 LISTEN_KEEPALIVE_S = 15.0

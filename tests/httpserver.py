@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from mcpsync.transports.serve import make_server
+from mcpsync.frontend import make_server
 
 
 @contextlib.contextmanager

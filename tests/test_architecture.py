@@ -69,6 +69,29 @@ def test_sync_imports_only_threading_and_errors(path: pathlib.Path) -> None:
             assert top in SYNC_ALLOWED, f"{path.name} imports {mod}"
 
 
+@pytest.mark.parametrize("name", ["h1", "limits"])
+def test_http_parser_is_sans_io(name: str) -> None:
+    for mod, _ in _imports(PKG / "frontend" / f"{name}.py"):
+        top = mod.split(".")[0]
+        assert top not in FORBIDDEN_IN_PROTOCOL, f"frontend/{name}.py imports {mod}"
+        if top == "mcpsync":
+            assert mod.startswith("mcpsync.frontend"), f"frontend/{name}.py imports {mod}"
+
+
+def test_front_end_knows_no_domain_module_and_none_knows_it() -> None:
+    """The front end hosts any WSGI app and reaches domain code only through the
+    ``sync.blocking`` hook; server, connection, hub and the transports never see it."""
+    for path in _modules("frontend"):
+        for mod, _ in _imports(path):
+            if mod.startswith("mcpsync"):
+                assert mod.startswith(("mcpsync.frontend", "mcpsync.sync")), f"{path.name} imports {mod}"
+    for path in sorted(PKG.rglob("*.py")):
+        if "frontend" in path.parts or path.name in ("run.py", "__main__.py", "serve.py"):
+            continue
+        for mod, _ in _imports(path):
+            assert not mod.startswith("mcpsync.frontend"), f"{path} imports {mod}"
+
+
 def test_hub_never_imports_transports_or_werkzeug() -> None:
     for path in _modules("hub"):
         for mod, _ in _imports(path):

@@ -1,4 +1,4 @@
-"""The HTTP front end (``mcpsync.transports.serve``) over real sockets on 127.0.0.1.
+"""The HTTP front end (``mcpsync.frontend``) over real sockets on 127.0.0.1.
 
 Responses are parsed byte-exactly by a small raw client, so keep-alive framing bugs
 (a stray byte, a missing terminator) show up as the next response failing to parse.
@@ -16,8 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 import simple_websocket
+from rpcutil import wait_until
 
-from mcpsync.transports.serve import ThreadedWSGIServer, WerkzeugServer, make_server
+from mcpsync.frontend import HttpFrontEnd, WerkzeugServer, make_server
+from mcpsync.frontend.dispatcher import EpollPoller, SelectorPoller
 
 WAIT_S = 10.0  # upper bound for any single wait in these tests
 
@@ -130,15 +132,21 @@ def echo_app(environ: dict[str, Any], start_response: StartResponse) -> list[byt
 
 
 def http_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("mcpsync-http-")]
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith(("mcpsync-http-", "mcpsync-worker-"))]
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ThreadedWSGIServer]]:
-    servers: list[ThreadedWSGIServer] = []
+POLLERS = {"epoll": EpollPoller, "selectors": SelectorPoller}
 
-    def start(app: Any, **kwargs: Any) -> ThreadedWSGIServer:
-        srv = ThreadedWSGIServer(app, "127.0.0.1", 0, **kwargs).start()
+
+@pytest.fixture(params=list(POLLERS))
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., HttpFrontEnd]]:
+    """Start front ends; every test runs with edge-triggered epoll and with the portable
+    level-triggered poller."""
+    servers: list[HttpFrontEnd] = []
+
+    def start(app: Any, **kwargs: Any) -> HttpFrontEnd:
+        srv = HttpFrontEnd(app, "127.0.0.1", 0, poller=POLLERS[request.param](), **kwargs).start()
         servers.append(srv)
         return srv
 
@@ -389,18 +397,55 @@ def test_idle_keep_alive_timeout_closes_the_connection(serve: Any) -> None:
         assert time.monotonic() - started < WAIT_S / 2
 
 
-def test_503_past_max_connections(serve: Any) -> None:
-    srv = serve(echo_app, max_connections=1)
-    with Raw(srv.port) as first:
-        first.send(get())
-        assert first.response()[0] == 200  # the first connection is registered
+def test_at_the_cap_the_oldest_idle_connection_makes_room(serve: Any) -> None:
+    srv = serve(echo_app, max_connections=2)
+    with Raw(srv.port) as oldest, Raw(srv.port) as newer:
+        for c in (oldest, newer):
+            c.send(get())
+            assert c.response()[0] == 200
+            # idle again once its worker has handed it back (just after the response went
+            # out); the other one is idle (since it was accepted, or since its response)
+            assert wait_until(lambda: srv.dispatcher.counts["idle"] == 2, WAIT_S)
+        with Raw(srv.port) as third:
+            third.send(get("/third"))
+            assert json.loads(third.response()[2])["path"] == "/third"
+            assert oldest.at_eof()  # evicted: a new client is served, not refused
+            newer.send(get("/newer"))
+            assert json.loads(newer.response()[2])["path"] == "/newer"
+
+
+def test_503_at_the_cap_when_nothing_is_idle(serve: Any) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            assert release.wait(WAIT_S)
+        return echo_app(environ, start_response)
+
+    srv = serve(app, max_connections=1)
+    with Raw(srv.port) as busy:
+        busy.send(get("/slow"))
+        assert entered.wait(WAIT_S)
         with Raw(srv.port) as second:
             code, headers, body = second.response()
             assert code == 503 and headers["retry-after"] == "1"
             assert headers["connection"] == "close" and body == b"503 Service Unavailable\n"
             assert second.at_eof()
+        release.set()
+        assert busy.response()[0] == 200
+
+
+def test_per_address_cap_evicts_that_address_first(serve: Any) -> None:
+    srv = serve(echo_app, max_connections_per_address=1)
+    with Raw(srv.port) as first:
         first.send(get())
         assert first.response()[0] == 200
+        assert wait_until(lambda: srv.dispatcher.counts["idle"] == 1, WAIT_S)
+        with Raw(srv.port) as second:
+            second.send(get("/second"))
+            assert json.loads(second.response()[2])["path"] == "/second"
+            assert first.at_eof()
 
 
 # --- errors and limits -----------------------------------------------------------------
@@ -586,7 +631,7 @@ def test_shutdown_waits_for_in_flight_request() -> None:
         start_response("200 OK", [("Content-Length", "4")])
         return [b"done"]
 
-    srv = ThreadedWSGIServer(app, "127.0.0.1", 0).start()
+    srv = HttpFrontEnd(app, "127.0.0.1", 0).start()
     port = srv.port
     results: list[bool] = []
     stopper = threading.Thread(target=lambda: results.append(srv.shutdown(timeout=WAIT_S)),
@@ -619,7 +664,7 @@ def test_shutdown_gives_up_on_a_stuck_request_at_the_deadline() -> None:
         start_response("200 OK", [])
         return [b"late"]
 
-    srv = ThreadedWSGIServer(app, "127.0.0.1", 0).start()
+    srv = HttpFrontEnd(app, "127.0.0.1", 0).start()
     with Raw(srv.port) as c:
         c.send(get())
         assert entered.wait(WAIT_S)
@@ -629,16 +674,16 @@ def test_shutdown_gives_up_on_a_stuck_request_at_the_deadline() -> None:
         assert c.at_eof()  # its socket was cut
     release.set()
     for thread in threading.enumerate():
-        if thread.name.startswith("mcpsync-http-"):
+        if thread.name.startswith(("mcpsync-http-", "mcpsync-worker-")):
             thread.join(WAIT_S)
     assert http_threads() == []
 
 
 def test_shutdown_before_start_and_twice() -> None:
-    srv = ThreadedWSGIServer(echo_app, "127.0.0.1", 0)
+    srv = HttpFrontEnd(echo_app, "127.0.0.1", 0)
     assert srv.shutdown() is True
     assert srv.shutdown() is True
-    with ThreadedWSGIServer(echo_app, "127.0.0.1", 0).start() as srv2:
+    with HttpFrontEnd(echo_app, "127.0.0.1", 0).start() as srv2:
         conn = http.client.HTTPConnection("127.0.0.1", srv2.port, timeout=WAIT_S)
         try:
             conn.request("GET", "/cm")
@@ -653,7 +698,7 @@ def test_shutdown_before_start_and_twice() -> None:
 @pytest.mark.parametrize("kind", ["threaded", "werkzeug"])
 def test_make_server_kinds(kind: str) -> None:
     srv = make_server(echo_app, "127.0.0.1", 0, kind=kind)
-    assert isinstance(srv, WerkzeugServer if kind == "werkzeug" else ThreadedWSGIServer)
+    assert isinstance(srv, WerkzeugServer if kind == "werkzeug" else HttpFrontEnd)
     with srv.start():
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT_S)
         try:

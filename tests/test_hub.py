@@ -444,7 +444,7 @@ def test_http_session_404_is_reinitialized_transparently(remote: Remote, rclient
 def test_unreachable_http_upstream_backs_off_and_returns() -> None:
     from hub_fixture_server import make_server
 
-    from mcpsync.transports.serve import make_server as make_front
+    from mcpsync.frontend import make_server as make_front
     from mcpsync.http.app import HttpApp
 
     app = HttpApp(make_server("phoenix"))
@@ -879,7 +879,7 @@ def test_cli_serves_healthz_and_reloads_on_sighup(tmp_path: pathlib.Path) -> Non
         assert health["hub"]["reloads"] == 1 and health["upstreams"]["b"]["state"] == "ready"
         health_conn.request("GET", "/metrics")
         metrics = health_conn.getresponse().read().decode()
-        assert 'mcpsync_cpu_gate{stat="ran_ungated"} 0' in metrics  # the front end's gate
+        assert 'mcpsync_front_end{stat="overdrafts"} 0' in metrics  # the front end's pool
         for name in ("a", "b"):
             assert f'mcpsync_hub_upstream_up{{state="ready",upstream="{name}"}} 1' in metrics
             assert f'mcpsync_hub_upstream_restarts{{state="ready",upstream="{name}"}} 0' in metrics

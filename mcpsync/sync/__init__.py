@@ -1,15 +1,15 @@
-"""Thread synchronization primitives for mcpsync: ``FIFOMutex``, ``KeyedMutex``, ``CpuGate``.
+"""Thread synchronization primitives for mcpsync: ``FIFOMutex``, ``KeyedMutex``, ``may_block``.
 
 ``FIFOMutex`` grants ownership in strict arrival order, handing the lock directly to the
 longest waiter on release; ``KeyedMutex`` keeps one ``FIFOMutex`` per key in use and forgets
-keys nobody holds; ``CpuGate`` queues request threads for the CPU-bound part of their
-work. This package imports only ``threading``, ``collections``, ``time``, ``typing`` and
-``mcpsync.errors``.
+keys nobody holds; ``may_block()`` marks code that may wait, for a worker pool that runs the
+thread (``blocking.py``). This package imports only ``threading``, ``collections``, ``time``,
+``typing`` and ``mcpsync.errors``.
 """
 from __future__ import annotations
 
+from .blocking import may_block
 from .fifo import FIFOMutex, MutexStats
-from .gate import CpuGate, gate_paused, held_gate, leave_gate
 from .keyed import KeyedMutex
 
-__all__ = ["CpuGate", "FIFOMutex", "KeyedMutex", "MutexStats", "gate_paused", "held_gate", "leave_gate"]
+__all__ = ["FIFOMutex", "KeyedMutex", "MutexStats", "may_block"]

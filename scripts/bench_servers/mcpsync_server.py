@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the chec
 from mcpsync.service import Service
 from mcpsync.examples.everything import server
 from mcpsync.sessions import MAX_SESSIONS, SESSION_IDLE_TTL_S, SESSION_REAP_INTERVAL_S, SessionStore
-from mcpsync.transports.serve import make_server
+from mcpsync.frontend import make_server
 from mcpsync.http.app import LOOPBACK_HOSTS, HttpApp
 
 HOST = "127.0.0.1"
