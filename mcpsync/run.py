@@ -20,6 +20,7 @@ from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
+from .state import SharedState
 from .transports.serve import make_server
 from .transports.stdio import serve_stdio
 from .transports.wsgi import LOOPBACK_HOSTS, McpWsgiApp
@@ -36,14 +37,20 @@ def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None
                    max_sessions: int = MAX_SESSIONS,
                    max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
                    session_ttl_s: float | None = SESSION_IDLE_TTL_S,
+                   state: SharedState | None = None,
                    **options: Any) -> McpWsgiApp:
     """The WSGI application for ``server`` (mount it in gunicorn, Flask, Django …).
     Sessions: at most ``max_sessions``, ``max_sessions_per_client`` of them per principal
-    (or client address without auth), closed after ``session_ttl_s`` idle seconds; other
-    options go to ``McpWsgiApp``."""
+    (or client address without auth), closed after ``session_ttl_s`` idle seconds;
+    ``state``: what this instance shares with the others of a deployment
+    (``SharedState.from_config``; None: nothing); other options go to ``McpWsgiApp``."""
     app = McpApp(server, max_sessions=max_sessions, max_sessions_per_client=max_sessions_per_client,
-                 session_idle_ttl_s=session_ttl_s)
-    return McpWsgiApp(app.start(), allowed_hosts=allowed_hosts, **options)
+                 session_idle_ttl_s=session_ttl_s, state=state)
+    wsgi = McpWsgiApp(app.start(), allowed_hosts=allowed_hosts, **options)
+    if state is not None:
+        wsgi.metrics.gauge("mcpsync_state_up", "1 while the shared state backend answers.",
+                           lambda: [({"backend": state.backend.name}, float(state.healthy()))])
+    return wsgi
 
 
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -58,12 +65,13 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           cpu_gate: bool = True, max_sessions: int = MAX_SESSIONS,
           max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
           session_ttl_s: float | None = SESSION_IDLE_TTL_S,
-          shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> int:
+          shutdown_grace_s: float = SHUTDOWN_GRACE_S, state: SharedState | None = None) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
     adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
     behind the same bearer tokens as the MCP routes; ``cpu_gate=False`` turns off the
-    threaded front end's FIFO admission (``mcpsync.sync.gate``)."""
+    threaded front end's FIFO admission (``mcpsync.sync.gate``); ``state``: see
+    ``build_wsgi_app``."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -73,7 +81,7 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     wsgi = build_wsgi_app(server, allowed_hosts=hosts, allowed_origins=allowed_origins,
                           max_sessions=max_sessions,
                           max_sessions_per_client=max_sessions_per_client,
-                          session_ttl_s=session_ttl_s)
+                          session_ttl_s=session_ttl_s, state=state)
     wsgi.routes.update(routes or {})
     for name, (help_text, read) in (gauges or {}).items():
         wsgi.metrics.gauge(name, help_text, read)
