@@ -29,6 +29,18 @@ STOP_TIMEOUT_S = 20.0
 POLL_S = 0.02          # bounded polls of a starting service
 
 
+def wait_until(pred: Any, what: str, timeout: float = 15.0) -> Any:
+    """Poll ``pred()`` (state in other processes) until it returns something true, which is
+    returned; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(POLL_S)  # a bounded poll of another process's state
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -325,27 +337,36 @@ class Modern:
         return reply["result"]
 
 
-class ListenStream:
-    """A 2026-07-28 ``subscriptions/listen`` over HTTP, read on its own thread."""
+class SseStream:
+    """A long-lived SSE response (a 2026-07-28 ``subscriptions/listen`` or a session's GET
+    stream) read on its own thread; ``got`` collects the JSON-RPC messages."""
 
-    def __init__(self, url: str, notifications: dict[str, Any]) -> None:
+    def __init__(self, url: str, method: str, body: dict[str, Any] | None, headers: dict[str, str]) -> None:
         import http.client
         import json
         import threading
         from urllib.parse import urlsplit
         parts = urlsplit(url)
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        msg, headers = modern_message("subscriptions/listen", {"notifications": notifications}, rid="L")
-        self.conn.request("POST", parts.path, body=json.dumps(msg).encode(),
-                          headers={**headers, "Content-Type": "application/json",
-                                   "Accept": "application/json, text/event-stream"})
+        self.conn.request(method, parts.path, body=None if body is None else json.dumps(body).encode(),
+                          headers={**headers, "Accept": "application/json, text/event-stream",
+                                   **({} if body is None else {"Content-Type": "application/json"})})
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.read()
         self.cond = threading.Condition()  # guards `got` and `ended`; notified by the reader
         self.got: list[dict[str, Any]] = []
         self.ended = False
-        self.thread = threading.Thread(target=self._read, name="test-listen-reader")
+        self.thread = threading.Thread(target=self._read, name="test-sse-reader")
         self.thread.start()
+
+    @classmethod
+    def listen(cls, url: str, notifications: dict[str, Any]) -> "SseStream":
+        msg, headers = modern_message("subscriptions/listen", {"notifications": notifications}, rid="L")
+        return cls(url, "POST", msg, headers)
+
+    @classmethod
+    def session_stream(cls, url: str, session_id: str, version: str) -> "SseStream":
+        return cls(url, "GET", None, {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": version})
 
     def _read(self) -> None:
         import json

@@ -41,14 +41,8 @@ def record(task_id: str, principal: str | None = "alice", ttl_ms: int = 60_000, 
                       poll_interval_ms=100, owner="test", tool="t")
 
 
-def wait_until(pred: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)  # a bounded poll of another process's state
+def wait_until(pred: Callable[[], Any], what: str) -> Any:
+    return services.wait_until(pred, what, WAIT_S)
 
 
 class Seen:
