@@ -169,27 +169,17 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _shared_state(args: argparse.Namespace) -> Any:
-    """The ``SharedState`` the options and environment ask for, or None (one instance;
-    stdio, where the environment's settings do not apply)."""
+    """The ``SharedState`` the options and environment ask for (an option wins over its
+    variable), or None (one instance; stdio, where the environment's settings do not apply)."""
     if args.stdio:
         if args.state_url or args.secret_file or args.instance_id:
             raise UsageError("--state-url, --secret-file and --instance-id are for HTTP instances, not --stdio")
         return None
-    url = args.state_url or os.environ.get("MCPSYNC_STATE_URL") or None
-    instance_id = args.instance_id or os.environ.get("MCPSYNC_INSTANCE_ID") or None
-    secret, source = os.environ.get("MCPSYNC_SECRET") or None, "MCPSYNC_SECRET"
-    if args.secret_file:
-        source = args.secret_file
-        try:
-            with open(args.secret_file, encoding="utf-8") as f:
-                secret = f.read()
-        except OSError as exc:
-            raise UsageError(f"--secret-file: {exc.strerror or exc}: {args.secret_file}") from None
-    if url is None and secret is None and instance_id is None:
-        return None
     from .state import SharedState
+    given = {"MCPSYNC_STATE_URL": args.state_url, "MCPSYNC_SECRET_FILE": args.secret_file,
+             "MCPSYNC_INSTANCE_ID": args.instance_id}
     try:
-        return SharedState.from_config(url, secret=secret, secret_source=source, instance_id=instance_id)
+        return SharedState.from_environ({**os.environ, **{k: v for k, v in given.items() if v}})
     except ConfigError as exc:
         raise UsageError(f"{exc.key}: {exc.reason}") from None
 

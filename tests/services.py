@@ -183,6 +183,26 @@ class Instance:
 
 
 @contextlib.contextmanager
+def gunicorn(workdir: pathlib.Path, env: dict[str, str], name: str = "g") -> Iterator[Instance]:
+    """The shipped deploy/gunicorn.conf.py serving deploy/wsgi.py, configured by ``env``."""
+    port = free_port()
+    inst = Instance.__new__(Instance)
+    inst.name, inst.port = name, port
+    inst.base = f"http://127.0.0.1:{port}"
+    inst.url = f"{inst.base}/mcp"
+    inst.log = workdir / f"gunicorn-{name}.log"
+    inst._log = open(inst.log, "ab")
+    inst.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py")],
+                                 stdout=subprocess.DEVNULL, stderr=inst._log, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, "MCPSYNC_BIND": f"127.0.0.1:{port}", **env}, cwd=str(REPO))
+    try:
+        inst.wait_ready()
+        yield inst
+    finally:
+        inst.stop()
+
+
+@contextlib.contextmanager
 def instances(count: int, workdir: pathlib.Path, *, state_url: str | None, secret: str | None = None,
               extra: list[str] | None = None, names: list[str] | None = None) -> Iterator[list[Instance]]:
     """``count`` instances named ``names`` (default i1, i2, …) sharing ``state_url``."""

@@ -141,6 +141,35 @@ def test_session_ids_name_their_instance_and_a_session_elsewhere_is_404(cluster:
             assert reply.status == 404  # unknown here: the client would initialize again
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.filterwarnings(SDK_DEPRECATION)
+def test_gunicorn_config_two_workers_for_modern_clients_one_for_sessions(cluster: Cluster,
+                                                                       tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("gunicorn")
+    shared = {"MCPSYNC_STATE_URL": cluster.redis.url(), "MCPSYNC_SECRET": SECRET}
+    with services.gunicorn(tmp_path, {**shared, "MCPSYNC_WORKERS": "2"}, "w2") as two, \
+            services.gunicorn(tmp_path, {**shared, "MCPSYNC_INSTANCE_ID": "g1"}, "w1") as one:
+        # (which worker takes a connection is up to gunicorn: MRTR rounds on different
+        # processes are shown with instances above; here the shipped config serves both eras)
+        async def main() -> None:
+            async with Client(two.url, sampling_callback=_sampling, elicitation_callback=_elicitation) as c:
+                assert c.session.protocol_version == "2026-07-28"
+                r = await c.call_tool("test_input_required_result_multi_round", {})
+                assert not r.is_error, r
+                r = await c.call_tool("test_elicitation", {"message": "who?"})
+                assert "ada@example.com" in r.content[0].text
+            async with Client(one.url, mode="legacy", sampling_callback=_sampling,
+                              elicitation_callback=_elicitation) as c:
+                for n in range(5):
+                    assert (await c.call_tool("echo", {"text": f"g{n}"})).content[0].text == f"g{n}"
+                r = await c.call_tool("test_sampling", {"prompt": "hi"})  # over the POST's SSE reply
+                assert r.content[0].text == "LLM response: echo: hi"
+        anyio.run(main)
+        with HttpMcp(one.url) as h:
+            h.initialize()
+            assert h.session_id is not None and h.session_id.startswith("g1.")
+
+
 # ---- tasks and notifications across instances (directly, to choose where each request lands) ---------
 
 def wait_status(node: services.Instance, task_id: str, status: str) -> dict[str, Any]:

@@ -21,10 +21,11 @@ answers (at attach, else on the backend's periodic tick), then checked every
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -57,13 +58,17 @@ class SharedState:
         self.keys_configured = keys is not None
         self.keys = keys if keys is not None else KeyRing([random_key()])
         self.instance_id = instance_id
-        self.instance = instance_id or secrets.token_hex(8)
+        # This process among the instances (bus messages, task owner): unique even when two
+        # processes are given one name (gunicorn workers, a copied command line), or each
+        # would take the other's messages for its own.
+        self.instance = f"{instance_id or 'mcpsync'}-{secrets.token_hex(4)}"
         # "NAME." before every session id, so a balancer can route a session by its id
         # (nginx map); a session id never contains "." otherwise.
         self.session_prefix = f"{instance_id}." if instance_id else ""
         self.bus: NotificationBus | None = None
         self._server: Server | None = None
         self._key_synced = self.keys_configured
+        self._key_warned = False  # the "own key until the backend answers" warning was logged
         self._key_checked = 0.0  # monotonic time of the last check (the backend's thread only)
 
     @classmethod
@@ -84,6 +89,27 @@ class SharedState:
                                                  "rediss://, unix://PATH or memory://")
         keys = KeyRing(parse_secrets(secret, source=secret_source)) if secret is not None else None
         return cls(backend, keys=keys, instance_id=instance_id)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "SharedState | None":
+        """From ``MCPSYNC_STATE_URL``, ``MCPSYNC_SECRET`` (or ``MCPSYNC_SECRET_FILE``, which
+        wins) and ``MCPSYNC_INSTANCE_ID``; None when none is set (one instance, nothing
+        shared). ``ConfigError`` for a bad value or an unreadable secret file."""
+        env = os.environ if environ is None else environ
+        url = env.get("MCPSYNC_STATE_URL") or None
+        instance_id = env.get("MCPSYNC_INSTANCE_ID") or None
+        secret, source = env.get("MCPSYNC_SECRET") or None, "MCPSYNC_SECRET"
+        path = env.get("MCPSYNC_SECRET_FILE") or None
+        if path is not None:
+            source = path
+            try:
+                with open(path, encoding="utf-8") as f:
+                    secret = f.read()
+            except OSError as exc:
+                raise ConfigError("--secret-file", f"{exc.strerror or exc}: {path}") from None
+        if url is None and secret is None and instance_id is None:
+            return None
+        return cls.from_config(url, secret=secret, secret_source=source, instance_id=instance_id)
 
     # ---- attaching ------------------------------------------------------------------------
 
@@ -118,7 +144,8 @@ class SharedState:
         try:
             shared = self.backend.shared_key(self.keys.current)
         except StateUnavailable:
-            if not self._key_synced:
+            if not self._key_synced and not self._key_warned:
+                self._key_warned = True
                 log.warning("shared state: %s is out of reach, so this instance seals "
                             "requestState with a key of its own until it answers", self.backend.name)
             return
