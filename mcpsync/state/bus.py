@@ -34,7 +34,6 @@ class NotificationBus:
         self.server = server
         self.backend = backend
         self.instance = instance
-        self.received = 0  # messages of other instances delivered here (a counter; one writer per backend thread)
 
     def attach(self) -> None:
         self.backend.subscribe(self._receive)
@@ -53,5 +52,3 @@ class NotificationBus:
             self.server.deliver_resource_updated(message["uri"])
         else:
             log.debug("state bus: ignored a message of kind %r", kind)
-            return
-        self.received += 1
