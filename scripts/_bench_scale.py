@@ -2,7 +2,10 @@
 
 ``scale``: 2026-07-28 echo (``wrk``, the stateless script) through HAProxy (the shipped
 ``deploy/haproxy.cfg``, its server list cut to N) in front of N = 1, 2, 3 instances that share
-a redis-server, the load generator on the same machine: throughput and p99 per N.
+a redis-server, the load generator on the same machine: throughput and p99 per N, and the
+CPU per request of the instances and of HAProxy. ``scale-cpu``: the same with a tool that
+spends ``BURN_US`` of CPU per call (``bench_servers/cpu_server.py``), where the instances'
+work outweighs the balancer's and the load generator's on a machine they share.
 
 ``redis``: what the shared state costs, against the same operations in one process's memory:
 a tasks round trip (a ``tools/call`` that creates a task, then ``tasks/get`` of it, on another
@@ -34,8 +37,40 @@ REPO = HERE.parent
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 SECRET = "bench-scale-secret-0123456789abcdefghij"
 READY_TIMEOUT_S = 30.0
-SCALE_CONNS = 32             # wrk connections through HAProxy
+SCALE_CONNS = 16             # wrk connections through HAProxy (one wrk thread)
 SCALE_COUNTS = (1, 2, 3)
+BURN_US = 1000               # scale-cpu: CPU per call spent in the tool
+CPU_SERVER = HERE / "bench_servers" / "cpu_server.py"
+
+# scale-cpu's wrk body (bench.py puts its WRK_COMMON before it): 2026-07-28 tools/call
+# burn(BURN_US, tag) with a unique tag per request; the reply must carry the tag back.
+WRK_BURN = r"""
+local counter = 0
+function init(args)
+  id_base = tonumber(args[1])
+  burn_us = args[2]
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Accept"] = "application/json, text/event-stream"
+  wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+  wrk.headers["Mcp-Method"] = "tools/call"
+  wrk.headers["Mcp-Name"] = "burn"
+end
+function request()
+  counter = counter + 1
+  local id = id_base + tid * 100000000 + counter
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","id":' .. id ..
+    ',"method":"tools/call","params":{"name":"burn","arguments":{"us":' .. burn_us ..
+    ',"tag":"b' .. id .. '"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",' ..
+    '"io.modelcontextprotocol/clientCapabilities":{}}}}')
+end
+function response(status, headers, body)
+  local id = string.match(body, '"id"%s*:%s*(%d+)')
+  if status ~= 200 then note_bad("HTTP " .. status .. " " .. string.sub(body, 1, 90))
+  elseif id == nil or not string.find(body, '"text"%s*:%s*"b' .. id .. '"') then note_bad("wrong tag")
+  end
+end
+"""
 PROBES = 300                 # round trips per latency measurement
 V = "2026-07-28"
 CAPS = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
@@ -74,12 +109,14 @@ class Cluster:
     def __init__(self, spawn: Callable[..., Any], kill: Callable[[Any], None], work: pathlib.Path) -> None:
         self.spawn, self.kill, self.work = spawn, kill, work
         self.procs: list[Any] = []
+        self.kinds: list[str] = []    # beside procs: "redis", "instance", "haproxy"
         self.redis_port = 0
 
     def redis(self) -> str:
         binary = which("redis-server")
         assert binary is not None
         self.redis_port = free_port()
+        self.kinds.append("redis")
         self.procs.append(self.spawn([binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                       "--save", "", "--appendonly", "no", "--dir", str(self.work)],
                                      stdout=subprocess_devnull(), stderr=subprocess_devnull()))
@@ -94,13 +131,19 @@ class Cluster:
         _wait(pong, "redis-server")
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def instance(self, name: str, state_url: str | None) -> str:
+    def cpu_s(self, kind: str) -> float:
+        """CPU seconds used so far by this cluster's processes of ``kind`` (instance, haproxy)."""
+        return sum(_cpu_s(p.pid) for p, k in zip(self.procs, self.kinds) if k == kind)
+
+    def instance(self, name: str, state_url: str | None, target: str | None = None) -> str:
         port = free_port()
-        args = [sys.executable, "-m", "mcpsync", "--port", str(port), "--log-level", "WARNING"]
+        args = [sys.executable, "-m", "mcpsync", *(["serve", target] if target else []),
+                "--port", str(port), "--log-level", "WARNING"]
         if state_url:
             args += ["--state-url", state_url, "--instance-id", name]
         env = dict(os.environ, PYTHONPATH=str(REPO), MCPSYNC_SECRET=SECRET)
         log = open(self.work / f"{name}.log", "ab")
+        self.kinds.append("instance")
         self.procs.append(self.spawn(args, cwd=REPO, env=env, stdout=log, stderr=log, stdin=subprocess_devnull()))
         log.close()
         base = f"http://127.0.0.1:{port}"
@@ -112,10 +155,14 @@ class Cluster:
         assert binary is not None
         port = free_port()
         text = HAPROXY_CFG.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        # one HAProxy thread: on a 2-core box shared with wrk and the instances, a second
+        # thread only competes with them for the cores
+        text = text.replace("global\n", "global\n    nbthread 1\n", 1)
         text = re.sub(r"\n    server i\d [^\n]+", "", text)
         text += "".join(f"    server i{n + 1} {b.removeprefix('http://')}\n" for n, b in enumerate(bases))
         cfg = self.work / f"haproxy-{len(bases)}.cfg"
         cfg.write_text(text)
+        self.kinds.append("haproxy")
         self.procs.append(self.spawn([binary, "-db", "-f", str(cfg)], stdout=subprocess_devnull(),
                                      stderr=subprocess_devnull(), stdin=subprocess_devnull()))
         base = f"http://127.0.0.1:{port}"
@@ -125,7 +172,13 @@ class Cluster:
     def close(self) -> None:
         for proc in reversed(self.procs):
             self.kill(proc)
-        self.procs = []
+        self.procs, self.kinds = [], []
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def subprocess_devnull() -> int:
@@ -288,17 +341,21 @@ def bench_redis(spawn: Callable[..., Any], kill: Callable[[Any], None], work: pa
 
 
 def bench_scale(spawn: Callable[..., Any], kill: Callable[[Any], None], work: pathlib.Path,
-                measure: Callable[[str, str, int], Any], run: int) -> list[Any]:
-    """Stateless echo through HAProxy to 1, 2, 3 instances sharing Redis. ``measure(url,
-    scenario, run)`` runs wrk (the stateless script) and returns a Measurement."""
+                measure: Callable[[str, str, int, Callable[[], tuple[float, float]]], Any],
+                run: int, *, cpu_bound: bool = False) -> list[Any]:
+    """Stateless echo (``cpu_bound``: burn(BURN_US)) through HAProxy to 1, 2, 3 instances
+    sharing Redis. ``measure(url, scenario, run, cpu)`` runs wrk and returns a Measurement;
+    ``cpu()`` reads the CPU seconds used so far by (the instances, HAProxy)."""
     out = []
+    name, target = ("scale-cpu", str(CPU_SERVER)) if cpu_bound else ("scale", None)
     for count in SCALE_COUNTS:
         cluster = Cluster(spawn, kill, work)
         try:
             url = cluster.redis()
-            bases = [cluster.instance(f"i{n + 1}", url) for n in range(count)]
+            bases = [cluster.instance(f"i{n + 1}", url, target) for n in range(count)]
             front = cluster.haproxy(bases)
-            m = measure(f"{front}/mcp", f"scale-{count}", run)
+            m = measure(f"{front}/mcp", f"{name}-{count}", run,
+                        lambda: (cluster.cpu_s("instance"), cluster.cpu_s("haproxy")))
             m.extra["instances"] = count
             out.append(m)
         finally:

