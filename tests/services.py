@@ -146,17 +146,20 @@ def redis_server(workdir: pathlib.Path) -> Iterator[RedisServer]:
 class Instance:
     """``python -m mcpsync`` on its own port (fixed, so a balancer config can name it)."""
 
-    def __init__(self, name: str, args: list[str], workdir: pathlib.Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, args: list[str], workdir: pathlib.Path, env: dict[str, str],
+                 argv: list[str] | None = None) -> None:
+        """``python -m mcpsync --port P ARGS`` (or ``argv``, which finds its port in
+        ``MCPSYNC_BIND``)."""
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/mcp"
         self.log = workdir / f"mcpsync-{name}.log"
         self._log = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mcpsync", "--port", str(self.port),
-                                      "--log-level", "WARNING", *args],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **env}, cwd=str(REPO))
+        argv = argv or [sys.executable, "-m", "mcpsync", "--port", str(self.port), "--log-level", "WARNING", *args]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "MCPSYNC_BIND": f"127.0.0.1:{self.port}", **env},
+                                     cwd=str(REPO))
 
     def wait_ready(self) -> None:
         _wait_until(lambda: http_status(f"{self.base}/readyz") == 200, f"mcpsync {self.name}", self.proc, self.log)
@@ -185,16 +188,8 @@ class Instance:
 @contextlib.contextmanager
 def gunicorn(workdir: pathlib.Path, env: dict[str, str], name: str = "g") -> Iterator[Instance]:
     """The shipped deploy/gunicorn.conf.py serving deploy/wsgi.py, configured by ``env``."""
-    port = free_port()
-    inst = Instance.__new__(Instance)
-    inst.name, inst.port = name, port
-    inst.base = f"http://127.0.0.1:{port}"
-    inst.url = f"{inst.base}/mcp"
-    inst.log = workdir / f"gunicorn-{name}.log"
-    inst._log = open(inst.log, "ab")
-    inst.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py")],
-                                 stdout=subprocess.DEVNULL, stderr=inst._log, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, "MCPSYNC_BIND": f"127.0.0.1:{port}", **env}, cwd=str(REPO))
+    inst = Instance(name, [], workdir, env,
+                    argv=[sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py")])
     try:
         inst.wait_ready()
         yield inst

@@ -180,6 +180,24 @@ def test_a_lease_is_renewed_while_its_instance_lives_and_the_task_fails_when_it_
     assert again is not None and again["status"] == "failed" and again["revision"] == failed["revision"]
 
 
+def test_a_task_its_manager_no_longer_holds_is_renewed_no_more_and_fails(two: Any) -> None:
+    a, b = two
+    store_a, store_b = a.task_store("A"), b.task_store("B")
+    held = {"t1", "t2"}
+    store_a.alive = lambda: set(held)  # type: ignore[attr-defined]
+    seen_b = Seen(store_b)
+    for task_id in held:
+        store_a.create(record(task_id), max_per_principal=5, max_total=5)
+    held.discard("t2")  # its thread ended without recording an outcome (the store was away)
+    failed = seen_b.wait(lambda r: r["taskId"] == "t2" and r["status"] == "failed")
+    assert failed["error"] == LOST_ERROR
+    lease = f"{a.prefix}:tasks:lease"
+    first = a.client.zscore(lease, "t1")
+    wait_until(lambda: a.client.zscore(lease, "t1") > first + 2 * LEASE_S * 1000, "t1's renewals")
+    got = store_b.get("t1")
+    assert got is not None and got["status"] == "working"
+
+
 def test_a_reader_fails_a_task_whose_lease_lapsed(redis: services.RedisServer) -> None:
     prefix = f"r{uuid.uuid4().hex[:8]}"
     a, b = backend(redis, prefix, task_lease_s=LEASE_S), backend(redis, prefix, task_lease_s=LEASE_S)
@@ -283,3 +301,22 @@ def test_a_plain_tool_call_sends_no_redis_command(redis: services.RedisServer, t
             after = redis.commands()
     sent = {k: after.get(k, 0) - before.get(k, 0) for k in after if k not in ("info", "ping")}
     assert sum(sent.values()) <= PERIODIC_ALLOWANCE, {k: v for k, v in sent.items() if v}
+
+
+@pytest.mark.timeout(60)
+def test_an_instance_stops_cleanly_with_a_running_task_while_redis_is_down(tmp_path: pathlib.Path) -> None:
+    with services.redis_server(tmp_path / "redis") as own:
+        with services.instances(1, tmp_path, state_url=own.url()) as (inst,):
+            wait_until(lambda: inst.metric("mcpsync_state_up") == 1.0, "the instance to subscribe")
+            with services.Modern(inst.url) as m:
+                task = m.result("tools/call", {"name": "slow_compute", "arguments": {"seconds": 600}})
+                assert task["resultType"] == "task"
+                own.kill()
+                echoed = m.result("tools/call", {"name": "echo", "arguments": {"text": "still here"}})
+                assert echoed["content"][0]["text"] == "still here"
+                err = m.reply("tools/call", {"name": "slow_compute", "arguments": {"seconds": 1}})["error"]
+                assert err["code"] == -32006  # a new task needs Redis
+            started = time.monotonic()
+            assert inst.stop() == 0  # SIGTERM: the task's cancel cannot be recorded, the exit is clean
+            assert time.monotonic() - started < 15
+        assert "Traceback" not in inst.log.read_text()

@@ -19,7 +19,8 @@ there). Announcements of one task reach the watchers in revision order: an older
 arriving after a newer one is dropped.
 
 Leases: the instance that creates a task runs it, and its backend thread renews the lease
-of each of its unfinished tasks every ``lease_s / 3`` (``renew``), in Redis server time.
+of each of its unfinished tasks every ``lease_s / 3`` (``renew``), in Redis server time, as
+long as the task manager still holds the task (``alive``).
 Whoever reads an unfinished task whose lease has passed (``get``), or finds it in the
 periodic sweep (``reap_dead``, any instance), marks it ``failed`` with a compare-and-set,
 so of several instances noticing one wins; a tool still running on a live but cut-off
@@ -39,7 +40,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from ..tasks.store import FAILED, TERMINAL, TaskLimitError, TaskRecord
 from .backend import StateUnavailable
@@ -174,6 +175,10 @@ class RedisTaskStore:
         self._mine: set[str] = set()
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._watchers: list[Callable[[TaskRecord], None]] = []
+        # The tasks this process's threads still hold (TaskManager.running_ids); a task
+        # whose thread ended without recording its outcome (the store was out of reach)
+        # is renewed no more, so its lease lapses and it is failed.
+        self.alive: Callable[[], Collection[str]] | None = None
 
     # ---- keys and calls -----------------------------------------------------------------
 
@@ -327,7 +332,10 @@ class RedisTaskStore:
 
     def renew(self) -> None:
         """Extend the lease of every unfinished task this process runs."""
+        alive = self.alive() if self.alive is not None else None
         with self._lock:
+            if alive is not None:
+                self._mine.intersection_update(alive)
             mine = list(self._mine)
         if not mine:
             return

@@ -124,12 +124,15 @@ class SharedState:
             self._sync_key()
             self.backend.every_tick(self._key_tick)
         old = server.tasks
-        server.tasks = TaskManager(server, store=self.backend.task_store(self.instance),
+        store = self.backend.task_store(self.instance)
+        server.tasks = TaskManager(server, store=store,
                                    clock=old.clock, threads=old.pool.size, ttl_ms=old.ttl_ms,
                                    poll_interval_ms=old.poll_interval_ms,
                                    max_per_principal=old.max_per_principal, max_tasks=old.max_tasks,
                                    instance=self.instance, new_id=self.keys.new_task_id,
                                    check_id=self.keys.check_task_id)
+        if hasattr(store, "alive"):  # a store with leases renews only what this process runs
+            store.alive = server.tasks.running_ids
         self._reseal()
         self.keys.on_change(self._reseal)
         self.bus = NotificationBus(server, self.backend, self.instance)

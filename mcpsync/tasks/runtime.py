@@ -256,6 +256,8 @@ class TaskManager:
                     self._finish(task_id, CANCELLED, message="The task was cancelled")
                 else:
                     self._finish(task_id, COMPLETED, result={**result, "resultType": COMPLETE})
+        except McpError as exc:  # the store refused (a shared store out of reach): one line
+            log.warning("task %s: could not record its outcome: %s", task_id[:8], exc.message)
         except Exception:
             log.exception("task %s: could not record its outcome", task_id[:8])
         finally:
@@ -317,6 +319,12 @@ class TaskManager:
                 listener(record)
             except Exception:
                 log.exception("task listener failed")
+
+    def running_ids(self) -> frozenset[str]:
+        """The tasks queued or running on this process's threads (a shared store renews
+        their leases, and only theirs)."""
+        with self._lock:
+            return frozenset(self._running)
 
     def on_change(self, callback: Callable[[TaskRecord], Any]) -> None:
         """Call ``callback(record)`` on every change of any task (listen streams use it)."""
