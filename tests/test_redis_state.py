@@ -162,6 +162,34 @@ def test_writes_are_announced_on_the_other_instance_in_revision_order(two: Any) 
     assert [r["revision"] for r in seen_b.records] == list(range(21))  # own writes announced once
 
 
+CAS_ROUNDS = 200
+
+
+def test_racing_writers_on_two_instances_have_exactly_one_winner_per_revision(two: Any) -> None:
+    a, b = two
+    stores = [a.task_store("A"), b.task_store("B")]
+    stores[0].create(record("race"), max_per_principal=5, max_total=5)
+    barrier = threading.Barrier(2, timeout=WAIT_S)
+    wins = [0, 0]
+
+    def writer(n: int) -> None:
+        for rev in range(CAS_ROUNDS):
+            current = stores[n].get("race")
+            assert current is not None
+            barrier.wait()  # both read the same revision, then both write it
+            if stores[n].replace({**current, "statusMessage": f"{n}"}, expected_revision=rev):
+                wins[n] += 1
+            barrier.wait()  # the round is decided before anyone reads again
+    threads = [threading.Thread(target=writer, args=(n,), name=f"test-cas-{n}") for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    final = stores[1].get("race")
+    assert final is not None and final["revision"] == CAS_ROUNDS
+    assert sum(wins) == CAS_ROUNDS  # exactly one winner in every round
+
+
 def test_a_lease_is_renewed_while_its_instance_lives_and_the_task_fails_when_it_stops(two: Any) -> None:
     a, b = two
     store_a, store_b = a.task_store("A"), b.task_store("B")
