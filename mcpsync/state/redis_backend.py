@@ -209,6 +209,7 @@ class RedisBackend:
             try:
                 pubsub.subscribe(self.channel)
                 self._subscribed = True
+                self._answered(True)  # Redis is back (the first command after an outage)
                 backoff = RECONNECT_MIN_S
                 if connected_before and self._store is not None:
                     self._store.resync()
