@@ -226,6 +226,16 @@ def test_a_task_its_manager_no_longer_holds_is_renewed_no_more_and_fails(two: An
     assert got is not None and got["status"] == "working"
 
 
+def test_the_sweep_forgets_the_lease_of_a_task_whose_record_vanished(two: Any) -> None:
+    a, b = two
+    store_a = a.task_store("A")
+    store_a.alive = lambda: ()  # type: ignore[attr-defined]
+    store_a.create(record("gone"), max_per_principal=5, max_total=5)
+    a.client.delete(f"{a.prefix}:task:gone")  # as Redis does when the key's TTL passes
+    lease = f"{a.prefix}:tasks:lease"
+    wait_until(lambda: a.client.zscore(lease, "gone") is None, "the sweep to drop the lease")
+
+
 def test_a_reader_fails_a_task_whose_lease_lapsed(redis: services.RedisServer) -> None:
     prefix = f"r{uuid.uuid4().hex[:8]}"
     a, b = backend(redis, prefix, task_lease_s=LEASE_S), backend(redis, prefix, task_lease_s=LEASE_S)

@@ -348,7 +348,12 @@ class RedisTaskStore:
         """Fail the unfinished tasks whose lease has passed (any instance may do this)."""
         lapsed = self._call(self._lapsed, [self._lease], [DEAD_SWEEP_BATCH], "list lapsed leases")
         for raw in lapsed:
-            self.get(raw.decode() if isinstance(raw, bytes) else raw)  # get() fails a lapsed task
+            task_id = raw.decode() if isinstance(raw, bytes) else raw
+            if self.get(task_id) is None:  # get() fails a lapsed task; a vanished one is forgotten
+                try:
+                    self.client.zrem(self._lease, task_id)
+                except self._errors:
+                    break
         return len(lapsed)
 
     def _reap_principal(self, principal: Any) -> None:
