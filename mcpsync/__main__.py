@@ -88,6 +88,20 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
                    f"finish; the rest are answered with an error (default {SHUTDOWN_GRACE_S:g})")
     p.add_argument("--metrics-auth", action="store_true", default=d(False),
                    help="put /metrics behind the same bearer tokens (default: open, like /healthz)")
+    p.add_argument("--allow-host", action="append", default=d(None), metavar="NAME",
+                   help="also accept requests whose Host header names NAME (the public name "
+                        "behind a load balancer; repeatable); by default only loopback names")
+    # Several instances behind a load balancer (mcpsync.state, README "Deployment").
+    p.add_argument("--state-url", default=d(None), metavar="URL",
+                   help="shared state of a deployment: redis://HOST:PORT/DB (pip install "
+                        "'mcpsync[redis]'; default: $MCPSYNC_STATE_URL, else this process's memory)")
+    p.add_argument("--secret-file", default=d(None), metavar="PATH",
+                   help="the secrets that seal requestState and sign task ids, shared by every "
+                        "instance, the current one first (default: $MCPSYNC_SECRET, else the state "
+                        "backend's shared key, else one of this process)")
+    p.add_argument("--instance-id", default=d(None), metavar="NAME",
+                   help="this instance's name, put before its session ids as 'NAME.' so a "
+                        "balancer can route sessions on it (default: $MCPSYNC_INSTANCE_ID)")
 
 
 def _positive_int(text: str) -> int:
@@ -194,9 +208,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _session_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_sessions": args.max_sessions, "max_sessions_per_client": args.max_sessions_per_client,
-            "session_ttl_s": args.session_ttl, "allowed_origins": args.allow_origin,
-            "shutdown_grace_s": args.shutdown_grace}
+    options = {"max_sessions": args.max_sessions, "max_sessions_per_client": args.max_sessions_per_client,
+               "session_ttl_s": args.session_ttl, "allowed_origins": args.allow_origin,
+               "shutdown_grace_s": args.shutdown_grace, "state": _shared_state(args)}
+    if args.allow_host:
+        bound = () if args.host in ("0.0.0.0", "::") else (args.host.lower(),)
+        options["allowed_hosts"] = {"localhost", "127.0.0.1", "[::1]", "::1", *bound,
+                                    *(h.lower() for h in args.allow_host)}
+    return options
+
+
+def _shared_state(args: argparse.Namespace) -> Any:
+    """The ``SharedState`` the options and environment ask for (an option wins over its
+    variable), or None (one instance; stdio, where the environment's settings do not apply)."""
+    if args.stdio:
+        if args.state_url or args.secret_file or args.instance_id:
+            raise UsageError("--state-url, --secret-file and --instance-id are for HTTP instances, not --stdio")
+        return None
+    from .state import SharedState
+    given = {"MCPSYNC_STATE_URL": args.state_url, "MCPSYNC_SECRET_FILE": args.secret_file,
+             "MCPSYNC_INSTANCE_ID": args.instance_id}
+    try:
+        return SharedState.from_environ({**os.environ, **{k: v for k, v in given.items() if v}})
+    except ConfigError as exc:
+        raise UsageError(f"{exc.key}: {exc.reason}") from None
 
 
 def _hub_gauges(hub: Any) -> dict[str, Any]:

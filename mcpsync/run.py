@@ -20,6 +20,7 @@ from .auth import METRICS_PATH, PROTECTED_PATHS, AuthMiddleware, TokenVerifier
 from .metrics import Gauge
 from .server import Server
 from .sessions import MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S
+from .state import SharedState
 from .frontend import HttpFrontEnd, Limits, make_server
 from .streams.stdio import serve_stdio
 from .http.app import LOOPBACK_HOSTS, HttpApp
@@ -37,14 +38,20 @@ def build_wsgi_app(server: Server, *, allowed_hosts: Iterable[str] | None = None
                    max_sessions: int = MAX_SESSIONS,
                    max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
                    session_ttl_s: float | None = SESSION_IDLE_TTL_S,
+                   state: SharedState | None = None,
                    **options: Any) -> HttpApp:
     """The WSGI application for ``server`` (mount it in gunicorn, Flask, Django …).
     Sessions: at most ``max_sessions``, ``max_sessions_per_client`` of them per principal
-    (or client address without auth), closed after ``session_ttl_s`` idle seconds; other
-    options go to ``HttpApp``."""
+    (or client address without auth), closed after ``session_ttl_s`` idle seconds;
+    ``state``: what this instance shares with the others of a deployment
+    (``SharedState.from_config``; None: nothing); other options go to ``HttpApp``."""
     service = Service(server, max_sessions=max_sessions, max_sessions_per_client=max_sessions_per_client,
-                 session_idle_ttl_s=session_ttl_s)
-    return HttpApp(service.start(), allowed_hosts=allowed_hosts, **options)
+                      session_idle_ttl_s=session_ttl_s, state=state)
+    wsgi = HttpApp(service.start(), allowed_hosts=allowed_hosts, **options)
+    if state is not None:
+        wsgi.metrics.gauge("mcpsync_state_up", "1 while the shared state backend answers.",
+                           lambda: [({"backend": state.backend.name}, float(state.healthy()))])
+    return wsgi
 
 
 def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -59,12 +66,13 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           limits: Limits | None = None, max_sessions: int = MAX_SESSIONS,
           max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
           session_ttl_s: float | None = SESSION_IDLE_TTL_S,
-          shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> int:
+          shutdown_grace_s: float = SHUTDOWN_GRACE_S, state: SharedState | None = None) -> int:
     """Serve until SIGINT/SIGTERM (HTTP) or EOF on stdin (stdio). Returns an exit status.
     ``routes`` adds WSGI applications at extra paths (the hub's ``/healthz``); ``gauges``
     adds ``/metrics`` gauges (name -> (help, read)); ``metrics_auth`` puts ``/metrics``
     behind the same bearer tokens as the MCP routes; ``limits`` are the front end's
-    (``mcpsync.frontend.Limits``: workers, connection caps, timeouts)."""
+    (``mcpsync.frontend.Limits``: workers, connection caps, timeouts); ``state``: see
+    ``build_wsgi_app``."""
     if stdio:
         serve_stdio(server)
         return 0
@@ -74,7 +82,7 @@ def serve(server: Server, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     wsgi = build_wsgi_app(server, allowed_hosts=hosts, allowed_origins=allowed_origins,
                           max_sessions=max_sessions,
                           max_sessions_per_client=max_sessions_per_client,
-                          session_ttl_s=session_ttl_s)
+                          session_ttl_s=session_ttl_s, state=state)
     wsgi.routes.update(routes or {})
     for name, (help_text, read) in (gauges or {}).items():
         wsgi.metrics.gauge(name, help_text, read)

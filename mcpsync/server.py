@@ -333,8 +333,13 @@ class Server:
         self._roots_changed: list[Callable[[Context | ServerConnection], None]] = []
         self._session_closed_hooks: list[Callable[[ServerConnection], None]] = []
         # Seals the requestState of multi round-trip requests (stateless era); the secret
-        # lives as long as this process, so a state outlives no restart.
+        # lives as long as this process, so a state outlives no restart. Shared state
+        # (mcpsync.state.SharedState.attach) replaces it with the key ring all instances share.
         self._sealer = StateSealer(secrets.token_bytes(32))
+        # Shared state hook (issue 17): when set, notify_list_changed/notify_resource_updated
+        # also hand their message to it for the other instances, whose buses call
+        # deliver_list_changed/deliver_resource_updated. None: this process is the only one.
+        self.publish: Callable[[dict[str, Any]], None] | None = None
         # Guards _listeners (the live subscriptions/listen streams); taken briefly.
         self._listeners_lock = threading.Lock()
         self._listeners: set[Listener] = set()
@@ -626,7 +631,15 @@ class Server:
 
     def notify_list_changed(self, kind: str) -> int:
         """Send ``notifications/<kind>/list_changed`` to every initialized session and to the
-        ``subscriptions/listen`` streams that asked for it."""
+        ``subscriptions/listen`` streams that asked for it (on every instance, with shared
+        state). Returns how many streams of this process got it."""
+        sent = self.deliver_list_changed(kind)
+        if self.publish is not None:
+            self.publish({"k": "list", "kind": kind})
+        return sent
+
+    def deliver_list_changed(self, kind: str) -> int:
+        """``notify_list_changed`` in this process only."""
         msg = jsonrpc.notification(f"notifications/{kind}/list_changed")
         sent = self._to_listeners(lambda lst: lst.wants_list(kind), msg)
         for conn in self.connections():
@@ -639,7 +652,16 @@ class Server:
         return sent
 
     def notify_resource_updated(self, uri: str) -> int:
-        """Send ``notifications/resources/updated`` to the sessions subscribed to ``uri``."""
+        """Send ``notifications/resources/updated`` to the sessions and listen streams
+        subscribed to ``uri`` (on every instance, with shared state). Returns how many
+        streams of this process got it."""
+        sent = self.deliver_resource_updated(uri)
+        if self.publish is not None:
+            self.publish({"k": "resource", "uri": uri})
+        return sent
+
+    def deliver_resource_updated(self, uri: str) -> int:
+        """``notify_resource_updated`` in this process only."""
         msg = jsonrpc.notification("notifications/resources/updated", {"uri": uri})
         sent = self._to_listeners(lambda lst: lst.wants_resource(uri), msg)
         for conn in self.connections():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .admission import MAX_INFLIGHT, MAX_INFLIGHT_PER_SESSION, Admission
 from .connection import ServerConnection, Sink
@@ -16,7 +16,10 @@ from .server import Server
 from .sessions import (MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S, Session,
                        SessionStore)
 
-log = logging.getLogger("mcpsync.app")
+if TYPE_CHECKING:
+    from .state import SharedState
+
+log = logging.getLogger("mcpsync.service")
 
 
 def client_key(principal: Any, address: str | None) -> str:
@@ -38,8 +41,14 @@ class Service:
                  max_sessions_per_client: int | None = MAX_SESSIONS_PER_OWNER,
                  session_idle_ttl_s: float | None = SESSION_IDLE_TTL_S,
                  max_inflight: int = MAX_INFLIGHT,
-                 max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION) -> None:
+                 max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION,
+                 state: "SharedState | None" = None) -> None:
         self.server = server
+        # Shared state (several instances behind a balancer, mcpsync.state): attached to the
+        # server here, its session-id prefix given to the store, closed with this app.
+        self.state = state
+        if state is not None:
+            state.attach(server)
         # The one admission control of every transport, and the request metrics.
         self.admission = Admission(max_inflight=max_inflight,
                                    max_inflight_per_session=max_inflight_per_session,
@@ -49,7 +58,7 @@ class Service:
         self.draining = False
         self.store = store if store is not None else SessionStore(
             max_sessions=max_sessions, max_sessions_per_owner=max_sessions_per_client,
-            idle_ttl_s=session_idle_ttl_s)
+            idle_ttl_s=session_idle_ttl_s, id_prefix=state.session_prefix if state is not None else "")
         self.evicted_total = 0  # idle sessions closed to make room (read by /metrics)
 
     def open_session(self, *, principal: Any = None, owner: str | None = None,
@@ -115,6 +124,8 @@ class Service:
     def close(self) -> None:
         self.store.close()
         self.server.close()  # tasks end (cancelled) and their threads are joined
+        if self.state is not None:
+            self.state.close()
 
 
 def _same_principal(a: Any, b: Any) -> bool:

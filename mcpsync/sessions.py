@@ -138,7 +138,7 @@ class SessionStore:
                  max_sessions_per_owner: int | None = MAX_SESSIONS_PER_OWNER,
                  idle_ttl_s: float | None = SESSION_IDLE_TTL_S,
                  reap_interval_s: float = SESSION_REAP_INTERVAL_S,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, id_prefix: str = "") -> None:
         if max_sessions < 1 or (max_sessions_per_owner is not None and max_sessions_per_owner < 1):
             raise ValueError("session limits must be at least 1")
         self.max_sessions = max_sessions
@@ -146,6 +146,9 @@ class SessionStore:
         self.idle_ttl_s = idle_ttl_s
         self.reap_interval_s = reap_interval_s
         self._clock = clock
+        # Prepended to every new id ("NAME." from --instance-id): a balancer that cannot
+        # learn ids from responses (nginx open source) routes a session on its prefix.
+        self.id_prefix = id_prefix
         # Guards _sessions only. Taken by any worker for one lookup/insert/delete; never held
         # across I/O or a close hook. Reentrant so a factory may read len(store).
         self._lock = threading.RLock()
@@ -165,7 +168,7 @@ class SessionStore:
         the factory runs and again at insert)."""
         with self._lock:
             self._check_room(owner)
-        sid = new_session_id()
+        sid = self.id_prefix + new_session_id()
         session = factory(sid)
         session.owner = owner
         refused: SessionLimitError | None = None

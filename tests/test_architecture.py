@@ -99,6 +99,13 @@ def test_hub_never_imports_transports_or_werkzeug() -> None:
                                        "werkzeug")), f"{path.name} imports {mod}"
 
 
+def test_state_never_imports_transports_app_or_cli() -> None:
+    for path in _modules("state"):  # the shared state sits below the app and the transports
+        for mod, _ in _imports(path):
+            assert not mod.startswith(("mcpsync.http", "mcpsync.streams", "mcpsync.service",
+                                       "mcpsync.__main__", "mcpsync.run", "werkzeug")), f"{path.name} imports {mod}"
+
+
 @pytest.mark.parametrize("leaf", ["errors"])
 def test_leaf_modules_import_nothing_internal(leaf: str) -> None:
     for mod, _ in _imports(PKG / f"{leaf}.py"):

@@ -260,6 +260,15 @@ def touch_watched_resource() -> str:
     return f"notified {sent} subscriber(s)"
 
 
+@server.tool()
+def touch_resource(uri: Annotated[str, "The URI whose subscribers to notify"]) -> str:
+    """Announce an update of any resource URI: to this instance's subscribers at once, and
+    through the shared state bus to every other instance's (when run with --state-url)."""
+    sent = server.notify_resource_updated(uri)
+    shared = " (and published to the other instances)" if server.publish is not None else ""
+    return f"notified {sent} subscriber(s) here{shared}"
+
+
 # ---- prompts ----------------------------------------------------------------------------------
 
 @server.prompt(title="Simple prompt")

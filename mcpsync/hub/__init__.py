@@ -5,7 +5,7 @@ as one, over every mcpsync transport. ``python -m mcpsync hub CONFIG.json`` runs
     hub = Hub(load_config("servers.json"), config_path="servers.json").start()
     serve(hub.server)   # then hub.close()
 
-This package never imports ``mcpsync.transports`` (or werkzeug): it is a client of its
+This package never imports ``mcpsync.http``, ``mcpsync.streams`` (or werkzeug): it is a client of its
 upstreams and a plain ``Server`` to its clients; ``/healthz`` and the CLI live above it.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import json
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import HeaderMismatch, InvalidParams, McpError, UnsupportedProtocolVersion
 from . import versions
@@ -253,12 +253,16 @@ def params_digest(method: str, params: dict[str, Any]) -> str:
 
 
 class StateSealer:
-    """Seal and open ``requestState`` blobs with HMAC-SHA256 under a server secret."""
+    """Seal and open ``requestState`` blobs with HMAC-SHA256 under a server secret.
+    ``secret`` may be a sequence of keys (rotation, ``mcpsync.state.keyring``): the first
+    seals, any of them opens."""
 
-    def __init__(self, secret: bytes, ttl_s: float = STATE_TTL_S) -> None:
-        if len(secret) < 16:
+    def __init__(self, secret: bytes | Sequence[bytes], ttl_s: float = STATE_TTL_S) -> None:
+        keys = (secret,) if isinstance(secret, bytes) else tuple(secret)
+        if not keys or any(len(k) < 16 for k in keys):
             raise ValueError("the requestState secret must be at least 16 bytes")
-        self._secret = secret
+        self._secret = keys[0]
+        self._keys = keys
         self.ttl_s = ttl_s
 
     def seal(self, *, method: str, digest: str, answers: dict[str, Any], principal: str | None,
@@ -281,7 +285,8 @@ class StateSealer:
             given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
         except ValueError:
             raise InvalidParams("Invalid params: malformed requestState") from None
-        if not hmac.compare_digest(given, hmac.new(self._secret, payload, hashlib.sha256).digest()):
+        if not any(hmac.compare_digest(given, hmac.new(k, payload, hashlib.sha256).digest())
+                   for k in self._keys):
             raise InvalidParams("Invalid params: requestState failed verification")
         data = json.loads(payload)
         if data.get("x", 0) < now:

@@ -152,7 +152,9 @@ class TaskManager:
     def __init__(self, server: "Server", *, store: TaskStore | None = None,
                  clock: Callable[[], float] = time.time, threads: int = TASK_THREADS,
                  ttl_ms: int = TASK_TTL_MS, poll_interval_ms: int = POLL_INTERVAL_MS,
-                 max_per_principal: int = MAX_TASKS_PER_PRINCIPAL, max_tasks: int = MAX_TASKS) -> None:
+                 max_per_principal: int = MAX_TASKS_PER_PRINCIPAL, max_tasks: int = MAX_TASKS,
+                 instance: str | None = None, new_id: Callable[[], str] | None = None,
+                 check_id: Callable[[str], bool] | None = None) -> None:
         self.server = server
         self.store: TaskStore = store if store is not None else MemoryTaskStore()
         self.clock = clock
@@ -160,7 +162,11 @@ class TaskManager:
         self.poll_interval_ms = poll_interval_ms
         self.max_per_principal = max_per_principal
         self.max_tasks = max_tasks
-        self.instance = secrets.token_hex(8)  # this process, as the owner of the tasks it runs
+        self.instance = instance or secrets.token_hex(8)  # this process, as the owner of the tasks it runs
+        # Task ids: 256-bit random by default; shared state (mcpsync.state.keyring) signs them
+        # so every instance refuses a made-up id without asking the store.
+        self.new_id: Callable[[], str] = new_id or (lambda: secrets.token_urlsafe(32))
+        self.check_id: Callable[[str], bool] = check_id or (lambda _task_id: True)
         self.pool = TaskPool(threads)
         # Guards _running (tasks of this process: id -> handle) and _last_sweep. Leaf lock.
         self._lock = threading.Lock()
@@ -193,7 +199,7 @@ class TaskManager:
         the ``CreateTaskResult``. ``answers`` are input answers gathered before the task."""
         now = self.clock()
         self._sweep(now)
-        task_id = secrets.token_urlsafe(32)
+        task_id = self.new_id()
         record = new_record(task_id, ctx.principal, now=now, ttl_ms=self.ttl_ms,
                             poll_interval_ms=self.poll_interval_ms, owner=self.instance, tool=tool.name)
         handle = TaskHandle(self, task_id)
@@ -250,6 +256,8 @@ class TaskManager:
                     self._finish(task_id, CANCELLED, message="The task was cancelled")
                 else:
                     self._finish(task_id, COMPLETED, result={**result, "resultType": COMPLETE})
+        except McpError as exc:  # the store refused (a shared store out of reach): one line
+            log.warning("task %s: could not record its outcome: %s", task_id[:8], exc.message)
         except Exception:
             log.exception("task %s: could not record its outcome", task_id[:8])
         finally:
@@ -312,6 +320,12 @@ class TaskManager:
             except Exception:
                 log.exception("task listener failed")
 
+    def running_ids(self) -> frozenset[str]:
+        """The tasks queued or running on this process's threads (a shared store renews
+        their leases, and only theirs)."""
+        with self._lock:
+            return frozenset(self._running)
+
     def on_change(self, callback: Callable[[TaskRecord], Any]) -> None:
         """Call ``callback(record)`` on every change of any task (listen streams use it)."""
         self._listeners.append(callback)
@@ -328,7 +342,7 @@ class TaskManager:
         task_id = params.get("taskId")
         if type(task_id) is not str:
             raise InvalidParams("Invalid params: taskId must be a string")
-        rec = self.store.get(task_id)
+        rec = self.store.get(task_id) if self.check_id(task_id) else None
         if rec is None or rec["principal"] != ctx.principal:
             return None
         if rec["expiresAt"] <= self.clock():
@@ -342,7 +356,7 @@ class TaskManager:
         now = self.clock()
         out = []
         for task_id in task_ids:
-            rec = self.store.get(task_id) if type(task_id) is str else None
+            rec = self.store.get(task_id) if type(task_id) is str and self.check_id(task_id) else None
             if rec is not None and rec["principal"] == principal and rec["expiresAt"] > now:
                 out.append(task_id)
         return out
@@ -408,5 +422,8 @@ class TaskManager:
             running = list(self._running)
             pool, self.pool = self.pool, TaskPool(self.pool.size)  # the server stays usable
         for task_id in running:
-            self._finish(task_id, CANCELLED, message="The server shut down")
+            try:
+                self._finish(task_id, CANCELLED, message="The server shut down")
+            except Exception:  # a shared store out of reach: its lease expiry fails the task
+                log.warning("shutdown: could not record task %s as cancelled", task_id[:8])
         return pool.close(timeout)
