@@ -7,7 +7,7 @@ from __future__ import annotations
 from ._version import __version__
 
 from . import inputs
-from .connection import Context
+from .core.context import Context
 from .content import Audio, Image, Resource, ResourceLink, Text, ToolResult
 from .errors import DefinitionError, McpError, ResourceError, ResourceNotFound, ToolError
 from .server import Server

@@ -10,7 +10,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from .admission import MAX_INFLIGHT, MAX_INFLIGHT_PER_SESSION, Admission
-from .connection import ServerConnection, Sink
+from .core.connection import ServerConnection
+from .core.context import Sink
 from .errors import SessionLimitError, SessionNotFound
 from .server import Server
 from .sessions import (MAX_SESSIONS, MAX_SESSIONS_PER_OWNER, SESSION_IDLE_TTL_S, Session,

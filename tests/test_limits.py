@@ -218,13 +218,13 @@ def test_per_call_tool_timeout_answers_and_accounts_for_the_thread() -> None:
     assert result["isError"] is True and "timed out after 0.2 s" in result["content"][0]["text"]
     assert stopped.wait(WAIT_S)  # the polite tool saw ctx.cancelled and stopped
     deadline = time.monotonic() + WAIT_S
-    while srv._overrun:  # its thread leaves the overrun count once it returns
+    while srv.calls.overrun:  # its thread leaves the overrun count once it returns
         assert time.monotonic() < deadline
     assert client.call("tools/call", {"name": "stubborn"})["isError"] is True
     refused = client.call("tools/call", {"name": "stubborn"})
     assert refused["isError"] is True and "still running past their time limit" in refused["content"][0]["text"]
     stubborn_release.set()
     deadline = time.monotonic() + WAIT_S
-    while srv._overrun:
+    while srv.calls.overrun:
         assert time.monotonic() < deadline
     assert "timed out" in client.call("tools/call", {"name": "polite"})["content"][0]["text"]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
 
+from mcpsync.core.registry import RegistryStore
 from mcpsync import (Audio, Context, Image, Resource, ResourceLink, Server, Text, ToolError,
                      ToolResult)
 from mcpsync.errors import McpError
@@ -816,23 +817,32 @@ def test_close_fails_outstanding_requests(server: Server) -> None:
 
 # ---- registry generations -------------------------------------------------------------------------
 
-class RacyServer(Server):
+class RacyStore(RegistryStore):
     """Commits a registration right after the next reader took its registry generation: the
     interleaving of a ``tools/list`` on one thread with an ``add_tool`` on another."""
 
     race_once: Any = None
 
     @property  # type: ignore[override]
-    def _registry(self) -> Any:
+    def current(self) -> Any:
         current = self.__dict__["_reg"]
         race, self.race_once = self.race_once, None
         if race is not None:
             race()
         return current
 
-    @_registry.setter
-    def _registry(self, value: Any) -> None:
+    @current.setter
+    def current(self, value: Any) -> None:
         self.__dict__["_reg"] = value
+
+
+def racy_server(name: str) -> tuple[Server, RacyStore]:
+    server = Server(name)
+    store = server._store
+    store.__dict__["_reg"] = store.__dict__.pop("current")
+    store.__class__ = RacyStore
+    assert isinstance(store, RacyStore)
+    return server, store
 
 
 @pytest.mark.parametrize("method, key, add", [
@@ -841,10 +851,10 @@ class RacyServer(Server):
     ("resources/list", "resources", lambda s: s.add_resource(lambda: "x", "test://late", name="late")),
 ])
 def test_list_during_a_registration_never_caches_a_stale_generation(method: str, key: str, add: Any) -> None:
-    server = RacyServer("racy")
+    server, store = racy_server("racy")
     c = MemClient(server)
     c.initialize()
-    server.race_once = lambda: add(server)
+    store.race_once = lambda: add(server)
     c.call(method)  # may or may not include the late entry: it raced
     names = [item["name"] for item in c.call(method)[key]]
     assert names == ["late"]

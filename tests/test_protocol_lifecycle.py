@@ -517,7 +517,7 @@ def test_no_server_requests_before_initialized() -> None:
 def test_batch_size_is_limited() -> None:
     from mcpsync import Server
     from memclient import MemClient
-    from mcpsync.connection import MAX_BATCH
+    from mcpsync.core.connection import MAX_BATCH
 
     client = MemClient(Server("batch"))
     client.initialize("2025-03-26")

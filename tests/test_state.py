@@ -16,7 +16,7 @@ import pytest
 
 from mcpsync import Context, Server
 from mcpsync.service import Service
-from mcpsync.connection import ServerConnection
+from mcpsync.core.connection import ServerConnection
 from mcpsync.errors import ConfigError
 from mcpsync.protocol.modern import StateSealer
 from mcpsync.state import KeyRing, MemoryBackend, SharedState, parse_secrets
@@ -35,7 +35,7 @@ def rpc(server: Server, method: str, params: dict[str, Any], principal: str | No
     msg = {"jsonrpc": "2.0", "id": rid, "method": method,
            "params": {**params, "_meta": {"io.modelcontextprotocol/protocolVersion": V,
                                           "io.modelcontextprotocol/clientCapabilities": CAPS}}}
-    reply = ServerConnection(server).handle_modern(msg, sink, principal=principal)
+    reply = ServerConnection(server).handle_request(msg, sink, principal=principal)
     assert reply is not None
     return reply
 
@@ -197,7 +197,7 @@ class ListenStream:
                "params": {"notifications": notifications,
                           "_meta": {"io.modelcontextprotocol/protocolVersion": V,
                                     "io.modelcontextprotocol/clientCapabilities": CAPS}}}
-        self.conn.handle_modern(msg, self._sink)
+        self.conn.handle_request(msg, self._sink)
 
     def _sink(self, msg: dict[str, Any]) -> None:
         with self.cond:

@@ -1,6 +1,6 @@
 """The tasks extension (SEP-2663) on threads: every status and transition, input through
 ``tasks/update``, cancellation races, principal isolation, TTL expiry on an injected clock,
-limits, shutdown; in process (``handle_modern``) and over real HTTP."""
+limits, shutdown; in process (``handle_request``) and over real HTTP."""
 from __future__ import annotations
 
 import threading
@@ -13,7 +13,7 @@ from httpserver import serving
 
 from mcpsync import Context, McpError, Server, ToolError
 from mcpsync.service import Service
-from mcpsync.connection import ServerConnection
+from mcpsync.core.connection import ServerConnection
 from mcpsync.tasks import TaskManager, TaskRecord
 from mcpsync.http.app import HttpApp
 
@@ -33,7 +33,7 @@ def rpc(server: Server, method: str, params: dict[str, Any] | None = None, *,
         caps: dict[str, Any] | None = None, principal: str | None = None) -> dict[str, Any]:
     msg = {"jsonrpc": "2.0", "id": 1, "method": method,
            "params": {**(params or {}), "_meta": meta(TASKS if caps is None else caps)}}
-    reply = ServerConnection(server).handle_modern(msg, lambda m: None, principal=principal)
+    reply = ServerConnection(server).handle_request(msg, lambda m: None, principal=principal)
     assert reply is not None
     return reply
 
@@ -446,7 +446,7 @@ class Listen:
         self.thread.start()
 
     def _run(self, msg: dict[str, Any], principal: str | None) -> None:
-        self.reply = self.conn.handle_modern(msg, self._sink, principal=principal)
+        self.reply = self.conn.handle_request(msg, self._sink, principal=principal)
         with self.cond:
             self.cond.notify_all()
 

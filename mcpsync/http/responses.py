@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable
 
-from ..connection import ServerConnection
+from ..core.connection import ServerConnection
 from ..errors import ConnectionClosed
 from ..protocol import jsonrpc, modern, versions
 from ..protocol.dispatch import encode_outgoing

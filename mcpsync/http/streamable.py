@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..connection import ServerConnection
+from ..core.connection import ServerConnection
 from ..errors import InvalidRequest, McpError, ParseError
 from ..protocol import jsonrpc, modern, versions
 from ..sessions import Session
@@ -157,7 +157,7 @@ class StreamableHttp:
         reply = None
         try:
             principal = host.principal(environ)
-            reply = conn.handle_modern(value, response,
+            reply = conn.handle_request(value, response,
                                        principal=None if principal is None else str(principal))
             return response.finish(reply)
         finally:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..content import ToolResult
-from ..server import PromptDef, ProxyCompleter, ResourceDef, ToolDef
+from ..core.registry import PromptDef, ProxyCompleter, ResourceDef, ToolDef
 from .config import UpstreamConfig
 
 log = logging.getLogger("mcpsync.hub")

@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any, Callable
 
 from .._version import __version__
-from ..connection import ServerConnection
+from ..core.connection import ServerConnection
 from ..errors import ConfigError
 from ..server import Server
 from .client import Channel, UpstreamSession

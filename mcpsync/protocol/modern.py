@@ -1,4 +1,4 @@
-"""The stateless revision (2026-07-28): per-request checks and result decoration, sans-IO.
+"""The modern revision (2026-07-28): per-request checks and result decoration, sans-IO.
 
 Theory of operation
 -------------------
@@ -17,7 +17,7 @@ elicitation, roots) raises ``InputRequired``; the answer to the client is an
 over the method, a digest of the request's own params, the answers so far, the principal
 and an expiry). When the client retries with ``inputResponses``, ``StateSealer.open``
 checks the seal and returns the earlier answers, so the handler can be run again from the
-start and find every answer it asked for (see ``mcpsync.connection.Context.request``).
+start and find every answer it asked for (see ``mcpsync.core.context.Context.request``).
 """
 from __future__ import annotations
 
@@ -66,11 +66,19 @@ _SENTINEL = re.compile(r"^=\?base64\?([A-Za-z0-9+/=]*)\?=$")
 
 
 def is_modern(params: Any) -> bool:
-    """Whether a request's params mark it as a stateless-era request."""
+    """Whether a request's params carry the 2026-07-28 envelope."""
     if type(params) is not dict:
         return False
     meta = params.get("_meta")
     return type(meta) is dict and META_VERSION in meta
+
+
+def is_modern_request(method: str, params: Any, header_version: str | None = None) -> bool:
+    """The one rule that decides a request's era: modern (2026-07-28) when it is
+    ``server/discover``, carries the envelope in ``params._meta``, or comes with a modern
+    ``MCP-Protocol-Version`` header (HTTP); otherwise it belongs to a handshake-era session."""
+    return (method == "server/discover" or is_modern(params)
+            or (header_version is not None and header_version in versions.MODERN_VERSIONS))
 
 
 def all_supported() -> list[str]:

@@ -19,7 +19,9 @@ connection registered it (where ``ServerConnection.cancel`` cannot see it yet) s
 no response.
 
 One writer: ``write_lock`` serializes every write of the connection (responses from the
-workers, notifications, server requests), so frames or lines never interleave.
+workers, notifications, server requests), so frames or lines never interleave. Messages not
+tied to a request (broadcasts) are *posted*: queued in a bounded outbox and written by
+whoever holds the write lock next, so a broadcaster never waits for this client.
 
 Admission: every request is admitted (``mcpsync.admission``) before it is queued or run,
 and released once its reply is written. A refused request is answered with a JSON-RPC
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable
@@ -44,12 +47,13 @@ from ..admission import Admission, Overloaded
 from ..errors import ConnectionClosed, McpError
 from ..protocol import jsonrpc
 from ..protocol.dispatch import encode_outgoing
-from ..connection import ServerConnection
+from ..core.connection import ServerConnection
 from ..server import Server
 
 log = logging.getLogger("mcpsync.stream")
 
 STREAM_WORKERS = 64          # concurrent tool calls per connection
+OUTBOX_LIMIT = 1000          # posted messages a client may fall behind by (the oldest go first)
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -72,11 +76,17 @@ class MessageStream:
         self._admission = admission if admission is not None else Admission(
             known_methods=lambda: server.dispatcher.requests)
         self._key: Hashable = admission_key if admission_key is not None else id(self)
-        # Serializes writes to the connection; held only for one write call.
+        # Serializes writes to the connection; held for one write call (and for flushing the
+        # outbox after it). Whoever holds it writes what others posted meanwhile.
         self.write_lock = threading.Lock()
+        # Guards _outbox: encoded session-level messages (broadcasts, requests not tied to a
+        # call) waiting for the write lock; a few deque operations. Taken inside write_lock.
+        self._outbox_lock = threading.Lock()
+        self._outbox: deque[bytes] = deque()
+        self.dropped = 0  # posted messages lost because the client fell OUTBOX_LIMIT behind
         if conn is None:
             conn = server.connect(session_id=session_id)
-        conn.send = self.send
+        conn.send = self.post
         self.conn = conn
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
                                         thread_name_prefix=f"mcpsync-{name}-worker")
@@ -91,18 +101,67 @@ class MessageStream:
         self._queued: dict[Any, bool] = {}
 
     def send(self, msg: Any) -> None:
-        """Encode and write one message (or batch) as one unit."""
+        """Encode and write one message (or batch) as one unit; waits for the write lock
+        and for the peer (replies, and messages about a running request)."""
         data = encode_outgoing(msg)
         if data is None:
             return
         with self.write_lock:
-            if self.write_failed:
-                return
+            self._write_locked(data)
+            self._flush_locked()
+        self._flush_posted()
+
+    def send_raw(self, write: Callable[[], Any]) -> None:
+        """Run ``write()`` (a transport's own bytes, such as a WebSocket control frame) as
+        one write of this stream: under the write lock, then the outbox."""
+        with self.write_lock:
+            if not self.write_failed:
+                try:
+                    write()
+                except OSError:
+                    self.write_failed = True
+            self._flush_locked()
+        self._flush_posted()
+
+    def post(self, msg: Any) -> None:
+        """Queue a message not tied to a request (a broadcast, the session's own requests)
+        and write it if nobody is writing; never waits: a client that does not read holds up
+        only itself (past ``OUTBOX_LIMIT`` queued messages the oldest are dropped)."""
+        data = encode_outgoing(msg)
+        if data is None:
+            return
+        with self._outbox_lock:
+            if len(self._outbox) >= OUTBOX_LIMIT:
+                self._outbox.popleft()
+                self.dropped += 1
+            self._outbox.append(data)
+        self._flush_posted()
+
+    def _flush_posted(self) -> None:
+        """Write the outbox if the write lock is free. A post that lands while the holder is
+        releasing is seen on the second look: nothing waits for a writer that has left."""
+        while self._outbox and self.write_lock.acquire(blocking=False):
             try:
-                self._write(data)
-            except (OSError, ValueError) as exc:  # peer gone; the reader will see EOF
-                self.write_failed = True
-                log.debug("write failed: %s", exc)
+                self._flush_locked()
+            finally:
+                self.write_lock.release()
+
+    def _flush_locked(self) -> None:
+        while True:
+            with self._outbox_lock:
+                if not self._outbox:
+                    return
+                data = self._outbox.popleft()
+            self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
+        if self.write_failed:
+            return
+        try:
+            self._write(data)
+        except (OSError, ValueError) as exc:  # peer gone; the reader will see EOF
+            self.write_failed = True
+            log.debug("write failed: %s", exc)
 
     def feed(self, data: bytes | str,
              inline: Callable[[Callable[[], None]], None] | None = None) -> None:

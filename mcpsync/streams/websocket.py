@@ -163,13 +163,7 @@ class WsConnection:
         self._sock.sendall(wsframe.encode_frame(wsframe.OP_TEXT, data))
 
     def _send_control(self, frame: bytes) -> None:
-        with self.stream.write_lock:
-            if self.stream.write_failed:
-                return
-            try:
-                self._sock.sendall(frame)
-            except OSError:
-                self.stream.write_failed = True
+        self.stream.send_raw(lambda: self._sock.sendall(frame))
 
     def _start_close(self, code: int, reason: str) -> None:
         """Send our close frame (once); the reader then waits for the peer's."""

@@ -34,17 +34,29 @@ import logging
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from ..errors import Cancelled, InvalidParams, McpError, MethodNotFound, MissingClientCapability
+from ..core.connection import ServerConnection, _drop
+from ..core.context import Context
+from ..core.host import SessionHost
+from ..core.registry import ToolDef
 from ..protocol.modern import COMPLETE, TASKS_EXTENSION, has_tasks
 from .pool import TASK_THREADS, TaskPool
 from .store import (CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, TERMINAL, WORKING,
                     MemoryTaskStore, TaskRecord, TaskStore, new_record)
 
-if TYPE_CHECKING:
-    from ..connection import Context
-    from ..server import Server, ToolDef
+
+class TaskHost(SessionHost, Protocol):
+    """The server as its task manager sees it (``mcpsync.server.Server``): it runs a
+    session's requests (a task's thread has a connection of its own), ``call_tool`` runs
+    the tool, ``notify_task`` tells listen streams of a change."""
+
+    def call_tool(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        ...
+
+    def notify_task(self, record: TaskRecord) -> Any:
+        ...
 
 log = logging.getLogger("mcpsync.tasks")
 
@@ -149,7 +161,7 @@ class TaskManager:
     TTL expiry and shutdown. ``store`` defaults to memory; ``clock`` (seconds since the
     epoch) is injectable so tests can move time."""
 
-    def __init__(self, server: "Server", *, store: TaskStore | None = None,
+    def __init__(self, server: TaskHost, *, store: TaskStore | None = None,
                  clock: Callable[[], float] = time.time, threads: int = TASK_THREADS,
                  ttl_ms: int = TASK_TTL_MS, poll_interval_ms: int = POLL_INTERVAL_MS,
                  max_per_principal: int = MAX_TASKS_PER_PRINCIPAL, max_tasks: int = MAX_TASKS,
@@ -178,7 +190,7 @@ class TaskManager:
 
     # ---- creation -------------------------------------------------------------------------
 
-    def route(self, tool: "ToolDef", params: dict[str, Any], ctx: "Context") -> dict[str, Any] | None:
+    def route(self, tool: ToolDef, params: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
         """Decide how a 2026-07-28 call of a task-capable tool runs: a ``CreateTaskResult``
         (the task has started), or None to run it on this thread (the client did not opt
         in and the tool allows that, or the tool defers its task to ``ctx.begin_task()``)."""
@@ -193,7 +205,7 @@ class TaskManager:
             return None
         return self.start(tool, params, ctx, {})
 
-    def start(self, tool: "ToolDef", params: dict[str, Any], ctx: "Context",
+    def start(self, tool: ToolDef, params: dict[str, Any], ctx: Context,
               answers: dict[str, Any]) -> dict[str, Any]:
         """Create the task (durably, limits checked), queue the tool on the pool and return
         the ``CreateTaskResult``. ``answers`` are input answers gathered before the task."""
@@ -226,7 +238,6 @@ class TaskManager:
     def _run(self, handle: TaskHandle, params: dict[str, Any], envelope: dict[str, Any],
              answers: dict[str, Any]) -> None:
         """The task's thread: run the tool, record how it ended. Never raises."""
-        from ..connection import Context, ServerConnection, _drop
         task_id = handle.task_id
         conn = ServerConnection(self.server)
         ctx = Context(conn, task_id, "tools/call", params, _drop)
@@ -332,7 +343,7 @@ class TaskManager:
 
     # ---- the tasks/* methods ------------------------------------------------------------------
 
-    def _find(self, params: dict[str, Any], ctx: "Context") -> TaskRecord | None:
+    def _find(self, params: dict[str, Any], ctx: Context) -> TaskRecord | None:
         if not ctx.modern:
             raise MethodNotFound("Method not found: tasks/* exist in revision 2026-07-28 only")
         if not has_tasks(ctx.client_capabilities):
@@ -361,13 +372,13 @@ class TaskManager:
                 out.append(task_id)
         return out
 
-    def get(self, params: dict[str, Any], ctx: "Context") -> dict[str, Any]:
+    def get(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         rec = self._find(params, ctx)
         if rec is None:
             raise unknown_task()
         return wire_task(rec)
 
-    def update(self, params: dict[str, Any], ctx: "Context") -> dict[str, Any]:
+    def update(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         """Store the answers to outstanding input requests; others are ignored. An empty
         acknowledgement, whatever the task id (as the extension asks)."""
         responses = params.get("inputResponses")
@@ -385,7 +396,7 @@ class TaskManager:
             self._change(rec["taskId"], answer)
         return {"resultType": COMPLETE}
 
-    def cancel(self, params: dict[str, Any], ctx: "Context") -> dict[str, Any]:
+    def cancel(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
         """Cancel a task: an empty acknowledgement (also for a finished task); -32602 for an
         unknown one."""
         rec = self._find(params, ctx)
