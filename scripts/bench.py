@@ -84,8 +84,8 @@ SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-
 SCENARIOS = ("echo-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn", "memory", "mutex", "ws",
              "hub", "idle-10k", "slowloris-2k")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
-FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json")
-FLOOD_WORKERS = 4              # mcpsync's default pool size: its thread target is this + 8
+FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json", "ts-sdk-json")
+FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target is this + 8
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")

@@ -144,7 +144,8 @@ class HttpFrontEnd:
             ("timed_out", d.timed_out), ("shed", d.shed), ("slots", st.slots),
             ("busy_slots", st.busy_slots), ("threads", st.threads),
             ("queued", st.queued), ("resuming", st.resuming), ("started", st.started),
-            ("waited", st.waited), ("overdrafts", st.overdrafts))]
+            ("waited", st.waited), ("overdrafts", st.overdrafts), ("parked", st.parked),
+            ("steals", st.steals))]
         return rows
 
     def __enter__(self) -> HttpFrontEnd:
