@@ -19,7 +19,7 @@ import simple_websocket
 from rpcutil import wait_until
 
 from mcpsync.frontend import HttpFrontEnd, WerkzeugServer, make_server
-from mcpsync.frontend.dispatcher import EpollPoller, SelectorPoller
+from mcpsync.frontend.poller import EpollPoller, SelectorPoller
 
 WAIT_S = 10.0  # upper bound for any single wait in these tests
 

@@ -26,8 +26,9 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .bridge import Bridge, WSGIApp
-from .dispatcher import STATES, Dispatcher, Poller
+from .dispatcher import STATES, Dispatcher
 from .limits import Limits
+from .poller import Poller
 from .pool import StartThread, WorkerPool, start_daemon_thread
 
 SHUTDOWN_TIMEOUT_S = 5.0
