@@ -93,8 +93,8 @@ SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threa
              "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "scale", "scale-cpu",
              "redis")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
-FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json")
-FLOOD_WORKERS = 4              # mcpsync's default pool size: its thread target is this + 8
+FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json", "ts-sdk-json")
+FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target is this + 8
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")

@@ -69,7 +69,7 @@ def test_sync_imports_only_threading_and_errors(path: pathlib.Path) -> None:
             assert top in SYNC_ALLOWED, f"{path.name} imports {mod}"
 
 
-@pytest.mark.parametrize("name", ["h1", "limits"])
+@pytest.mark.parametrize("name", ["h1", "response", "limits"])
 def test_http_parser_is_sans_io(name: str) -> None:
     for mod, _ in _imports(PKG / "frontend" / f"{name}.py"):
         top = mod.split(".")[0]

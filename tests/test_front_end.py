@@ -19,7 +19,7 @@ import simple_websocket
 from rpcutil import wait_until
 
 from mcpsync.frontend import HttpFrontEnd, WerkzeugServer, make_server
-from mcpsync.frontend.dispatcher import EpollPoller, SelectorPoller
+from mcpsync.frontend.poller import EpollPoller, SelectorPoller
 
 WAIT_S = 10.0  # upper bound for any single wait in these tests
 
@@ -385,6 +385,18 @@ def test_http10_closes_unless_keep_alive(serve: Any) -> None:
         c.send(b"GET /k HTTP/1.0\r\n\r\n")
         assert c.response()[1]["connection"] == "close"
         assert c.at_eof()
+
+
+def test_a_peer_closing_between_requests_is_a_clean_end(serve: Any) -> None:
+    """No 400, no linger: the peer's EOF on an idle keep-alive connection just closes it."""
+    srv = serve(echo_app)
+    with Raw(srv.port) as c:
+        c.send(get())
+        assert c.response()[0] == 200
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.rest() == b""  # nothing more was sent, and the server closed
+    assert wait_until(lambda: srv.dispatcher.connections == 0, WAIT_S)
+    assert srv.dispatcher.counts["linger"] == 0 and srv.dispatcher.timed_out == 0
 
 
 def test_idle_keep_alive_timeout_closes_the_connection(serve: Any) -> None:

@@ -187,3 +187,27 @@ def test_an_open_listen_stream_holds_no_slot(one_slot: Any) -> None:
         stream.close()
         sock.close()
     assert front.pool.stats().overdrafts == 0
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+def test_cli_sets_the_pool_and_the_caps() -> None:
+    import urllib.request
+
+    from cliserver import mcpsync_cli
+    with mcpsync_cli("--workers", "2", "--max-connections", "50",
+                     "--max-connections-per-address", "20") as srv:
+        others_are_served(srv.url, rounds=3)
+        metrics = urllib.request.urlopen(srv.base + "/metrics", timeout=WAIT_S).read().decode()
+        assert 'mcpsync_front_end{stat="slots"} 2' in metrics
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--max-connections", "0"),
+                                         ("--max-connections-per-address", "-1")])
+def test_cli_rejects_bad_limits_in_one_line(flag: str, value: str) -> None:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "mcpsync", "--port", "0", flag, value],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""``mcpsync.frontend.h1`` in memory: request bytes in, events out; responses to bytes.
+"""``mcpsync.frontend.h1`` and ``response`` in memory: request bytes in, events out;
+responses to bytes.
 
 Every framing and request-smuggling shape is a row of a table, fed twice: all at once and
 one byte at a time (a parser that only works on whole reads, or that decides differently
@@ -10,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mcpsync.frontend.h1 import (CLOSED, CONTINUE, NEED_DATA, PAUSED, Data, EndOfMessage,
-                                 H1Error, Request, RequestReader, error_response,
-                                 response_head)
+from mcpsync.frontend.h1 import (CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, H1Error,
+                                 Request, RequestReader)
+from mcpsync.frontend.response import CONTINUE, error_response, response_head
 from mcpsync.frontend.limits import Limits
 
 SMALL = Limits(max_request_line=64, max_header_line=48, max_head=200, max_headers=5,

@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 from .channel import Channel, PeerGone
-from .h1 import (CONTINUE, NEED_DATA, Data, EndOfMessage, H1Error, Request, ResponseFraming,
-                 error_response, response_head)
+from .h1 import NEED_DATA, Data, EndOfMessage, H1Error, Request
+from .response import CONTINUE, ResponseFraming, error_response, response_head
 from .limits import Limits
 from .pool import WorkerPool
 

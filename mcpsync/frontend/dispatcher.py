@@ -34,11 +34,7 @@ request's wait for a worker (``queue_timeout``: 503), and the bounds of the pars
 Backpressure: a channel with unsent response bytes is not read, so its next request waits
 until the peer has taken the previous response.
 
-Deadlines live in one heap with at most one live entry per channel: an entry records the
-deadline it was pushed for (``Channel.armed``); when it comes due the channel's current
-deadline is computed again from its state (``_due``) and the entry pushed again if that is
-later. A deadline that moves later costs nothing, so keep-alive traffic does not grow the
-heap.
+Deadlines (``deadlines.py``) are one heap with at most one live entry per channel.
 
 Everything here runs on the dispatcher thread except ``give_back`` and ``request_stop``
 (any thread) and ``close_all`` (the thread that shuts down, once this loop has ended).
@@ -50,21 +46,20 @@ from __future__ import annotations
 
 import collections
 import errno
-import heapq
-import itertools
 import logging
-import select
-import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from .channel import BODY, BUSY, CLOSED, FLUSH, HEAD, IDLE, LINGER, RECV_BYTES, Channel
+from .deadlines import Deadlines
 from .h1 import CLOSED as PEER_CLOSED
-from .h1 import CONTINUE, NEED_DATA, Data, EndOfMessage, H1Error, Request, error_response
+from .h1 import NEED_DATA, Data, EndOfMessage, H1Error, Request
 from .limits import Limits
+from .poller import READABLE, TROUBLE, WRITABLE, Poller, default_poller
 from .pool import WorkerPool
+from .response import CONTINUE, error_response
 
 log = logging.getLogger("mcpsync.http")
 
@@ -76,118 +71,6 @@ POLL_RESOLUTION_S = 0.001   # epoll sleeps whole milliseconds: a shorter timeout
 STATES = (IDLE, HEAD, BODY, BUSY, FLUSH, LINGER)
 _ACTIVE = frozenset((BODY, BUSY, FLUSH))  # a request is in progress: shutdown waits for it
 _RETRY_LATER = "Retry-After: 1\r\n"
-
-
-class Poller(Protocol):
-    edge_triggered: bool
-
-    def watch(self, fd: int) -> None: ...
-    def unwatch(self, fd: int) -> None: ...
-    def add(self, fd: int) -> None: ...
-    def set_write(self, fd: int, on: bool) -> None: ...
-    def pause(self, fd: int) -> None: ...
-    def resume(self, fd: int) -> None: ...
-    def remove(self, fd: int) -> None: ...
-    def poll(self, timeout: float) -> list[tuple[int, int]]: ...
-    def close(self) -> None: ...
-
-
-READABLE = 1     # select.EPOLLIN == select.POLLIN == selectors.EVENT_READ
-WRITABLE = 4     # select.EPOLLOUT == select.POLLOUT; selectors.EVENT_WRITE is mapped to it
-TROUBLE = 8 | 16 | 0x2000  # EPOLLERR | EPOLLHUP | EPOLLRDHUP: read (or write) to find out
-
-
-class EpollPoller:
-    """Linux: channels registered once, edge-triggered: an event means "new bytes (or
-    room) since you last looked", so a reader must read until the kernel has no more, and
-    nothing needs re-arming between requests (no system call between two requests)."""
-
-    edge_triggered = True
-
-    def __init__(self) -> None:
-        self._ep = select.epoll()
-        self._read = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
-
-    def watch(self, fd: int) -> None:
-        self._ep.register(fd, select.EPOLLIN)
-
-    def unwatch(self, fd: int) -> None:
-        self._ep.unregister(fd)
-
-    def add(self, fd: int) -> None:
-        self._ep.register(fd, self._read)
-
-    def set_write(self, fd: int, on: bool) -> None:
-        self._ep.modify(fd, self._read | select.EPOLLOUT if on else self._read)
-
-    def pause(self, fd: int) -> None:
-        pass
-
-    def resume(self, fd: int) -> None:
-        pass
-
-    def remove(self, fd: int) -> None:
-        try:
-            self._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        return self._ep.poll(timeout)
-
-    def close(self) -> None:
-        self._ep.close()
-
-
-class SelectorPoller:
-    """Anywhere: level-triggered; a channel with a worker is not watched (``pause``)."""
-
-    edge_triggered = False
-
-    def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
-
-    def watch(self, fd: int) -> None:
-        self._sel.register(fd, selectors.EVENT_READ)
-
-    def unwatch(self, fd: int) -> None:
-        self._sel.unregister(fd)
-
-    def add(self, fd: int) -> None:
-        self._sel.register(fd, selectors.EVENT_READ)
-
-    def set_write(self, fd: int, on: bool) -> None:  # a channel flushing is not read
-        self._watch(fd, selectors.EVENT_WRITE if on else selectors.EVENT_READ)
-
-    def pause(self, fd: int) -> None:
-        self.remove(fd)
-
-    def resume(self, fd: int) -> None:
-        self._watch(fd, selectors.EVENT_READ)
-
-    def _watch(self, fd: int, events: int) -> None:
-        try:
-            self._sel.modify(fd, events)
-        except KeyError:
-            self._sel.register(fd, events)
-
-    def remove(self, fd: int) -> None:
-        try:
-            self._sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        return [(key.fd, (READABLE if mask & selectors.EVENT_READ else 0)
-                 | (WRITABLE if mask & selectors.EVENT_WRITE else 0))
-                for key, mask in self._sel.select(timeout)]
-
-    def close(self) -> None:
-        self._sel.close()
-
-
-def default_poller() -> Poller:
-    return EpollPoller() if hasattr(select, "epoll") else SelectorPoller()
 
 
 class Dispatcher:
@@ -209,8 +92,7 @@ class Dispatcher:
         self._chans: dict[int, Channel] = {}
         self._per_client: dict[str, int] = {}
         self._idle: collections.OrderedDict[Channel, None] = collections.OrderedDict()
-        self._timers: list[tuple[float, int, Channel]] = []
-        self._timer_seq = itertools.count()
+        self._deadlines = Deadlines(limits)
         self._returned: collections.deque[Channel] = collections.deque()  # any thread appends
         self._pending_reads: list[Channel] = []  # stopped reading before the kernel ran dry
         self._wake_pending = False
@@ -291,7 +173,7 @@ class Dispatcher:
                     for chan in pending:
                         if chan.read_pending and chan.state in (IDLE, HEAD, BODY):
                             self._read(chan, now)
-                if self._timers and self._timers[0][0] <= now:
+                if self._deadlines.next_at <= now:
                     self._run_timers(now)
                 if pool.contended:  # hand the slots of workers blocked in user code on
                     pool.reclaim(now)
@@ -318,8 +200,7 @@ class Dispatcher:
             return 0.0
         timeout = TICK_S
         now = time.monotonic()
-        if self._timers:
-            timeout = min(timeout, self._timers[0][0] - now)
+        timeout = min(timeout, self._deadlines.next_at - now)
         if self._accept_paused_until:
             timeout = min(timeout, self._accept_paused_until - now)
         if self._stop_at is not None:
@@ -512,11 +393,11 @@ class Dispatcher:
                 if chan.state != HEAD:
                     self._set_state(chan, HEAD)
                     chan.started_at = now
-                    self._set_deadline(chan)
+                    self._deadlines.arm(chan)
             elif chan.state != IDLE:
                 self._enter_idle(chan, now)
         else:
-            self._set_deadline(chan)
+            self._deadlines.arm(chan)
 
     def _submit(self, chan: Channel, now: float) -> None:
         self._set_state(chan, BUSY)
@@ -545,7 +426,7 @@ class Dispatcher:
             chan.out = chan.out[sent:]
             chan.progress_at = now
         if chan.out:
-            self._set_deadline(chan)
+            self._deadlines.arm(chan)
             if not chan.writing:
                 self._set_write(chan, True)
             return
@@ -598,7 +479,7 @@ class Dispatcher:
             return
         self._set_state(chan, LINGER)
         chan.started_at = now
-        self._set_deadline(chan)
+        self._deadlines.arm(chan)
         self._linger_read(chan)
 
     def _linger_read(self, chan: Channel) -> None:
@@ -658,50 +539,10 @@ class Dispatcher:
         self._idle[chan] = None
         self._idle.move_to_end(chan)
         chan.started_at = now
-        self._set_deadline(chan)
-
-    def _due(self, chan: Channel) -> float | None:
-        """When ``chan`` times out in its current state (None: never)."""
-        limits = self._limits
-        state = chan.state
-        if state == IDLE:
-            timeout = limits.keepalive_timeout
-        elif state == HEAD:
-            timeout = limits.head_timeout
-        elif state == BODY:
-            if limits.body_grace is None:
-                return None
-            return chan.started_at + limits.body_grace + chan.body_size / limits.min_body_rate
-        elif state == FLUSH:
-            if limits.write_timeout is None:
-                return None
-            return chan.progress_at + limits.write_timeout
-        elif state == LINGER:
-            timeout = limits.linger_timeout
-        else:  # BUSY (the pool's queue is timed separately), CLOSED
-            return None
-        return None if timeout is None else chan.started_at + timeout
-
-    def _set_deadline(self, chan: Channel) -> None:
-        when = self._due(chan)
-        if when is not None and (chan.armed is None or when < chan.armed):
-            chan.armed = when
-            heapq.heappush(self._timers, (when, next(self._timer_seq), chan))
+        self._deadlines.arm(chan)
 
     def _run_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            when, _, chan = heapq.heappop(timers)
-            if chan.armed != when or chan.state == CLOSED:
-                continue  # superseded by an earlier entry, or gone
-            chan.armed = None
-            due = self._due(chan)
-            if due is None:
-                continue
-            if due > now:
-                chan.armed = due
-                heapq.heappush(timers, (due, next(self._timer_seq), chan))
-                continue
+        for chan in self._deadlines.expired(now):
             state = chan.state
             if state in (HEAD, BODY):
                 self.timed_out += 1

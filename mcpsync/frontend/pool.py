@@ -5,7 +5,7 @@ Why
 Under the GIL, dozens of runnable request threads get the interpreter in no particular
 order, and with 64 busy connections the slowest 1 % of calls took 20 to 40 times the
 median. The pool keeps the number of requests that *run Python* at once to ``slots``
-(``Limits.workers``, default 4) and starts the others in the order they arrived.
+(``Limits.workers``, default 8) and starts the others in the order they arrived.
 
 Slots and threads
 -----------------

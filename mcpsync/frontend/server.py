@@ -26,8 +26,9 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .bridge import Bridge, WSGIApp
-from .dispatcher import STATES, Dispatcher, Poller
+from .dispatcher import STATES, Dispatcher
 from .limits import Limits
+from .poller import Poller
 from .pool import StartThread, WorkerPool, start_daemon_thread
 
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -144,7 +145,8 @@ class HttpFrontEnd:
             ("timed_out", d.timed_out), ("shed", d.shed), ("slots", st.slots),
             ("busy_slots", st.busy_slots), ("threads", st.threads),
             ("queued", st.queued), ("resuming", st.resuming), ("started", st.started),
-            ("waited", st.waited), ("overdrafts", st.overdrafts))]
+            ("waited", st.waited), ("overdrafts", st.overdrafts), ("parked", st.parked),
+            ("steals", st.steals))]
         return rows
 
     def __enter__(self) -> HttpFrontEnd:
