@@ -24,7 +24,7 @@ from memclient import CallThread, MemClient
 from rpcutil import wait_until
 
 from mcpsync.hub import Hub, parse_config
-from mcpsync.hub.lines import LineSplitter, LogBudget, Window
+from mcpsync.client.lines import LineSplitter, LogBudget, Window
 from mcpsync.protocol import jsonrpc
 
 WAIT_S = 20.0

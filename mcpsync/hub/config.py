@@ -43,14 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from ..client.endpoint import (AUTO, SSE, STDIO, STREAMABLE_HTTP, TRANSPORTS, WEBSOCKET,
+                               Endpoint, Timeouts)
 from ..errors import ConfigError
 from ..protocol import versions
 
-STDIO = "stdio"
-STREAMABLE_HTTP = "streamable-http"
-SSE = "sse"
-WEBSOCKET = "websocket"
-TRANSPORTS = (STDIO, STREAMABLE_HTTP, SSE, WEBSOCKET)
 _TRANSPORT_ALIASES = {"stdio": STDIO, "streamable-http": STREAMABLE_HTTP, "streamableHttp": STREAMABLE_HTTP,
                       "http": STREAMABLE_HTTP, "sse": SSE, "websocket": WEBSOCKET, "ws": WEBSOCKET}
 
@@ -58,7 +55,6 @@ SHARED = "shared"
 PER_SESSION = "per-session"
 ISOLATIONS = (SHARED, PER_SESSION)
 
-AUTO = "auto"
 DEFAULT_HUB_NAME = "mcpsync-hub"
 DEFAULT_SEPARATOR = "__"
 MAX_NAME_CHARS = 64            # server names and prefixes: leaves room for the tool's own name
@@ -68,10 +64,6 @@ _VAR_RE = re.compile(r"\$\{([^}]*)\}")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Defaults, in seconds unless named otherwise.
-REQUEST_TIMEOUT_S = 60.0       # one upstream request, from send to response
-CONNECT_TIMEOUT_S = 30.0       # start (spawn or connect) and handshake of an upstream
-PROBE_TIMEOUT_S = 3.0          # the server/discover probe of revision 2026-07-28
-SHUTDOWN_TIMEOUT_S = 5.0       # a stdio upstream's exit after its stdin closes, before SIGTERM
 PING_INTERVAL_S = 30.0         # idle health pings of a ready upstream (0: never)
 WATCH_INTERVAL_S = 1.0         # config file mtime polling
 RESTART_INITIAL_DELAY_S = 0.5
@@ -97,14 +89,6 @@ FOREIGN_KEYS = {
 
 
 @dataclass(frozen=True)
-class Timeouts:
-    request: float = REQUEST_TIMEOUT_S
-    connect: float = CONNECT_TIMEOUT_S
-    probe: float = PROBE_TIMEOUT_S
-    shutdown: float = SHUTDOWN_TIMEOUT_S
-
-
-@dataclass(frozen=True)
 class RestartPolicy:
     """Exponential backoff between attempts: ``initial_delay * factor ** (n - 1)`` seconds,
     capped at ``max_delay``; ``max_attempts`` consecutive failures (0: no limit) leave the
@@ -120,23 +104,15 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
-class UpstreamConfig:
-    name: str
-    transport: str
-    command: str | None = None
-    args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    url: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+class UpstreamConfig(Endpoint):
+    """One ``mcpServers`` entry: where the upstream is (``Endpoint``) and how the hub runs it."""
+
     enabled: bool = True
     required: bool = True                  # /readyz waits for it
     isolation: str = SHARED
     prefix: str = ""
     allow: tuple[str, ...] | None = None   # tool-name globs; None: every tool
     deny: tuple[str, ...] = ()
-    revision: str = AUTO                   # "auto" or one protocol revision to insist on
-    timeouts: Timeouts = field(default_factory=Timeouts)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     ping_interval: float = PING_INTERVAL_S
     separator: str = DEFAULT_SEPARATOR

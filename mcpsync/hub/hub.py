@@ -37,9 +37,10 @@ from .._version import __version__
 from ..core.connection import ServerConnection
 from ..errors import ConfigError
 from ..server import Server
-from .client import Channel, UpstreamSession
+from ..client.channels import Channel
+from ..client.session import ClientSession
 from .config import HubConfig, UpstreamConfig, load_config
-from .process import Guardian
+from ..client.process import Guardian
 from .upstream import (BACKOFF, CONNECTING, DISABLED, FAILED, READY, Upstream, UpstreamUnavailable,
                        make_channel)
 
@@ -99,7 +100,7 @@ class Hub:
         self._closing = False
         # Guards _reap_queue; notified when something is queued and on close.
         self._reap_cond = threading.Condition(threading.Lock())
-        self._reap_queue: deque[UpstreamSession] = deque()
+        self._reap_queue: deque[ClientSession] = deque()
         self._threads: list[threading.Thread] = []
         self._started = False
         self.server.on_session_closed(self._session_closed)
@@ -369,7 +370,7 @@ class Hub:
 
     # ---- the reaper ------------------------------------------------------------------------
 
-    def _reap(self, session: UpstreamSession) -> None:
+    def _reap(self, session: ClientSession) -> None:
         with self._reap_cond:
             self._reap_queue.append(session)
             self._reap_cond.notify()
@@ -403,7 +404,7 @@ class Hub:
             self._close_quietly(session)
 
     @staticmethod
-    def _close_quietly(session: UpstreamSession) -> None:
+    def _close_quietly(session: ClientSession) -> None:
         try:
             session.close()
         except Exception:

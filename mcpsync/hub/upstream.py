@@ -37,9 +37,9 @@ from typing import Any, Callable
 from ..errors import ConnectionClosed, McpError, PeerError, RequestTimeout, ToolError
 from ..server import Server
 from . import aggregate
-from .client import Channel, UpstreamSession
-from .config import PER_SESSION, SSE, STDIO, STREAMABLE_HTTP, WEBSOCKET, UpstreamConfig
-from .process import Guardian
+from ..client.channels import Channel, make_channel
+from ..client.session import ClientSession
+from .config import PER_SESSION, UpstreamConfig
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -59,30 +59,12 @@ class UpstreamUnavailable(McpError):
     """A call to an upstream that is not ready (its message names the upstream and state)."""
 
 
-def make_channel(cfg: UpstreamConfig, guardian: Guardian | None = None) -> Channel:
-    """The channel for ``cfg``'s transport; stdio children are reported to ``guardian``
-    so that they end with the hub."""
-    if cfg.transport == STDIO:
-        from .stdio import StdioChannel
-        return StdioChannel(cfg, guardian)
-    if cfg.transport in (STREAMABLE_HTTP, SSE):
-        if cfg.transport == STREAMABLE_HTTP:
-            from .streamable import HttpChannel
-            return HttpChannel(cfg)
-        from .legacy_sse import LegacySseChannel
-        return LegacySseChannel(cfg)
-    if cfg.transport == WEBSOCKET:
-        from .websocket import WebSocketChannel
-        return WebSocketChannel(cfg)
-    raise ValueError(f"unknown transport {cfg.transport!r}")
-
-
 class _Slot:
     """A per-session upstream session being created or in use (single-flight)."""
 
     def __init__(self) -> None:
         self.ready = threading.Event()   # set once, by the creator, when session or error is known
-        self.session: UpstreamSession | None = None
+        self.session: ClientSession | None = None
         self.error: BaseException | None = None
         self.dropped = False             # the downstream session ended meanwhile (under _cond)
         self.label = ""
@@ -92,7 +74,7 @@ class Upstream:
     """One ``mcpServers`` entry at run time."""
 
     def __init__(self, cfg: UpstreamConfig, server: Server, *,
-                 reap: Callable[[UpstreamSession], None],
+                 reap: Callable[[ClientSession], None],
                  on_change: Callable[[], None] = lambda: None,
                  channel_factory: Callable[[UpstreamConfig], Channel] = make_channel) -> None:
         self.cfg = cfg
@@ -109,8 +91,8 @@ class Upstream:
         self.attempts = 0
         self.failures = 0
         self.next_retry_at: float | None = None
-        self._session: UpstreamSession | None = None
-        self._opening: UpstreamSession | None = None
+        self._session: ClientSession | None = None
+        self._opening: ClientSession | None = None
         self._lost = False
         self._stopping = False
         self._want = 0            # refresh requests so far
@@ -124,7 +106,7 @@ class Upstream:
         self._thread: threading.Thread | None = None
 
     @property
-    def session(self) -> UpstreamSession | None:
+    def session(self) -> ClientSession | None:
         """The shared session while the upstream is ready (else None)."""
         with self._cond:
             return self._session if self.state == READY else None
@@ -225,7 +207,7 @@ class Upstream:
                 self._cond.wait(remaining)
             return not self._stopping
 
-    def _connect(self) -> UpstreamSession | None:
+    def _connect(self) -> ClientSession | None:
         """Start a session and register its lists; None on failure (recorded)."""
         self._set_state(CONNECTING)
         session = self._new_session(on_lost=self._shared_lost)
@@ -266,7 +248,7 @@ class Upstream:
         self._set_state(READY)
         return session
 
-    def _watch(self, session: UpstreamSession) -> None:
+    def _watch(self, session: ClientSession) -> None:
         """Serve refresh requests and pings until the session is lost or we stop."""
         ping = self.cfg.ping_interval or None
         while True:
@@ -301,7 +283,7 @@ class Upstream:
                     self._done = max(self._done, want)
                     self._cond.notify_all()
 
-    def _shared_lost(self, session: UpstreamSession, reason: str) -> None:
+    def _shared_lost(self, session: ClientSession, reason: str) -> None:
         with self._cond:
             if session is not self._session and session is not self._opening:
                 return
@@ -339,7 +321,7 @@ class Upstream:
                 self._cond.wait(remaining)
             return True
 
-    def _refresh(self, session: UpstreamSession, want: int) -> None:
+    def _refresh(self, session: ClientSession, want: int) -> None:
         """List everything (no lock held), build the proxies, commit them in one update."""
         caps = session.capabilities
         lists: dict[str, list[dict[str, Any]]] = {}
@@ -447,7 +429,7 @@ class Upstream:
             text += f"; next attempt in {max(0.0, retry - time.monotonic()):.1f} s"
         return UpstreamUnavailable(text + ")")
 
-    def _session_for(self, ctx: Any) -> tuple[UpstreamSession, bool]:
+    def _session_for(self, ctx: Any) -> tuple[ClientSession, bool]:
         if self.cfg.isolation != PER_SESSION:
             with self._cond:
                 session = self._session if self.state == READY else None
@@ -486,7 +468,7 @@ class Upstream:
                     self.instance_failures += 1
             self._reap(session)
 
-    def _create(self, conn: Any, slot: _Slot) -> UpstreamSession:
+    def _create(self, conn: Any, slot: _Slot) -> ClientSession:
         try:
             session = self._open_instance(slot.label)
         except BaseException as exc:
@@ -509,7 +491,7 @@ class Upstream:
             raise UpstreamUnavailable(f"upstream {self.name!r}: the client session ended")
         return session
 
-    def _instance_lost(self, session: UpstreamSession, reason: str) -> None:
+    def _instance_lost(self, session: ClientSession, reason: str) -> None:
         """A per-session upstream died: forget it now (the next call of its client starts a
         new one) and have it reaped, so no dead child waits for its client to leave."""
         with self._cond:
@@ -523,7 +505,7 @@ class Upstream:
             self._reap(session)
         self._on_change()
 
-    def _open_instance(self, label: str) -> UpstreamSession:
+    def _open_instance(self, label: str) -> ClientSession:
         session = self._new_session(on_lost=self._instance_lost)
         log.info("upstream %s: starting an instance for %s", self.name, label)
         try:
@@ -557,10 +539,10 @@ class Upstream:
             self.drop_connection(conn)
         return len(leaked)
 
-    def _new_session(self, on_lost: Callable[[UpstreamSession, str], None]) -> UpstreamSession:
+    def _new_session(self, on_lost: Callable[[ClientSession, str], None]) -> ClientSession:
         with self._cond:
             prefer = self._prefer_handshake
-        return UpstreamSession(self.cfg, self._make_channel(self.cfg),
+        return ClientSession(self.cfg, self._make_channel(self.cfg),
                                on_list_changed=self.request_refresh,
                                on_resource_updated=self._resource_updated,
                                on_lost=on_lost, prefer_handshake=prefer)
@@ -606,7 +588,7 @@ class Upstream:
         return {"shared": pid(shared), "sessions": {k: pid(v) for k, v in per.items()}}
 
 
-def _with_stderr(session: UpstreamSession, reason: str) -> str:
+def _with_stderr(session: ClientSession, reason: str) -> str:
     """``reason`` and the last lines the upstream wrote to stderr (stdio), for lastError."""
     tail = list(getattr(session.channel, "stderr_tail", None) or ())
     return f"{reason}; its last stderr: {' | '.join(tail)}" if tail else reason

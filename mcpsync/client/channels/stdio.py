@@ -42,13 +42,13 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ..errors import ConnectionClosed, RequestTimeout
-from ..protocol import jsonrpc
-from . import process
-from .client import Deliver
-from .config import UpstreamConfig
-from .correlator import Call
-from .lines import LineSplitter, LogBudget, Window
+from ...errors import ConnectionClosed, RequestTimeout
+from ...protocol import jsonrpc
+from .. import process
+from .base import ChannelBase, Deliver
+from ..endpoint import Endpoint
+from ..correlator import Call
+from ..lines import LineSplitter, LogBudget, Window
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -83,14 +83,12 @@ class _StdoutReading:
         self.budget = LogBudget(GARBAGE_LOG_LINES, WINDOW_S)
 
 
-class StdioChannel:
+class StdioChannel(ChannelBase):
     transport = "stdio"
     cancels_by_closing = False
 
-    def __init__(self, cfg: UpstreamConfig, guardian: process.Guardian | None = None) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.modern = False
+    def __init__(self, cfg: Endpoint, guardian: process.Guardian | None = None) -> None:
+        super().__init__(cfg)
         self.proc: subprocess.Popen[bytes] | None = None
         self._guardian = guardian
         # One writer at a time on the child's stdin: held for one message's write, which
@@ -102,8 +100,6 @@ class StdioChannel:
         self._broken = False
         self._wake: tuple[int, int] | None = None  # a pipe; a byte in it wakes blocked writers
         self._threads: list[threading.Thread] = []
-        self._deliver: Deliver = lambda msg, call: None
-        self._lost: Callable[[str], None] = lambda reason: None
         # Written by the stderr thread only; others read list() snapshots.
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         # Each key has one writer: stdout* the stdout reader, stderr* the stderr reader.
@@ -123,7 +119,7 @@ class StdioChannel:
             if found is None:
                 raise ConnectionClosed(f"command not found: {exe!r} (not on PATH)")
             exe = found
-        self._deliver, self._lost = deliver, lost
+        self.attach(deliver, lost)
         self._wake = os.pipe()
         try:
             self.proc = process.spawn([exe, *cfg.args], env=env, cwd=cfg.cwd, guardian=self._guardian)

@@ -39,11 +39,11 @@ import threading
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from ..errors import ConnectionClosed
-from ..protocol import jsonrpc, modern
-from .client import Deliver
-from .config import UpstreamConfig
-from .correlator import CLOSED, EXPIRED, RESPONSE, Call, shutdown_socket
+from ...errors import ConnectionClosed
+from ...protocol import jsonrpc, modern
+from .base import ChannelBase, Deliver
+from ..endpoint import Endpoint
+from ..correlator import CLOSED, EXPIRED, RESPONSE, Call, shutdown_socket
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -113,21 +113,17 @@ class SseReader:
                 self.retry_ms = int(value)
 
 
-class HttpChannel:
+class HttpChannel(ChannelBase):
     transport = "streamable-http"
     cancels_by_closing = True
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
-        assert cfg.url is not None
-        self.cfg = cfg
-        self.name = cfg.name
-        self.url = cfg.url
-        parts = urlsplit(cfg.url)
+    def __init__(self, cfg: Endpoint) -> None:
+        super().__init__(cfg)
+        parts = urlsplit(self.url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._https else 80)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.modern = False
         self.tool_schemas: dict[str, Any] = {}
         # Guards the fields below; see the module docstring.
         self._lock = threading.Lock()
@@ -137,15 +133,13 @@ class HttpChannel:
         self._busy: dict[int, http.client.HTTPConnection] = {}   # call id -> its connection
         self._streams: set[http.client.HTTPConnection] = set()   # long-lived (GET) connections
         self._closed = False
-        self._deliver: Deliver = lambda msg, call: None
-        self._lost: Callable[[str], None] = lambda reason: None
         self._connect_timeout = 30.0
         self._closing = threading.Event()  # set by close(); wakes the events loop's pauses
 
     # ---- set-up --------------------------------------------------------------------------
 
     def open(self, deliver: Deliver, lost: Callable[[str], None], timeout: float) -> None:
-        self._deliver, self._lost = deliver, lost
+        self.attach(deliver, lost)
         self._connect_timeout = timeout
 
     def set_version(self, version: str) -> None:

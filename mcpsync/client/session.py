@@ -1,9 +1,10 @@
-"""``UpstreamSession``: the hub as an MCP *client* of one upstream server instance.
+"""``ClientSession``: one MCP client session with one server instance (the hub's upstreams,
+``mcpsync.Client``).
 
 Theory of operation
 -------------------
 A session drives one ``Channel`` (a spawned stdio process, a Streamable HTTP endpoint, a
-WebSocket, a legacy SSE endpoint: see ``stdio.py``, ``streamable.py``, ``websocket.py``).
+WebSocket, a legacy SSE endpoint: see ``channels/``).
 The channel moves whole JSON-RPC messages; the session does the protocol:
 
 * Negotiation: unless the config insists on one revision, ``server/discover`` at
@@ -36,10 +37,11 @@ import time
 from typing import Any, Callable, Protocol
 
 from .._version import __version__
+from .endpoint import AUTO, Endpoint
 from ..errors import (Cancelled, ConnectionClosed, McpError, MethodNotFound,
                       PeerError, RequestTimeout)
 from ..protocol import jsonrpc, modern, versions
-from .config import AUTO, UpstreamConfig
+from .channels.base import Channel
 from .correlator import (CANCELLED, CLOSED, EXPIRED, LOG, PROGRESS, REQUEST, RESPONSE, TIMEOUT,
                          Call, Correlator)
 
@@ -55,46 +57,18 @@ MAX_INPUT_ROUNDS = 16            # 2026-07-28 input_required rounds of one reque
 LISTEN_RETRY_S = 1.0             # pause before re-opening an ended subscriptions/listen
 UPSTREAM_LOG_LEVEL = "debug"     # handshake era: upstreams send everything, contexts filter
 
-Deliver = Callable[[dict[str, Any], "Call | None"], None]
-
-
 class SessionExpired(Exception):
     """Streamable HTTP: the upstream answered 404 for our session id (it restarted or
     expired the session); the session re-initializes and retries."""
 
 
-class Channel(Protocol):
-    """How a session moves messages (implemented per transport)."""
-
-    transport: str
-    modern: bool          # set by the session once 2026-07-28 is negotiated (HTTP headers)
-
-    def open(self, deliver: Deliver, lost: Callable[[str], None], timeout: float) -> None:
-        """Connect / spawn (blocks up to ``timeout``). ``deliver(msg, call)`` takes every
-        incoming message (``call``: the request whose stream carried it, if the transport
-        knows); ``lost(reason)`` is called once when the connection dies."""
-
-    def send(self, msg: dict[str, Any], call: Call | None = None) -> None:
-        """Send one message. A request sent for ``call`` may instead install ``call.pump``
-        (HTTP: the POST happens on the waiting thread). Raises ``ConnectionClosed``."""
-
-    def end(self, call: Call) -> None:
-        """The call is over: release what its request held (an HTTP response stream)."""
-
-    def info(self) -> dict[str, Any]:
-        """Health details (pid, url, session id ...)."""
-
-    def close(self) -> None:
-        """Disconnect and release everything (joins the channel's threads; bounded)."""
-
-
-class UpstreamSession:
+class ClientSession:
     """One protocol session with one upstream instance (shared, or one client's own)."""
 
-    def __init__(self, cfg: UpstreamConfig, channel: Channel, *,
+    def __init__(self, cfg: Endpoint, channel: Channel, *,
                  on_list_changed: Callable[[str], None] | None = None,
                  on_resource_updated: Callable[[str], None] | None = None,
-                 on_lost: Callable[["UpstreamSession", str], None] | None = None,
+                 on_lost: Callable[["ClientSession", str], None] | None = None,
                  prefer_handshake: bool = False) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -121,7 +95,7 @@ class UpstreamSession:
 
     # ---- life ------------------------------------------------------------------------------
 
-    def open(self) -> "UpstreamSession":
+    def open(self) -> "ClientSession":
         """Connect and negotiate (blocks up to the connect timeout plus the probe)."""
         t = self.cfg.timeouts
         try:

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import simple_websocket
 from wsproto import ConnectionType
 
-from ..errors import ConnectionClosed
-from ..protocol import jsonrpc
-from .client import Deliver
-from .config import UpstreamConfig
-from .correlator import Call, shutdown_socket
+from ...errors import ConnectionClosed
+from ...protocol import jsonrpc
+from .base import ChannelBase, Deliver
+from ..endpoint import Endpoint
+from ..correlator import Call, shutdown_socket
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -59,26 +59,20 @@ class _Client(simple_websocket.Client):
         self.sock.settimeout(None)  # from now on simple-websocket's reader blocks on it
 
 
-class WebSocketChannel:
+class WebSocketChannel(ChannelBase):
     transport = "websocket"
     cancels_by_closing = False
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
-        assert cfg.url is not None
-        self.cfg = cfg
-        self.name = cfg.name
-        self.url = cfg.url
-        self.modern = False
+    def __init__(self, cfg: Endpoint) -> None:
+        super().__init__(cfg)
         self._ws: Any = None
         # Serializes our frames (one message per send call).
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()  # set once by close()
-        self._deliver: Deliver = lambda msg, call: None
-        self._lost: Callable[[str], None] = lambda reason: None
 
     def open(self, deliver: Deliver, lost: Callable[[str], None], timeout: float) -> None:
-        self._deliver, self._lost = deliver, lost
+        self.attach(deliver, lost)
         try:
             self._ws = _Client(self.url, headers=dict(self.cfg.headers), timeout=timeout, name=self.name)
         except (OSError, ConnectionError) as exc:

@@ -15,39 +15,33 @@ import time
 from typing import Any, Callable
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import ConnectionClosed
-from .client import Deliver
-from .config import UpstreamConfig
-from .correlator import Call, shutdown_socket
-from .streamable import MAX_ERROR_BODY_BYTES, HttpChannel, SseReader
+from ...errors import ConnectionClosed
+from .base import ChannelBase, Deliver
+from ..endpoint import Endpoint
+from ..correlator import Call, shutdown_socket
+from .http import MAX_ERROR_BODY_BYTES, HttpChannel, SseReader
 
 log = logging.getLogger("mcpsync.hub")
 
 
-class LegacySseChannel:
+class LegacySseChannel(ChannelBase):
     """HTTP+SSE (2024-11-05); see the module docstring."""
 
     transport = "sse"
     cancels_by_closing = False
     handshake_only = True
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
-        assert cfg.url is not None
-        self.cfg = cfg
-        self.name = cfg.name
-        self.url = cfg.url
-        self.modern = False
+    def __init__(self, cfg: Endpoint) -> None:
+        super().__init__(cfg)
         self._http = HttpChannel(cfg)   # its connection pool and headers, for the POSTs
         self._post_path = ""
         self._stream: http.client.HTTPConnection | None = None
         self._reader: SseReader | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()  # set once by close()
-        self._deliver: Deliver = lambda msg, call: None
-        self._lost: Callable[[str], None] = lambda reason: None
 
     def open(self, deliver: Deliver, lost: Callable[[str], None], timeout: float) -> None:
-        self._deliver, self._lost = deliver, lost
+        self.attach(deliver, lost)
         self._http.open(deliver, lost, timeout)
         deadline = time.monotonic() + timeout
         conn, resp = self._http._request("GET", None, {"Accept": "text/event-stream", **self.cfg.headers},
