@@ -183,7 +183,7 @@ def test_b_a_helper_that_shares_stdout_ending_is_not_taken_for_a_dead_server(
         tmp_path: pathlib.Path, kill_leftovers: list[int], caplog: pytest.LogCaptureFixture) -> None:
     """A server that started a helper holding its stdout: the helper ends, the hub asks
     the server for a ping, it answers, nothing restarts."""
-    caplog.set_level("INFO", logger="mcpsync.hub")
+    caplog.set_level("INFO", logger="mcpsync.client")
     hub = hub_of({"srv": raw_entry({"RAW_PID_DIR": str(tmp_path), "RAW_HELPER": "1"}, timeouts={"probe": 1})})
     try:
         assert hub.wait_until(lambda h: health(h, "srv")["state"] == "ready", WAIT_S)

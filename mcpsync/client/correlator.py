@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ..errors import ConnectionClosed
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 # Event kinds a Call delivers to its waiter.
 RESPONSE = "response"      # payload: the response or error message

@@ -29,7 +29,7 @@ import sys
 import threading
 from typing import Any, Mapping
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 GUARD_TERM_WAIT_S = 2.0      # the guardian's grace between SIGTERM and SIGKILL
 GUARD_EXIT_WAIT_S = 5.0      # how long close() waits for the guardian to finish

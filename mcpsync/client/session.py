@@ -45,7 +45,7 @@ from .channels.base import Channel
 from .correlator import (CANCELLED, CLOSED, EXPIRED, LOG, PROGRESS, REQUEST, RESPONSE, TIMEOUT,
                          Call, Correlator)
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 CLIENT_INFO = {"name": "mcpsync-hub", "version": __version__}
 # What the hub declares upstream: it relays these to the downstream client making the call

@@ -3,10 +3,15 @@ stdio process, a Streamable HTTP endpoint, a WebSocket, a legacy SSE endpoint), 
 ``Deliver``, how a channel hands each incoming message to its session."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import logging
+from typing import Any, Callable, Iterable, Protocol
+
+from ...protocol import jsonrpc
 
 from ..correlator import Call
 from ..endpoint import Endpoint
+
+log = logging.getLogger("mcpsync.client")
 
 Deliver = Callable[[dict[str, Any], "Call | None"], None]
 
@@ -59,6 +64,24 @@ class ChannelBase:
 
     def attach(self, deliver: Deliver, lost: Callable[[str], None]) -> None:
         self._deliver, self._lost = deliver, lost
+
+    def deliver_all(self, msgs: Iterable[Any], call: Call | None) -> None:
+        """Hand each message to the session; a failure is logged and the next one goes on."""
+        for msg in msgs:
+            try:
+                self._deliver(msg, call)
+            except Exception:
+                log.exception("upstream %s: handling a message failed", self.name)
+
+    def deliver_text(self, data: str | bytes, call: Call | None, unit: str) -> None:
+        """Decode one ``unit`` (an SSE event, a WebSocket frame) holding a message or a
+        batch and deliver what it holds; text that is not JSON is logged and dropped."""
+        try:
+            value = jsonrpc.decode(data)
+        except Exception:
+            log.warning("upstream %s sent a non-JSON %s: %.200r", self.name, unit, data)
+            return
+        self.deliver_all(value if isinstance(value, list) else [value], call)
 
     @property
     def url(self) -> str:

@@ -45,7 +45,7 @@ from .base import ChannelBase, Deliver
 from ..endpoint import Endpoint
 from ..correlator import CLOSED, EXPIRED, RESPONSE, Call, shutdown_socket
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 MAX_IDLE_CONNECTIONS = 8
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -355,13 +355,7 @@ class HttpChannel(ChannelBase):
     def _route(self, data: str, call: Call | None) -> None:
         if not data.strip():
             return
-        try:
-            value = jsonrpc.decode(data)
-        except Exception:
-            log.warning("upstream %s sent a non-JSON event: %.200r", self.name, data)
-            return
-        for msg in value if isinstance(value, list) else [value]:
-            self._deliver(msg, call)
+        self.deliver_text(data, call, "event")
 
     # ---- close -------------------------------------------------------------------------------
 

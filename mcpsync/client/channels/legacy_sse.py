@@ -21,7 +21,7 @@ from ..endpoint import Endpoint
 from ..correlator import Call, shutdown_socket
 from .http import MAX_ERROR_BODY_BYTES, HttpChannel, SseReader
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 
 class LegacySseChannel(ChannelBase):

@@ -50,7 +50,7 @@ from ..endpoint import Endpoint
 from ..correlator import Call
 from ..lines import LineSplitter, LogBudget, Window
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 MAX_LINE_BYTES = 16 * 1024 * 1024     # one message on stdout
 MAX_STDERR_LINE_BYTES = 4096          # one stderr line, as logged
@@ -203,11 +203,7 @@ class StdioChannel(ChannelBase):
             self._liveness = None  # any answer will do: the upstream is alive
             log.info("upstream %s: still answers; going on", self.name)
             return None
-        for one in items:
-            try:
-                self._deliver(one, None)
-            except Exception:
-                log.exception("upstream %s: handling a message failed", self.name)
+        self.deliver_all(items, None)
         return None
 
     def _garbage(self, r: _StdoutReading, what: str | None, nbytes: int, events: int) -> str | None:

@@ -25,7 +25,7 @@ from .base import ChannelBase, Deliver
 from ..endpoint import Endpoint
 from ..correlator import Call, shutdown_socket
 
-log = logging.getLogger("mcpsync.hub")
+log = logging.getLogger("mcpsync.client")
 
 WS_SUBPROTOCOL = "mcp"
 WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -91,16 +91,7 @@ class WebSocketChannel(ChannelBase):
                 if isinstance(frame, (bytes, bytearray)):
                     log.warning("upstream %s sent a binary frame; ignored", self.name)
                     continue
-                try:
-                    value = jsonrpc.decode(frame)
-                except Exception:
-                    log.warning("upstream %s sent a non-JSON frame: %.200r", self.name, frame)
-                    continue
-                for msg in value if isinstance(value, list) else [value]:
-                    try:
-                        self._deliver(msg, None)
-                    except Exception:
-                        log.exception("upstream %s: handling a message failed", self.name)
+                self.deliver_text(frame, None, "frame")
         except simple_websocket.ConnectionClosed as exc:
             reason = f"the WebSocket closed ({exc.reason})"
         except OSError as exc:
