@@ -34,15 +34,15 @@ from collections import deque
 from typing import Any, Callable
 
 from .._version import __version__
+from ..client.channels import Channel, make_channel
+from ..client.process import Guardian
+from ..client.session import ClientSession
 from ..core.connection import ServerConnection
 from ..errors import ConfigError
 from ..server import Server
-from ..client.channels import Channel
-from ..client.session import ClientSession
 from .config import HubConfig, UpstreamConfig, load_config
-from ..client.process import Guardian
-from .upstream import (BACKOFF, CONNECTING, DISABLED, FAILED, READY, Upstream, UpstreamUnavailable,
-                       make_channel)
+from .router import Router
+from .upstream import BACKOFF, CONNECTING, DISABLED, FAILED, READY, Upstream
 
 log = logging.getLogger("mcpsync.hub")
 
@@ -90,6 +90,7 @@ class Hub:
         # Guards _upstreams, _version, the reload fields and _closing; see the module docstring.
         self._cond = threading.Condition(threading.RLock())
         self._upstreams: dict[str, Upstream] = {}
+        self.router = Router(self.upstream)   # proxies reach the current Upstream of a name
         self._version = 0
         self._reload_want = 0
         self._reload_done = 0
@@ -125,10 +126,8 @@ class Hub:
         return self
 
     def _make(self, cfg: UpstreamConfig) -> Upstream:
-        up = Upstream(cfg, self.server, reap=self._reap, on_change=self._changed,
-                      channel_factory=self._channel_factory)
-        up.forward_hook = self._forward
-        return up
+        return Upstream(cfg, self.server, reap=self._reap, forward=self.router.forward,
+                        on_change=self._changed, channel_factory=self._channel_factory)
 
     def close(self) -> None:
         """Stop every upstream (their processes exit, sessions close) and join the hub's
@@ -168,12 +167,6 @@ class Hub:
     def upstreams(self) -> dict[str, Upstream]:
         with self._cond:
             return dict(self._upstreams)
-
-    def _forward(self, kind: str, name: str, original: str, ctx: Any) -> dict[str, Any]:
-        up = self.upstream(name)
-        if up is None:
-            raise UpstreamUnavailable(f"upstream {name!r} is no longer configured")
-        return up.forward(kind, original, ctx)
 
     def _session_closed(self, conn: ServerConnection) -> None:
         for up in self.upstreams().values():

@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import ConnectionClosed, McpError, PeerError, RequestTimeout, ToolError
+from ..errors import ConnectionClosed, McpError, PeerError, RequestTimeout
 from ..server import Server
 from . import aggregate
 from ..client.channels import Channel, make_channel
@@ -74,13 +74,14 @@ class Upstream:
     """One ``mcpServers`` entry at run time."""
 
     def __init__(self, cfg: UpstreamConfig, server: Server, *,
-                 reap: Callable[[ClientSession], None],
+                 reap: Callable[[ClientSession], None], forward: aggregate.Forward,
                  on_change: Callable[[], None] = lambda: None,
                  channel_factory: Callable[[UpstreamConfig], Channel] = make_channel) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.server = server
         self._reap = reap
+        self._forward = forward      # the Router's: what the proxies built here call
         self._on_change = on_change
         self._make_channel = channel_factory
         # Guards everything below; see the module docstring.
@@ -340,7 +341,7 @@ class Upstream:
                                    if isinstance(t.get("name"), str) and isinstance(t.get("inputSchema"), dict)}
         with self._cond:
             previous = self._defs
-        defs = aggregate.build(self.cfg, lists, self._forward_to_hub,
+        defs = aggregate.build(self.cfg, lists, self._forward,
                                previous.names if previous is not None else None,
                                completions="completions" in caps)
         new_sig = defs.signature()
@@ -369,55 +370,11 @@ class Upstream:
                             item["reason"])
         self._on_change()
 
-    # ---- calls ---------------------------------------------------------------------------
+    # ---- calls (the Router drives these) -------------------------------------------------
 
-    # Set by the Hub: routes a proxy call to the *current* Upstream of this name (a reload
-    # may have replaced this object since the proxy was built).
-    forward_hook: Callable[[str, str, str, Any], dict[str, Any]] | None = None
-
-    def _forward_to_hub(self, kind: str, upstream: str, original: str, ctx: Any) -> dict[str, Any]:
-        hook = self.forward_hook
-        if hook is None:
-            return self.forward(kind, original, ctx)
-        return hook(kind, upstream, original, ctx)
-
-    def forward(self, kind: str, original: str, ctx: Any) -> dict[str, Any]:
-        """Run one proxied request on the right upstream session for ``ctx`` (blocks)."""
-        session, ephemeral = self._session_for(ctx)
-        params = ctx.params if isinstance(ctx.params, dict) else {}
-        try:
-            if kind == "tool":
-                args = params.get("arguments")
-                return session.request("tools/call", {"name": original,
-                                                      "arguments": args if isinstance(args, dict) else {}},
-                                       ctx=ctx)
-            if kind == "prompt":
-                args = params.get("arguments")
-                p: dict[str, Any] = {"name": original}
-                if isinstance(args, dict):
-                    p["arguments"] = args
-                return session.request("prompts/get", p, ctx=ctx)
-            if kind == "complete":  # the same request, naming the upstream's prompt/template
-                given = params.get("ref")
-                ref: dict[str, Any] = given if isinstance(given, dict) else {}
-                key = "name" if ref.get("type") == "ref/prompt" else "uri"
-                c: dict[str, Any] = {"ref": {"type": ref.get("type"), key: original},
-                                     "argument": params.get("argument")}
-                if isinstance(params.get("context"), dict):
-                    c["context"] = params["context"]
-                return session.request("completion/complete", c, ctx=ctx)
-            return session.request("resources/read", {"uri": original}, ctx=ctx)
-        except PeerError as exc:
-            if kind == "tool":
-                raise ToolError(f"upstream {self.name!r} answered with an error: {exc.message}") from None
-            raise
-        except (ConnectionClosed, RequestTimeout) as exc:
-            if kind == "tool":
-                raise ToolError(exc.message) from None
-            raise UpstreamUnavailable(exc.message) from None
-        finally:
-            if ephemeral:
-                self._reap(session)
+    def release(self, session: ClientSession) -> None:
+        """A request's own session (``session_for`` said ephemeral) is done: reap it."""
+        self._reap(session)
 
     def _unavailable(self) -> UpstreamUnavailable:
         with self._cond:
@@ -429,7 +386,9 @@ class Upstream:
             text += f"; next attempt in {max(0.0, retry - time.monotonic()):.1f} s"
         return UpstreamUnavailable(text + ")")
 
-    def _session_for(self, ctx: Any) -> tuple[ClientSession, bool]:
+    def session_for(self, ctx: Any) -> tuple[ClientSession, bool]:
+        """The upstream session for the request ``ctx`` and whether it is the request's
+        own (a sessionless request with per-session isolation: ``release`` it after)."""
         if self.cfg.isolation != PER_SESSION:
             with self._cond:
                 session = self._session if self.state == READY else None
