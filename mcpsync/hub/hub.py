@@ -189,11 +189,9 @@ class Hub:
             if predicate(self):
                 return True
             with self._cond:
-                while self._version == seen:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return predicate(self)
-                    self._cond.wait(remaining)
+                moved = self._cond.wait_for(lambda: self._version != seen, deadline - time.monotonic())
+            if not moved:
+                return predicate(self)
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until every enabled upstream is ready or has failed its first attempt."""
@@ -272,11 +270,8 @@ class Hub:
             if config is not None:
                 self._reload_config = config
             self._cond.notify_all()
-            while self._reload_done < mine:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the reload did not finish in time")
-                self._cond.wait(remaining)
+            if not self._cond.wait_for(lambda: self._reload_done >= mine, deadline - time.monotonic()):
+                raise TimeoutError("the reload did not finish in time")
             return dict(self._reload_result)
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -294,12 +289,7 @@ class Hub:
             with self._cond:
                 watching = self.config.watch and self.config_path is not None
                 interval = self.config.watch_interval if watching else None
-                deadline = None if interval is None else time.monotonic() + interval
-                while not self._closing and self._reload_want <= self._reload_done:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._cond.wait_for(lambda: self._closing or self._reload_want > self._reload_done, interval)
                 if self._closing:
                     return
                 want = self._reload_want
@@ -371,12 +361,7 @@ class Hub:
     def _reaper(self) -> None:
         while True:
             with self._reap_cond:
-                deadline = time.monotonic() + REAP_SWEEP_S
-                while not self._reap_queue and not self._closing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._reap_cond.wait(remaining)
+                self._reap_cond.wait_for(lambda: bool(self._reap_queue) or self._closing, REAP_SWEEP_S)
                 if self._closing:
                     return
                 batch = list(self._reap_queue)

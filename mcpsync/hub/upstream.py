@@ -199,14 +199,8 @@ class Upstream:
             return False
         delay = policy.delay(failures)
         self._set_state(BACKOFF, retry_in=delay)
-        deadline = time.monotonic() + delay
         with self._cond:
-            while not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return not self._stopping
+            return not self._cond.wait_for(lambda: self._stopping, delay)
 
     def _connect(self) -> ClientSession | None:
         """Start a session and register its lists; None on failure (recorded)."""
@@ -254,12 +248,7 @@ class Upstream:
         ping = self.cfg.ping_interval or None
         while True:
             with self._cond:
-                deadline = None if ping is None else time.monotonic() + ping
-                while not (self._stopping or self._lost or self._want > self._done):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._cond.wait_for(lambda: self._stopping or self._lost or self._want > self._done, ping)
                 if self._stopping or self._lost:
                     return
                 want = self._want
@@ -310,17 +299,12 @@ class Upstream:
     def refresh(self, timeout: float) -> bool:
         """Ask for a refresh and wait until one that started after this call is committed
         (True), or ``timeout`` seconds pass (False). Blocks."""
-        deadline = time.monotonic() + timeout
         with self._cond:
             self._want += 1
             mine = self._want
             self._cond.notify_all()
-            while self._done < mine:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping:
-                    return False
-                self._cond.wait(remaining)
-            return True
+            self._cond.wait_for(lambda: self._done >= mine or self._stopping, timeout)
+            return self._done >= mine
 
     def _refresh(self, session: ClientSession, want: int) -> None:
         """List everything (no lock held), build the proxies, commit them in one update."""

@@ -255,11 +255,7 @@ class RedisBackend:
         next_tick = time.monotonic()
         while True:
             with self._cond:
-                while not self._outbox and not self._stopping:
-                    left = next_tick - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+                self._cond.wait_for(lambda: bool(self._outbox) or self._stopping, next_tick - time.monotonic())
                 if self._stopping:
                     return
                 batch = list(self._outbox)

@@ -54,14 +54,9 @@ class TaskPool:
         me = threading.current_thread()
         while True:
             with self._cond:
-                deadline = time.monotonic() + self.idle_exit_s
-                while not self._queue and not self.closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._idle += 1
-                    self._cond.wait(left)
-                    self._idle -= 1
+                self._idle += 1
+                self._cond.wait_for(lambda: bool(self._queue) or self.closed, self.idle_exit_s)
+                self._idle -= 1
                 if not self._queue:  # closed, or idle too long: this thread ends
                     self._threads.remove(me)
                     return
