@@ -119,3 +119,171 @@ def test_lower_layers_never_import_upper_ones() -> None:
         for path in _modules(sub):
             for mod, _ in _imports(path):
                 assert not mod.startswith(upper), f"{path} imports {mod}"
+
+
+# ---- the whole graph: layers (transitively) and circles ------------------------------------
+
+# Bottom to top. A module may import (at run time) only modules of its own group or of a
+# lower layer, so every chain of imports goes down; ARCHITECTURE.md draws the same stack.
+LAYERS: list[set[str]] = [
+    {"errors", "_version"},
+    {"protocol", "sync", "inputs", "schema", "sessions", "metrics", "auth"},
+    {"content", "admission", "frontend", "client"},
+    {"core"},
+    {"tasks"},
+    {"server", "state"},
+    {"service", "target", "hub"},
+    {"streams"},
+    {"http"},
+    {"run"},
+    {""},                  # the package itself (mcpsync/__init__.py): the public names
+    {"examples"},          # example servers, written against the public names
+    {"__main__"},          # the CLI (its embedded default is examples.everything)
+]
+RANK = {group: i for i, layer in enumerate(LAYERS) for group in layer}
+MODULES = {".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__"): p
+           for p in PKG.rglob("*.py")}
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _edges(path: pathlib.Path) -> tuple[set[str], set[str]]:
+    """The mcpsync modules ``path`` imports: (at run time, only under TYPE_CHECKING)."""
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    package = list(rel.parts[:-1]) if rel.parts[-1] != "__init__" else list(rel.parts[:-1])
+    runtime: set[str] = set()
+    typing_only: set[str] = set()
+
+    def resolve(mod: str, names: list[str]) -> set[str]:
+        found = {f"{mod}.{n}" for n in names if f"{mod}.{n}" in MODULES}
+        if len(found) < len(names):
+            while mod and mod not in MODULES:
+                mod = mod.rpartition(".")[0]
+            if mod:
+                found.add(mod)
+        return {m for m in found if m.startswith("mcpsync")}
+
+    def visit(node: ast.AST, typing: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = typing or (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                               and child.test.id == "TYPE_CHECKING")
+            into = typing_only if inner else runtime
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    into |= resolve(alias.name, [])
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package[: len(package) - (child.level - 1)]
+                    mod = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    mod = child.module or ""
+                into |= resolve(mod, [a.name for a in child.names])
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    me = ".".join(rel.parts).removesuffix(".__init__")
+    return runtime - {me}, typing_only - runtime - {me}
+
+
+GRAPH = {name: _edges(path) for name, path in MODULES.items()}
+
+
+def test_every_group_has_a_layer() -> None:
+    missing = sorted({_group(m) for m in MODULES} - set(RANK))
+    assert not missing, f"place {missing} in LAYERS (and in ARCHITECTURE.md)"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_only_go_down(module: str) -> None:
+    runtime, typing_only = GRAPH[module]
+    rank, group = RANK[_group(module)], _group(module)
+    for dep in sorted(runtime):
+        if _group(dep) != group:
+            assert RANK[_group(dep)] < rank, f"{module} (layer {rank}) imports {dep} (layer {RANK[_group(dep)]})"
+    for dep in sorted(typing_only):  # annotations may name a peer of the same layer, never above
+        assert RANK[_group(dep)] <= rank, f"{module} names {dep} (a higher layer) even for typing"
+
+
+def _reach(start: str) -> set[str]:
+    """Every module importing ``start`` loads, directly or not (run-time imports)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for dep in GRAPH[todo.pop()][0]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _group(m) == "protocol"))
+def test_protocol_core_is_sans_io_transitively(module: str) -> None:
+    outside = sorted(m for m in _reach(module) if _group(m) not in ("protocol", "errors"))
+    assert not outside, f"{module} reaches {outside}"
+
+
+def test_hub_and_client_never_reach_the_transports_transitively() -> None:
+    for module in (m for m in MODULES if _group(m) in ("hub", "client")):
+        bad = sorted(m for m in _reach(module) if _group(m) in ("http", "streams", "frontend", "run", "service"))
+        assert not bad, f"{module} reaches {bad}"
+
+
+def _circles(runtime_only: bool) -> list[list[str]]:
+    """Strongly connected components (of more than one module) of the import graph."""
+    edges = {m: GRAPH[m][0] | (set() if runtime_only else GRAPH[m][1]) for m in GRAPH}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_no_import_circle_at_run_time() -> None:
+    assert _circles(runtime_only=True) == []
+
+
+def test_type_only_circles_stay_inside_one_package() -> None:
+    """Annotations may name each other inside a package (core.context ↔ core.connection),
+    never across packages."""
+    for circle in _circles(runtime_only=False):
+        packages = {m.rpartition(".")[0] for m in circle}
+        assert len(packages) == 1, f"an import circle across packages: {circle}"
+
+
+# Modules being split right now, with the length they may not grow past.
+SPLITTING = {"mcpsync.frontend.dispatcher": 630}   # issue 14, stage 2
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > SPLITTING.get(name, 600)}
+    assert not long, long
