@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from ._version import __version__
 from .auth import StaticTokenVerifier
@@ -104,34 +104,25 @@ def _add_serving_options(p: argparse.ArgumentParser, *, top: bool) -> None:
                         "balancer can route sessions on it (default: $MCPSYNC_INSTANCE_ID)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _number(parse: Callable[[str], Any], unreadable: str, fits: Callable[[Any], bool],
+            rule: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse`` the text (else "<unreadable>: 'text'"), then check
+    it ``fits`` (else "<rule>, not <text>"): one line each, which _Parser prints."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{unreadable}: {text!r}") from None
+        if not fits(value):
+            raise argparse.ArgumentTypeError(f"{rule}, not {text}")
+        return value
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0 picks a free one), not {value}")
-    return value
+_positive_int = _number(int, "not a whole number", lambda v: v >= 1, "must be at least 1")
+_positive_float = _number(float, "not a number", lambda v: 0 < v < float("inf"),
+                          "must be a positive number of seconds")
+_port = _number(int, "not a port number", lambda v: 0 <= v <= 65535, "a port is 0-65535 (0 picks a free one)")
 
 
 class _Parser(argparse.ArgumentParser):

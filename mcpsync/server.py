@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .core.broadcast import Broadcaster
 from .core.calls import MAX_TIMED_OUT_CALLS, ToolCalls, user_code
@@ -26,7 +26,7 @@ from .core.handlers.prompts import PromptHandlers
 from .core.handlers.resources import ResourceHandlers
 from .core.handlers.tools import ToolHandlers
 from .core.identity import ServerIdentity
-from .core.registry import (PromptDef, ProxyCompleter, Registry, RegistryStore, ResourceDef,
+from .core.registry import (PromptDef, Registry, RegistryStore, ResourceDef,
                             ToolDef, prompt_def, resource_def, tool_def)
 from .errors import DefinitionError, InvalidParams
 from .protocol.dispatch import Dispatcher
@@ -57,7 +57,9 @@ class Server:
                                        website_url, icons)
         self.page_size = page_size
         self.calls = ToolCalls(tool_timeout_s, max_timed_out_calls)
-        self._store = RegistryStore(self.notify_list_changed)
+        # Every definition, committed under its FIFO mutex; the hub commits whole sets with
+        # store.update(..., replace_prefix=...).
+        self.store = RegistryStore(self.notify_list_changed)
         self.broadcast = Broadcaster(self._owned_tasks)
         self._roots_changed: list[Callable[[ServerConnection], None]] = []
         # Seals the requestState of multi round-trip requests (modern era); the secret lives
@@ -67,10 +69,10 @@ class Server:
         # Tasks (2026-07-28 extension): records, the task threads, TTL expiry; close() ends
         # them. Replaceable (``server.tasks = TaskManager(server, ...)``): read at each use.
         self.tasks: TaskManager = TaskManager(self)
-        self._tools = ToolHandlers(self._store, self.calls, lambda: self.tasks, page_size)
-        self._resources = ResourceHandlers(self._store, page_size)
-        self._prompts = PromptHandlers(self._store, page_size)
-        self._completion = CompletionHandler(self._store)
+        self._tools = ToolHandlers(self.store, self.calls, lambda: self.tasks, page_size)
+        self._resources = ResourceHandlers(self.store, page_size)
+        self._prompts = PromptHandlers(self.store, page_size)
+        self._completion = CompletionHandler(self.store)
         self.dispatcher = self._build_dispatcher()
 
     def _owned_tasks(self, task_ids: list[Any], principal: str | None) -> list[str]:
@@ -141,11 +143,11 @@ class Server:
                         annotations=annotations, output_schema=output_schema,
                         structured_output=structured_output, icons=icons, meta=meta,
                         input_schema=input_schema, task=task, defer_task=defer_task)
-        self._store.add("tools", tool.name, tool, replace=replace)
+        self.store.add("tools", tool.name, tool, replace=replace)
         return tool
 
     def remove_tool(self, name: str) -> bool:
-        return self._store.remove("tools", name)
+        return self.store.remove("tools", name)
 
     def resource(self, uri: str, *, name: str | None = None, title: str | None = None,
                  description: str | None = None, mime_type: str | None = None,
@@ -176,12 +178,12 @@ class Server:
         res = resource_def(fn, uri, name=name, title=title, description=description,
                            mime_type=mime_type, size=size, annotations=annotations, icons=icons,
                            meta=meta)
-        self._store.add("templates" if res.pattern is not None else "resources", uri, res,
+        self.store.add("templates" if res.pattern is not None else "resources", uri, res,
                         replace=replace)
         return res
 
     def remove_resource(self, uri: str) -> bool:
-        return self._store.remove("resources", uri) or self._store.remove("templates", uri)
+        return self.store.remove("resources", uri) or self.store.remove("templates", uri)
 
     def prompt(self, name: str | Callable[..., Any] | None = None, *, title: str | None = None,
                description: str | None = None, icons: list[dict[str, Any]] | None = None,
@@ -201,11 +203,11 @@ class Server:
                    meta: dict[str, Any] | None = None, replace: bool = False) -> PromptDef:
         prompt = prompt_def(fn, name=name, title=title, description=description, icons=icons,
                             meta=meta)
-        self._store.add("prompts", prompt.name, prompt, replace=replace)
+        self.store.add("prompts", prompt.name, prompt, replace=replace)
         return prompt
 
     def remove_prompt(self, name: str) -> bool:
-        return self._store.remove("prompts", name)
+        return self.store.remove("prompts", name)
 
     def completion(self, *, argument: str, prompt: str | None = None,
                    resource_template: str | None = None) -> Callable[[F], F]:
@@ -216,7 +218,7 @@ class Server:
         key = ("ref/prompt", prompt, argument) if prompt else ("ref/resource", resource_template, argument)
 
         def decorate(fn: F) -> F:
-            self._store.add_completer(key, fn)  # type: ignore[arg-type]
+            self.store.add_completer(key, fn)  # type: ignore[arg-type]
             return fn
         return decorate
 
@@ -228,23 +230,7 @@ class Server:
     @property
     def registry(self) -> Registry:
         """The current generation of everything this server offers (read without a lock)."""
-        return self._store.current
-
-    @property
-    def _registry_mutex(self) -> Any:
-        return self._store.mutex
-
-    def update(self, *, tools: Iterable[ToolDef] | None = None,
-               resources: Iterable[ResourceDef] | None = None,
-               templates: Iterable[ResourceDef] | None = None,
-               prompts: Iterable[PromptDef] | None = None,
-               completers: dict[tuple[str, str, str], ProxyCompleter] | None = None,
-               replace_prefix: str | None = None,
-               replace_uri_prefix: str | None = None) -> None:
-        """Replace a whole set of definitions in one commit (``RegistryStore.update``)."""
-        self._store.update(tools=tools, resources=resources, templates=templates,
-                           prompts=prompts, completers=completers,
-                           replace_prefix=replace_prefix, replace_uri_prefix=replace_uri_prefix)
+        return self.store.current
 
     def find_resource(self, uri: str) -> tuple[ResourceDef, dict[str, str]] | None:
         return self._resources.find(uri)

@@ -57,7 +57,7 @@ def _register_gauges(host: HttpHost) -> None:
                               and s.transport.in_use()))])
 
     def mutex_waits() -> list[tuple[dict[str, str], float]]:
-        st = server._registry_mutex.stats()
+        st = server.store.mutex.stats()
         out, running = [], 0
         for bound, count in zip((*WAIT_BUCKETS_S, float("inf")), st.wait_buckets):
             running += count
@@ -68,7 +68,7 @@ def _register_gauges(host: HttpHost) -> None:
             "Contended FIFOMutex waits, cumulative by upper bound in seconds.", mutex_waits)
 
     def mutex_stats() -> list[tuple[dict[str, str], float]]:
-        st = server._registry_mutex.stats()
+        st = server.store.mutex.stats()
         return [({"mutex": "registry", "stat": "queue_depth"}, st.queue_depth),
                 ({"mutex": "registry", "stat": "acquisitions"}, st.acquisitions),
                 ({"mutex": "registry", "stat": "contended"}, st.contended),

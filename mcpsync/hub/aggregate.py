@@ -18,7 +18,7 @@ Naming policy
   given.
 
 ``build(...)`` turns the upstream's lists into definitions without touching the registry;
-the caller commits them with one ``Server.update(..., replace_prefix=...)``.
+the caller commits them with one ``server.store.update(..., replace_prefix=...)``.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A supervisor thread (``mcpsync-hub-supervisor-<name>``) owns the upstream's *shared*
 session. It connects (spawn + negotiate), lists everything with no lock held, builds the
-proxy definitions, and commits them with one ``Server.update(..., replace_prefix=...)``:
+proxy definitions, and commits them with one ``server.store.update(..., replace_prefix=...)``:
 readers see the old set or the new one, never half, and refreshes of different upstreams
 queue on the registry's FIFO mutex instead of interleaving. Then it waits for one of: a
 refresh request (an upstream ``list_changed``, ``refresh()``), the session's loss, the ping
@@ -144,7 +144,7 @@ class Upstream:
             if t.is_alive():
                 log.warning("upstream %s: the supervisor did not stop in time", self.name)
         if unregister:
-            self.server.update(tools=[], prompts=[], resources=[], templates=[], completers={},
+            self.server.store.update(tools=[], prompts=[], resources=[], templates=[], completers={},
                                replace_prefix=self.cfg.tool_prefix, replace_uri_prefix=self.cfg.uri_prefix)
         self._set_state(STOPPED if self.cfg.enabled else DISABLED)
 
@@ -335,7 +335,7 @@ class Upstream:
             if self._stopping:
                 return
         if any(changed.values()):
-            self.server.update(tools=defs.tools if changed["tools"] else None,
+            self.server.store.update(tools=defs.tools if changed["tools"] else None,
                                prompts=defs.prompts if changed["prompts"] else None,
                                resources=defs.resources if changed["resources"] else None,
                                templates=defs.templates if changed["resources"] else None,
