@@ -319,7 +319,7 @@ def complete_template_id(value: str, context: dict[str, str]) -> list[str]:
     return [str(i) for i in range(1, 200) if str(i).startswith(value)]
 
 
-# ---- 2026-07-28: diagnostics of the stateless revision ------------------------------------------
+# ---- 2026-07-28: diagnostics of the modern revision ------------------------------------------
 
 @server.tool()
 def test_missing_capability(ctx: Context) -> str:

@@ -15,7 +15,7 @@ A handshake-era session moves through three phases::
 * In ``READY`` everything but ``initialize`` is legal as far as the lifecycle goes;
   capability checks happen in the handlers.
 
-The stateless revision (2026-07-28) has no phases: every request carries its version,
+The modern revision (2026-07-28) has no phases: every request carries its version,
 checked per request by the dispatcher instead.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ V2026_07_28 = "2026-07-28"
 
 #: Revisions with the initialize handshake and protocol sessions, oldest first.
 HANDSHAKE_VERSIONS: tuple[str, ...] = (V2024_11_05, V2025_03_26, V2025_06_18, V2025_11_25)
-#: Stateless revisions (no handshake; version and capabilities travel in each request).
+#: Modern revisions (no handshake; version and capabilities travel in each request).
 MODERN_VERSIONS: tuple[str, ...] = (V2026_07_28,)
 LATEST_HANDSHAKE_VERSION = HANDSHAKE_VERSIONS[-1]
 #: What Streamable HTTP assumes when a request carries no MCP-Protocol-Version header.
@@ -50,7 +50,7 @@ FEATURES: dict[str, Features] = {
 
 def negotiate(requested: object) -> str:
     """The version to answer an ``initialize`` with: the client's if we speak it, else our
-    newest *handshake* revision (never a stateless one, which has no initialize)."""
+    newest *handshake* revision (never a modern one, which has no initialize)."""
     if isinstance(requested, str) and requested in HANDSHAKE_VERSIONS:
         return requested
     return LATEST_HANDSHAKE_VERSION
