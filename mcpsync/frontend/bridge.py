@@ -310,7 +310,13 @@ class Bridge:
         self.limits = limits
         self.pool = pool
         self.give_back: Callable[[Channel], None] = lambda chan: None  # set by the server
+        self.hold: Callable[[int], None] = lambda fd: None    # set by the server: the
+        self.unhold: Callable[[int], None] = lambda fd: None  # poller's hold / unhold
         self.stopping: Callable[[], bool] = lambda: False                # set by the server
+        # Set by the server: whether a worker done with a request may wait for the next
+        # one on the same connection (nobody else needs it, and few connections are busy).
+        self.may_wait_next: Callable[[], bool] = lambda: False
+        self.followed = 0  # requests taken by a worker waiting on its connection (racy count)
         self._base: dict[str, Any] = {
             "SCRIPT_NAME": "", "SERVER_NAME": server_name, "SERVER_PORT": str(port),
             "SERVER_SOFTWARE": "mcpsync", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
@@ -319,20 +325,86 @@ class Bridge:
         }
 
     def serve(self, chan: Channel) -> None:
-        """Run the request ``chan`` carries, then give ``chan`` back (a pool task)."""
-        try:
-            keep = self._respond(chan)
-        except Exception:  # a bug of ours; the worker must not die with it
-            log.exception("HTTP request failed")
-            keep = False
-        if keep and chan.reader.done:
-            chan.reader.next_cycle()
-        else:
-            chan.close_after = True
-        chan.request = None
-        chan.body = []
-        chan.body_size = 0
+        """Run the request ``chan`` carries, then give ``chan`` back (a pool task). While
+        nobody else needs this worker, it waits a moment for the connection's next request
+        and runs that too (``Limits.next_request_wait``)."""
+        held = False
+        while True:
+            try:
+                keep = self._respond(chan)
+            except Exception:  # a bug of ours; the worker must not die with it
+                log.exception("HTTP request failed")
+                keep = False
+            if keep and chan.reader.done:
+                chan.reader.next_cycle()
+            else:
+                chan.close_after = True
+            chan.request = None
+            chan.body = []
+            chan.body_size = 0
+            if chan.close_after or chan.out or not self.limits.next_request_wait \
+                    or not self.may_wait_next():
+                break
+            if not held:
+                self.hold(chan.fd)
+                held = True
+            if not self._next_request(chan):
+                break
+            self.followed += 1
+        if held:
+            chan.end_waiting()
+            self.unhold(chan.fd)
         self.give_back(chan)
+
+    def _next_request(self, chan: Channel) -> bool:
+        """Wait up to ``Limits.next_request_wait`` for the head of the connection's next
+        request; True when ``chan.request`` is set (with as much of the body as came).
+        False: the dispatcher takes the channel back as it is (a partial head or a whole
+        request stays in the parser: it queues like any other; an error is answered here
+        and the channel lingers). Blocks briefly."""
+        reader = chan.reader
+        deadline = 0.0
+        try:
+            while True:
+                event = reader.next_event()
+                if event is NEED_DATA:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + self.limits.next_request_wait
+                    elif now >= deadline:
+                        return False
+                    with self.pool.waiting_idle() as wait:
+                        data = chan.recv_waiting(deadline - now)
+                    if data is None:
+                        continue
+                    reader.feed(data)
+                    if not data or not wait.kept:  # EOF, or others were waiting meanwhile
+                        return False
+                elif type(event) is Request:
+                    chan.request = event
+                    while True:  # the body bytes that came with it
+                        event = reader.next_event()
+                        if type(event) is Data:
+                            chan.body.append(event.data)
+                            chan.body_size += len(event.data)
+                        elif type(event) is EndOfMessage or event is NEED_DATA:
+                            return True  # (a body still coming: wsgi.input reads it)
+                        else:
+                            raise RuntimeError(f"unexpected parser event {event!r}")
+                else:  # the peer's EOF between requests: the dispatcher closes
+                    return False
+        except PeerGone:
+            chan.close_after = True
+            return False
+        except H1Error as exc:
+            chan.request = None
+            chan.body = []
+            try:
+                chan.send_some(error_response(exc.status))
+            except PeerGone:
+                pass
+            chan.close_after = chan.linger = True
+            return False
 
     def environ(self, chan: Channel, request: Request, ex: Exchange) -> dict[str, Any]:
         env = self._base.copy()

@@ -48,6 +48,7 @@ import collections
 import errno
 import logging
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable
@@ -298,6 +299,8 @@ class Dispatcher:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if limits.next_request_wait:  # how long a worker's wait for the next request blocks
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(limits.next_request_wait))
             chan = Channel(sock, addr, limits)
             self._poller.add(chan.fd)
         except OSError as exc:  # the peer is gone already
@@ -568,6 +571,11 @@ class Dispatcher:
         for chan in list(self._chans.values()):
             if chan.state in (IDLE, HEAD, LINGER):
                 self._close(chan)
+            elif chan.state == BUSY and chan.waiting:  # idle too: its worker waits for a
+                try:                                   # next request (it reads EOF now)
+                    chan.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
         if not self._active:
             return True
         if now < self._stop_at:
@@ -606,8 +614,18 @@ class Dispatcher:
             self._close(self._returned.popleft())
 
     @property
+    def poller(self) -> Poller:
+        return self._poller
+
+    @property
     def connections(self) -> int:
         return len(self._chans)
+
+
+def _timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
 def _close_quietly(sock: socket.socket) -> None:

@@ -77,13 +77,25 @@ class HttpFrontEnd:
             listener.close()
             raise
         self.bridge.give_back = self.dispatcher.give_back
+        self.bridge.hold = self.dispatcher.poller.hold
+        self.bridge.unhold = self.dispatcher.poller.unhold
         self.bridge.stopping = lambda: self.dispatcher.stopping
+        self.bridge.may_wait_next = self._may_wait_next
         # Guards _serving, _stopping and _result: serve_forever() against shutdown().
         self._lock = threading.Lock()
         self._serving = False
         self._stopping = False
         self._result: bool | None = None
         self._thread: threading.Thread | None = None
+
+    def _may_wait_next(self) -> bool:
+        """A worker done with a keep-alive request may wait a moment for the connection's
+        next one (``Limits.next_request_wait``) while nobody waits for a worker and there
+        are no more connections than slots: with more, another connection's request is
+        likely due first, and it would have to wait for the slot. (Hints: read without a
+        lock.)"""
+        d = self.dispatcher
+        return self.pool.spare and d.connections <= self.pool.slots and not d.stopping
 
     def serve_forever(self) -> None:
         """Run the dispatcher until ``shutdown()``. Blocks until then."""
@@ -146,7 +158,7 @@ class HttpFrontEnd:
             ("busy_slots", st.busy_slots), ("threads", st.threads),
             ("queued", st.queued), ("resuming", st.resuming), ("started", st.started),
             ("waited", st.waited), ("overdrafts", st.overdrafts), ("parked", st.parked),
-            ("steals", st.steals))]
+            ("steals", st.steals), ("followed", self.bridge.followed))]
         return rows
 
     def __enter__(self) -> HttpFrontEnd:
