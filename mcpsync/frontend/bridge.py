@@ -48,6 +48,7 @@ from .channel import Channel, PeerGone
 from .h1 import NEED_DATA, Data, EndOfMessage, H1Error, Request
 from .response import CONTINUE, ResponseFraming, error_response, response_head
 from .limits import Limits
+from .parked import Parked, park
 from .pool import WorkerPool
 
 log = logging.getLogger("mcpsync.http")
@@ -322,6 +323,7 @@ class Bridge:
             "SERVER_SOFTWARE": "mcpsync", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False, "wsgi.input_terminated": True,
+            "mcpsync.park": park,  # parked streams (parked.py)
         }
 
     def serve(self, chan: Channel) -> None:
@@ -342,8 +344,8 @@ class Bridge:
             chan.request = None
             chan.body = []
             chan.body_size = 0
-            if chan.close_after or chan.out or not self.limits.next_request_wait \
-                    or not self.may_wait_next():
+            if chan.close_after or chan.out or chan.stream is not None \
+                    or not self.limits.next_request_wait or not self.may_wait_next():
                 break
             if not held:
                 self.hold(chan.fd)
@@ -447,6 +449,8 @@ class Bridge:
         result: Any = None
         try:
             result = self.app(environ, ex.start_response)
+            if type(result) is Parked:
+                return self._park(ex, result, upgrade)
             if environ.get("mcpsync.socket_taken") or (upgrade and ex.taken_over()):
                 ex.finish()
                 return False
@@ -488,6 +492,30 @@ class Bridge:
             return False
         assert ex.framing is not None
         return ex.framing.keep_alive and not self.stopping()
+
+    def _park(self, ex: Exchange, parked: Parked, upgrade: bool) -> bool:
+        """The app answered with a parked stream: send the head (none for a raw connection)
+        and leave the stream on the channel for the dispatcher to drive (``parked.py``).
+        True to keep the connection once the stream is over."""
+        chan = ex.chan
+        if upgrade:
+            chan.sock.setblocking(False)
+        if parked.raw:
+            if ex.head_sent:
+                raise RuntimeError("park(raw=True) after a response head was sent")
+            ex.finish()
+            keep = False
+        else:
+            with ex._lock:  # the end of write(): the stream's bytes go out from the dispatcher
+                head = b"" if ex.head_sent else ex._head(None)
+                ex.finished = True
+            chan.send_some(head)  # raises PeerGone: the stream is closed with the response
+            assert ex.framing is not None
+            keep = ex.framing.keep_alive and chan.reader.done and not self.stopping()
+        parked.taken = True
+        chan.stream = parked.stream
+        chan.framing = ex.framing if not parked.raw else None
+        return keep
 
     def _on_app_error(self, ex: Exchange, exc: Exception, environ: dict[str, Any],
                       upgrade: bool) -> None:

@@ -41,6 +41,7 @@ BODY = "body"          # the head is complete; the dispatcher is reading the bod
 BUSY = "busy"          # handed to the pool: queued for a worker, or running
 FLUSH = "flush"        # response bytes wait for the peer to read (write buffer)
 LINGER = "linger"      # after an error response: discarding input until EOF, then close
+STREAM = "stream"      # a parked stream: the dispatcher writes what it produces (parked.py)
 CLOSED = "closed"
 
 _POLL = hasattr(select, "poll")
@@ -56,7 +57,8 @@ class Channel:
     __slots__ = ("sock", "fd", "addr", "client", "reader", "state", "deadline", "armed",
                  "request", "body", "body_size", "started_at", "out", "progress_at",
                  "close_after", "linger", "discarded", "ticket", "quiet", "writing",
-                 "read_pending", "hangup", "waiting")
+                 "read_pending", "hangup", "waiting", "stream", "framing", "tick_at",
+                 "woken", "stream_done")
 
     def __init__(self, sock: socket.socket, addr: Any, limits: Limits) -> None:
         self.sock = sock
@@ -83,9 +85,24 @@ class Channel:
         self.hangup = False                  # dispatcher: the poller reported the peer's FIN
         self.waiting = False                 # its worker waits for the next request (a hint
                                              # for shutdown, which cuts such a wait short)
+        self.stream: Any = None              # STREAM: the parked stream (sync.pollable)
+        self.framing: Any = None             # STREAM: its body framing (None: a raw connection)
+        self.tick_at = 0.0                   # STREAM: when its next tick() is due
+        self.woken = False                   # STREAM: on the dispatcher's wake queue (a hint)
+        self.stream_done = False             # STREAM: it said it is over; the rest is flushing
 
     def __repr__(self) -> str:
         return f"<Channel fd={self.fd} {self.state} {self.client}>"
+
+    def recv_now(self) -> bytes | None:
+        """What the kernel holds now (None: nothing yet; ``b""``: the peer's EOF, a reset
+        or an error). Never blocks; the dispatcher's read while it owns the channel."""
+        try:
+            return self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
     # --- the worker's I/O (the owner only; the socket is non-blocking) ------------------------
 

@@ -61,10 +61,11 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable
 
 from ..sync.blocking import current_hook, install_hook
+from .ticket import (CANCELLED as _CANCELLED, QUEUED as _QUEUED, RUNNING as _RUNNING,
+                     Joinable, PoolStats, StartThread, Ticket, start_daemon_thread)
 
 log = logging.getLogger("mcpsync.http")
 
@@ -74,53 +75,8 @@ PARK_GRACE_S = 0.0005      # a parked worker keeps its slot this long even if ot
 LONG_KEYS_MAX = 1024       # code (keys) remembered to block longer than the grace
 SPAWN_BACKOFF_S = 1.0      # after a failed thread start, none is tried for this long
 
-_QUEUED, _RUNNING, _CANCELLED = range(3)
 
 _NEXT_REQUEST: Hashable = ("mcpsync", "next-request")  # the block key of `waiting_idle`
-
-
-class Joinable(Protocol):
-    def join(self, timeout: float | None = None) -> None: ...
-
-    def is_alive(self) -> bool: ...
-
-
-StartThread = Callable[[Callable[[], None], str], Joinable]
-
-
-def start_daemon_thread(target: Callable[[], None], name: str) -> Joinable:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-class Ticket:
-    """A submitted task: ``fn(arg)`` once a slot and a thread are free."""
-
-    __slots__ = ("fn", "arg", "seq", "queued_at", "state")
-
-    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int, now: float) -> None:
-        self.fn = fn
-        self.arg = arg
-        self.seq = seq
-        self.queued_at = now
-        self.state = _QUEUED
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    slots: int
-    busy_slots: int       # slots held now
-    threads: int          # worker threads alive (idle, running, parked)
-    idle_threads: int
-    queued: int           # tasks waiting for a slot or a thread
-    resuming: int         # parked workers waiting for their slot back
-    started: int          # tasks started since creation
-    waited: int           # ... of which had to queue
-    overdrafts: int       # parked workers that ran on without a slot (RESUME_MAX_WAIT_S)
-    spawn_failures: int
-    parked: int           # workers in may_block() that still hold their slot
-    steals: int           # slots taken from parked workers for others
 
 
 class _Worker:

@@ -29,7 +29,8 @@ from .bridge import Bridge, WSGIApp
 from .dispatcher import STATES, Dispatcher
 from .limits import Limits
 from .poller import Poller
-from .pool import StartThread, WorkerPool, start_daemon_thread
+from .pool import WorkerPool
+from .ticket import StartThread, start_daemon_thread
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
