@@ -39,6 +39,12 @@ def make_server(gate: threading.Event) -> Server:
     server.add_tool(lambda text: text, name="echo", description="Echo.")
 
     @server.tool()
+    def slow_echo(ms: int, ctx: Context) -> str:
+        """Waits ``ms`` (or until cancelled)."""
+        ctx.wait_cancelled(ms / 1000)
+        return "waited"
+
+    @server.tool()
     def slow(ctx: Context) -> str:
         """Reports progress, then waits for the test."""
         ctx.report_progress(1, 2)
@@ -61,6 +67,8 @@ class Env:
         self.gate.set()
         self.wsgi.end_streams()
         clean = self.front.shutdown(WAIT_S)
+        if not clean:
+            print("not clean:", self.front.dispatcher.counts, self.front.pool.stats())
         self.service.close()
         return clean
 
@@ -72,7 +80,7 @@ def env() -> Iterator[Env]:
         yield e
     finally:
         assert e.stop()
-    assert mcpsync_threads() == []
+    assert wait_until(lambda: mcpsync_threads() == [], WAIT_S), mcpsync_threads()
 
 
 @pytest.fixture(autouse=True)

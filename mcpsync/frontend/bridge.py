@@ -302,6 +302,13 @@ class Exchange:
         return status is None or status[:1] not in ("4", "5")
 
 
+def _run_job(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # the job's own guard failed: keep the worker
+        log.exception("a submitted job failed")
+
+
 class Bridge:
     """Runs requests from the dispatcher through a WSGI app (see the module docstring)."""
 
@@ -324,7 +331,15 @@ class Bridge:
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False, "wsgi.input_terminated": True,
             "mcpsync.park": park,  # parked streams (parked.py)
+            "mcpsync.submit": self.submit,
         }
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """``environ["mcpsync.submit"]``: run ``job()`` on a worker of the pool (a slot, in
+        arrival order; never withdrawn by the queue timeout), from any thread: the work of
+        a parked connection (a WebSocket's messages). Never blocks; RuntimeError once the
+        pool is shut down."""
+        self.pool.submit(_run_job, job, expirable=False)
 
     def serve(self, chan: Channel) -> None:
         """Run the request ``chan`` carries, then give ``chan`` back (a pool task). While

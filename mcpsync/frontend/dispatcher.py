@@ -26,7 +26,10 @@ pipelined request, a close, a parked stream) comes with a wake-up. Bytes that ar
 while a worker has the channel are noted (``read_pending``) and read when it is back; a
 worker that waits for its connection's next request itself (``Bridge``) takes the socket
 out of the poller meanwhile (``hold``). Where epoll is missing the portable poller does
-not watch a channel a worker has, and every give-back wakes the loop.
+not watch a channel a worker has, and every give-back wakes the loop. Descriptor numbers
+are reused at once: an event of this turn's batch for a number closed during the turn
+was the closed connection's, and is dropped (a connection accepted in the same turn may
+have the number already).
 
 Limits (``Limits``): the connection caps (``acceptor.py``), a whole-head deadline, a
 minimum body rate after a grace period, the keep-alive timeout, the write timeout (no
@@ -94,6 +97,7 @@ class Dispatcher(Acceptor, ParkedStreams):
         self._deadlines = Deadlines(limits)
         self._returned: collections.deque[Channel] = collections.deque()  # any thread appends
         self._pending_reads: list[Channel] = []  # stopped reading before the kernel ran dry
+        self._closed_now: set[int] = set()  # descriptors closed during this loop turn
         self._wake_pending = False
         self._accept_paused_until = 0.0
         self._stop_at: float | None = None  # set by request_stop()
@@ -161,13 +165,16 @@ class Dispatcher(Acceptor, ParkedStreams):
                 pool.reclaimer_awake = True
                 self._wake_pending = False  # before taking returns: a later give-back wakes
                 now = time.monotonic()
+                closed = self._closed_now
+                closed.clear()
                 self._take_returns(now)
                 if self._woken:
                     self._take_woken(now)
                 for fd, mask in events:
                     chan = self._chans.get(fd)
                     if chan is not None:
-                        self._on_event(chan, mask, now)
+                        if fd not in closed:  # else the event was the closed connection's,
+                            self._on_event(chan, mask, now)  # not the new one's with its number
                     elif fd == self._listen_fd:
                         self._accept(now)
                     elif fd == self._wake_fd:
@@ -471,6 +478,7 @@ class Dispatcher(Acceptor, ParkedStreams):
         if self._chans.get(chan.fd) is chan:
             del self._chans[chan.fd]
             self._poller.remove(chan.fd)
+            self._closed_now.add(chan.fd)
         left = self._per_client.get(chan.client, 1) - 1
         if left:
             self._per_client[chan.client] = left

@@ -152,6 +152,9 @@ class ParkedStreams:
         framing = chan.framing
         limit = self._limits.write_buffer
         budget = PUMP_TURN_BYTES
+        period = stream.tick_s  # (it may have shortened: a closing handshake's timeout)
+        if period is not None and now + period < chan.tick_at:
+            chan.tick_at = now + period
         while True:
             pieces: list[bytes] = []
             size = len(chan.out)

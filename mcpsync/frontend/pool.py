@@ -195,13 +195,16 @@ class WorkerPool:
 
     # --- the dispatcher's side -------------------------------------------------------------
 
-    def submit(self, fn: Callable[[Any], None], arg: Any = None) -> Ticket:
+    def submit(self, fn: Callable[[Any], None], arg: Any = None, *,
+               expirable: bool = True) -> Ticket:
         """Run ``fn(arg)`` on a worker thread once a slot is free, in submission order.
-        Never blocks. RuntimeError after ``shutdown``."""
+        ``expirable``: ``expire`` may withdraw it (a request, answered 503 instead); work
+        that must run (a message already admitted) is not. Never blocks. RuntimeError
+        after ``shutdown``."""
         with self._lock:
             if self._closing:
                 raise RuntimeError("the pool is shut down")
-            ticket = Ticket(fn, arg, next(self._seqs), time.monotonic())
+            ticket = Ticket(fn, arg, next(self._seqs), time.monotonic(), expirable)
             self._tasks.append(ticket)
             self._queued += 1
             starts = self._grant_locked()
@@ -241,12 +244,18 @@ class WorkerPool:
         expired: list[Any] = []
         with self._lock:
             tasks = self._tasks
+            kept: list[Ticket] = []
             while tasks and tasks[0].queued_at < queued_before:
                 ticket = tasks.popleft()
-                if ticket.state == _QUEUED:
-                    ticket.state = _CANCELLED
-                    self._queued -= 1
-                    expired.append(ticket.arg)
+                if ticket.state != _QUEUED:
+                    continue
+                if not ticket.expirable:
+                    kept.append(ticket)  # it waits on, in its place
+                    continue
+                ticket.state = _CANCELLED
+                self._queued -= 1
+                expired.append(ticket.arg)
+            tasks.extendleft(reversed(kept))
         return expired
 
     @property

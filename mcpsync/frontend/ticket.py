@@ -28,14 +28,16 @@ def start_daemon_thread(target: Callable[[], None], name: str) -> Joinable:
 class Ticket:
     """A submitted task: ``fn(arg)`` once a slot and a thread are free."""
 
-    __slots__ = ("fn", "arg", "seq", "queued_at", "state")
+    __slots__ = ("fn", "arg", "seq", "queued_at", "state", "expirable")
 
-    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int, now: float) -> None:
+    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int, now: float,
+                 expirable: bool = True) -> None:
         self.fn = fn
         self.arg = arg
         self.seq = seq
         self.queued_at = now
         self.state = QUEUED
+        self.expirable = expirable  # may be withdrawn after the queue timeout (a request)
 
 
 @dataclass(frozen=True)
