@@ -19,16 +19,23 @@ dispatcher flushes it after the worker has moved on, so a client that never read
 buffer, not a worker. A streamed response (an iterator, or ``write()``) is chunked on
 HTTP/1.1 and delimited by closing on HTTP/1.0; its worker gives up its pool slot
 (``WorkerPool.leave_slot``: producing the next piece may wait for events) and writes each
-piece as it comes, waiting for the peer within the write timeout. (Stage 1: such a
-response keeps its thread until it ends; ``ARCHITECTURE.md`` describes how parked
-streams will hand their channel back to the dispatcher instead.)
+piece as it comes, waiting for the peer within the write timeout: such a response keeps
+its thread until it ends. A response that waits for events instead returns a *parked*
+stream (``environ["mcpsync.park"]``, ``parked.py``): the head is sent here and the
+channel goes back to the dispatcher, which drives the stream; the worker is free.
 
-WebSocket: ``werkzeug.socket`` in the environ is the connection's socket. For an
+The next request: a worker that would go idle after a keep-alive response waits briefly
+on the same connection for its next request and runs it too (``serve``; see
+``Limits.next_request_wait`` and ``HttpFrontEnd._may_wait_next``).
+
+Upgrades: ``werkzeug.socket`` in the environ is the connection's socket. For an
 ``Upgrade: websocket`` request the socket is made blocking and the worker leaves its slot
 before the call, because the app may take the socket over and run the connection inside
-the call (``streams/websocket.py``). When such a request returns without a response
-having been sent (and its status is not a 4xx/5xx refusal), or the app set
-``environ["mcpsync.socket_taken"]``, nothing more is written and the channel is closed.
+the call. When such a request returns without a response having been sent (and its status
+is not a 4xx/5xx refusal), or the app set ``environ["mcpsync.socket_taken"]``, nothing
+more is written and the channel is closed. An app may park the connection instead
+(``park(stream, raw=True)``: mcpsync's WebSocket, ``streams/ws_parked.py``), and run its
+work on the pool through ``environ["mcpsync.submit"]``.
 
 ``write()`` may be called from threads the app starts (progress from a tool's helper
 thread); ``Exchange._lock`` serializes those writes with the end of the response, after

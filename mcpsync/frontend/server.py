@@ -2,16 +2,17 @@
 
 Pieces (see ``ARCHITECTURE.md`` for the path of a request)::
 
-    listener ──► Dispatcher (one thread: every waiting socket, the limits, the deadlines)
+    listener ──► Dispatcher (one thread: every waiting socket and parked stream, the
+                     │                limits, the deadlines)
                      │ complete request                      ▲ channel given back
-                     ▼                                       │
+                     ▼                                       │ (or with a parked stream)
                  WorkerPool (``Limits.workers`` slots, FIFO) ─► Bridge ─► the WSGI app
 
 ``start()`` runs the dispatcher on ``mcpsync-http-dispatcher``; ``serve_forever()`` runs
 it on the calling thread. ``shutdown(timeout)`` stops accepting, closes idle connections at
-once, lets requests in progress finish (their responses carry ``Connection: close``), cuts
-what is left at the deadline, then joins the pool's threads; it returns True if nothing had
-to be cut and every thread ended.
+once, lets requests in progress and parked streams finish (responses carry ``Connection:
+close``; the app ends its streams when it drains), cuts what is left at the deadline, then
+joins the pool's threads; it returns True if nothing had to be cut and every thread ended.
 
 ``make_server(app, host, port, kind=...)`` builds a front end by name: ``"threaded"`` (this
 one; keyword arguments are ``Limits`` fields, or ``limits=Limits(...)``) or ``"werkzeug"``
