@@ -356,3 +356,31 @@ def test_a_parked_response_iterated_by_a_middleware_still_works(wrapped: bool) -
         assert feeds[0].closed.wait(WAIT_S)
     finally:
         assert srv.shutdown(WAIT_S)
+
+
+def test_a_peer_gone_before_the_head_closes_the_stream_quietly(
+        serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The client resets the connection while the app prepares its parked stream: the head
+    cannot be sent, the stream is closed, and nothing is logged as an app error."""
+    import struct
+    import threading as _threading
+    feeds: list[Feed] = []
+    gate = _threading.Event()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        gate.wait(WAIT_S)
+        feed = Feed()
+        feeds.append(feed)
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return environ["mcpsync.park"](feed)
+
+    srv = serve(app)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S)
+    sock.sendall(get("/stream"))
+    assert wait_until(lambda: srv.dispatcher.counts["busy"] == 1, WAIT_S)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset: the head's send fails
+    gate.set()
+    assert wait_until(lambda: bool(feeds) and feeds[0].closed.is_set(), WAIT_S)
+    assert wait_until(lambda: srv.dispatcher.connections == 0, WAIT_S)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text

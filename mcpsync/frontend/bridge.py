@@ -531,7 +531,11 @@ class Bridge:
             with ex._lock:  # the end of write(): the stream's bytes go out from the dispatcher
                 head = b"" if ex.head_sent else ex._head(None)
                 ex.finished = True
-            chan.send_some(head)  # raises PeerGone: the stream is closed with the response
+            try:
+                chan.send_some(head)
+            except PeerGone as exc:  # the stream is closed with the response (result.close)
+                ex.peer_error = exc
+                raise
             assert ex.framing is not None
             keep = ex.framing.keep_alive and chan.reader.done and not self.stopping()
         parked.taken = True
