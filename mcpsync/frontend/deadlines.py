@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from .channel import BODY, CLOSED, FLUSH, HEAD, IDLE, LINGER, Channel
+from .channel import BODY, CLOSED, FLUSH, HEAD, IDLE, LINGER, STREAM, Channel
 from .limits import Limits
 
 NEVER = float("inf")
@@ -49,6 +49,11 @@ class Deadlines:
             return chan.progress_at + limits.write_timeout
         elif state == LINGER:
             timeout = limits.linger_timeout
+        elif state == STREAM:  # its next tick, or the write timeout while bytes wait
+            due = chan.tick_at
+            if chan.out and limits.write_timeout is not None:
+                due = min(due, chan.progress_at + limits.write_timeout)
+            return None if due == NEVER else due
         else:  # BUSY (the pool's queue is timed separately), CLOSED
             return None
         return None if timeout is None else chan.started_at + timeout

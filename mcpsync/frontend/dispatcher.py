@@ -13,72 +13,74 @@ A channel's life (``channel.py`` names the states)::
 
     accept -> IDLE --first byte--> HEAD --head--> BODY --body--> BUSY (the pool; a worker)
     BUSY --given back--> FLUSH (bytes left) --> IDLE | next pipelined request | LINGER | close
+    BUSY --a parked stream--> STREAM (parked.py) --its end--> IDLE | close
     IDLE --keep-alive timeout, eviction, peer's EOF--> close
     HEAD/BODY --deadline--> 408;  BUSY --queued past queue_timeout--> 503;  then LINGER
 
-Sockets are registered one-shot (``EPOLLONESHOT``): after an event the descriptor stays
-silent until it is armed again, so the channel's owner decides when it is watched. A
-worker that is done with a keep-alive channel and has nothing left for the dispatcher to
-do puts it on the return queue and re-arms it itself (an ``epoll_ctl`` is thread-safe):
-no wake-up and no thread switch between two requests. Anything else it gives back (bytes
-to flush, a pipelined request, a close) comes with a wake-up. Each loop turn takes the
-return queue before it looks at the events, and a worker appends before it arms, so an
-event is never seen before its channel's return. Where epoll is missing the portable
-poller arms only from this thread, and every give-back wakes it.
+Sockets are registered once, edge-triggered (``poller.py``): an event means new bytes, so
+the dispatcher reads until the kernel is dry. A worker that is done with a keep-alive
+channel and has nothing left for the dispatcher to do puts it on the return queue without
+a wake-up: the next request's event makes the loop take the queue first, so an event is
+never seen before its channel's return. Anything else it gives back (bytes to flush, a
+pipelined request, a close, a parked stream) comes with a wake-up. Bytes that arrive
+while a worker has the channel are noted (``read_pending``) and read when it is back; a
+worker that waits for its connection's next request itself (``Bridge``) takes the socket
+out of the poller meanwhile (``hold``). Where epoll is missing the portable poller does
+not watch a channel a worker has, and every give-back wakes the loop. Descriptor numbers
+are reused at once: an event of this turn's batch for a number closed during the turn
+was the closed connection's, and is dropped (a connection accepted in the same turn may
+have the number already).
 
-Limits (``Limits``): connections in all and per client address (at either cap the oldest
-idle connection — of that address, for the second — is closed so that the new client is
-served; with none idle the new one gets 503), a whole-head deadline, a minimum body rate
-after a grace period, the keep-alive timeout, the write timeout (no progress at all), a
-request's wait for a worker (``queue_timeout``: 503), and the bounds of the parser.
-Backpressure: a channel with unsent response bytes is not read, so its next request waits
-until the peer has taken the previous response.
+Limits (``Limits``): the connection caps (``acceptor.py``), a whole-head deadline, a
+minimum body rate after a grace period, the keep-alive timeout, the write timeout (no
+progress at all), a request's wait for a worker (``queue_timeout``: 503), and the bounds
+of the parser. Backpressure: a channel with unsent response bytes is not read, so its
+next request waits until the peer has taken the previous response.
 
 Deadlines (``deadlines.py``) are one heap with at most one live entry per channel.
 
-Everything here runs on the dispatcher thread except ``give_back`` and ``request_stop``
-(any thread) and ``close_all`` (the thread that shuts down, once this loop has ended).
-Fields shared with those: ``_returned`` (a deque: append/popleft are atomic), the wake
-flag, ``_stop_at`` and ``stopping`` (single writes read as hints), the counters (read for
-metrics). There is no lock.
+Everything here runs on the dispatcher thread except ``give_back``, ``wake_stream`` and
+``request_stop`` (any thread) and ``close_all`` (the thread that shuts down, once this
+loop has ended). Fields shared with those: ``_returned`` and ``_woken`` (deques:
+append/popleft are atomic), the wake flag, ``_stop_at`` and ``stopping`` (single writes
+read as hints), the counters (read for metrics). There is no lock.
 """
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import socket
 import threading
 import time
 from typing import Any, Callable
 
-from .channel import BODY, BUSY, CLOSED, FLUSH, HEAD, IDLE, LINGER, RECV_BYTES, Channel
+from .channel import BODY, BUSY, CLOSED, FLUSH, HEAD, IDLE, LINGER, RECV_BYTES, STREAM, Channel
 from .deadlines import Deadlines
 from .h1 import CLOSED as PEER_CLOSED
 from .h1 import NEED_DATA, Data, EndOfMessage, H1Error, Request
 from .limits import Limits
 from .poller import READABLE, TROUBLE, WRITABLE, Poller, default_poller
+from .acceptor import RETRY_LATER, Acceptor
+from .parked import ParkedStreams
 from .pool import WorkerPool
 from .response import CONTINUE, error_response
 
 log = logging.getLogger("mcpsync.http")
 
-ACCEPT_BATCH = 64           # connections accepted per loop turn before looking at others
-ACCEPT_BACKOFF_S = 0.1      # pause after accept() fails (e.g. out of descriptors)
 TICK_S = 1.0                # the longest sleep: returns and the pool queue are looked at
 READ_TURN_BYTES = 256 * 1024  # read per channel per loop turn, so that one cannot hog it
 POLL_RESOLUTION_S = 0.001   # epoll sleeps whole milliseconds: a shorter timeout is 1 ms
-STATES = (IDLE, HEAD, BODY, BUSY, FLUSH, LINGER)
-_ACTIVE = frozenset((BODY, BUSY, FLUSH))  # a request is in progress: shutdown waits for it
-_RETRY_LATER = "Retry-After: 1\r\n"
+STATES = (IDLE, HEAD, BODY, BUSY, FLUSH, LINGER, STREAM)
+_ACTIVE = frozenset((BODY, BUSY, FLUSH, STREAM))  # a request in progress: shutdown waits for it
 
 
-class Dispatcher:
+class Dispatcher(Acceptor, ParkedStreams):
     """See the module docstring. ``serve(channel)`` runs one request on a worker thread and
     ends with ``give_back(channel)``."""
 
     def __init__(self, listener: socket.socket, limits: Limits, pool: WorkerPool,
                  serve: Callable[[Channel], None], poller: Poller | None = None) -> None:
+        ParkedStreams.__init__(self)
         self._listener = listener
         self._listen_fd = listener.fileno()
         self._limits = limits
@@ -95,6 +97,7 @@ class Dispatcher:
         self._deadlines = Deadlines(limits)
         self._returned: collections.deque[Channel] = collections.deque()  # any thread appends
         self._pending_reads: list[Channel] = []  # stopped reading before the kernel ran dry
+        self._closed_now: set[int] = set()  # descriptors closed during this loop turn
         self._wake_pending = False
         self._accept_paused_until = 0.0
         self._stop_at: float | None = None  # set by request_stop()
@@ -112,7 +115,8 @@ class Dispatcher:
         """A worker is done with ``chan`` (its response is sent or in ``chan.out``)."""
         reader = chan.reader
         if (self._poller.edge_triggered and not chan.out and not chan.close_after
-                and not reader.buffered and not reader.at_eof and not self.stopping):
+                and chan.stream is None and not reader.buffered and not reader.at_eof
+                and not self.stopping):
             # The usual keep-alive case: nothing to do until the peer's next request, whose
             # event makes the loop take the return queue first. No wake-up, no switch.
             chan.quiet = True
@@ -123,7 +127,9 @@ class Dispatcher:
         self._returned.append(chan)
         if self._finished:  # the loop is gone (shutdown gave up on this request): close here
             while self._returned:
-                _close_quietly(self._returned.popleft().sock)
+                late = self._returned.popleft()
+                self._drop_stream(late)
+                _close_quietly(late.sock)
             return
         self._wake()
 
@@ -159,11 +165,16 @@ class Dispatcher:
                 pool.reclaimer_awake = True
                 self._wake_pending = False  # before taking returns: a later give-back wakes
                 now = time.monotonic()
+                closed = self._closed_now
+                closed.clear()
                 self._take_returns(now)
+                if self._woken:
+                    self._take_woken(now)
                 for fd, mask in events:
                     chan = self._chans.get(fd)
                     if chan is not None:
-                        self._on_event(chan, mask, now)
+                        if fd not in closed:  # else the event was the closed connection's,
+                            self._on_event(chan, mask, now)  # not the new one's with its number
                     elif fd == self._listen_fd:
                         self._accept(now)
                     elif fd == self._wake_fd:
@@ -173,6 +184,8 @@ class Dispatcher:
                     for chan in pending:
                         if chan.read_pending and chan.state in (IDLE, HEAD, BODY):
                             self._read(chan, now)
+                        elif chan.read_pending and chan.state == STREAM:
+                            self._stream_read(chan, now)
                 if self._deadlines.next_at <= now:
                     self._run_timers(now)
                 if pool.contended:  # hand the slots of workers blocked in user code on
@@ -181,7 +194,7 @@ class Dispatcher:
                     for chan in pool.expire(now - self._limits.queue_timeout):
                         self.shed += 1
                         if self._resume(chan):
-                            self._fail(chan, 503, now, _RETRY_LATER)
+                            self._fail(chan, 503, now, RETRY_LATER)
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._accept_paused_until = 0.0
                     if not self.stopping:
@@ -196,7 +209,7 @@ class Dispatcher:
             self.exited.set()
 
     def _timeout(self) -> float:
-        if self._pending_reads:
+        if self._pending_reads or self._woken:
             return 0.0
         timeout = TICK_S
         now = time.monotonic()
@@ -223,7 +236,10 @@ class Dispatcher:
         while returned:
             chan = returned.popleft()
             chan.ticket = None
-            if not chan.out and chan.linger and self._resume(chan):
+            if chan.stream is not None:  # a parked stream: the dispatcher drives it now
+                if self._resume(chan):
+                    self._start_stream(chan, now)
+            elif not chan.out and chan.linger and self._resume(chan):
                 self._start_linger(chan, now)  # the answer is out: discard the rest, then close
             elif not chan.out and (chan.close_after or self.stopping):
                 self._close(chan)  # (an app that took the socket over may have closed it)
@@ -263,61 +279,14 @@ class Dispatcher:
             if mask & (WRITABLE | TROUBLE):
                 self._flush(chan, now)
             return
+        elif state == STREAM:
+            self._on_stream_event(chan, bool(mask & (READABLE | TROUBLE)),
+                                  bool(mask & (WRITABLE | TROUBLE)), now)
+            return
         if chan.state == LINGER:
             self._linger_read(chan)
         elif chan.state != CLOSED:
             self._read(chan, now)
-
-    # --- accepting ---------------------------------------------------------------------------
-
-    def _accept(self, now: float) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, addr = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                log.error("accept() failed: %s", exc)  # e.g. EMFILE: back off, do not spin
-                self._poller.unwatch(self._listen_fd)
-                self._accept_paused_until = now + ACCEPT_BACKOFF_S
-                return
-            self._admit(sock, addr, now)
-
-    def _admit(self, sock: socket.socket, addr: Any, now: float) -> None:
-        limits = self._limits
-        client = str(addr[0]) if isinstance(addr, tuple) and addr else ""
-        if (len(self._chans) >= limits.max_connections and not self._evict(None)) or \
-                (self._per_client.get(client, 0) >= limits.max_connections_per_address
-                 and not self._evict(client)):
-            self.refused += 1
-            _refuse(sock)
-            return
-        try:
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            chan = Channel(sock, addr, limits)
-            self._poller.add(chan.fd)
-        except OSError as exc:  # the peer is gone already
-            log.debug("dropped a connection at accept: %s", exc)
-            sock.close()
-            return
-        self.accepted += 1
-        self._chans[chan.fd] = chan
-        self._per_client[client] = self._per_client.get(client, 0) + 1
-        self.counts[IDLE] += 1
-        self._enter_idle(chan, now)
-
-    def _evict(self, client: str | None) -> bool:
-        """Close the oldest idle connection (of ``client``, if given); False if none."""
-        for chan in self._idle:
-            if client is None or chan.client == client:
-                self.evicted += 1
-                self._close(chan)
-                return True
-        return False
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -412,26 +381,10 @@ class Dispatcher:
 
     def _flush(self, chan: Channel, now: float) -> None:
         """Send what is left of a response; then whatever comes next for the channel."""
-        try:
-            sent = chan.sock.send(chan.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._close(chan)
-            return
         if chan.state != FLUSH:
             self._set_state(chan, FLUSH)
             chan.progress_at = now
-        if sent:
-            chan.out = chan.out[sent:]
-            chan.progress_at = now
-        if chan.out:
-            self._deadlines.arm(chan)
-            if not chan.writing:
-                self._set_write(chan, True)
-            return
-        chan.out = b""
-        if chan.writing and not self._set_write(chan, False):
+        if not self._write_out(chan, now):
             return
         if chan.linger:
             self._start_linger(chan, now)
@@ -439,6 +392,28 @@ class Dispatcher:
             self._close(chan)
         else:
             self._next_request(chan, now)
+
+    def _write_out(self, chan: Channel, now: float) -> bool:
+        """Send what the kernel takes of ``chan.out``. True when all of it is out; else
+        the rest waits for writability (and the write timeout), or the channel is closed."""
+        if chan.out:
+            try:
+                sent = chan.sock.send(chan.out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(chan)
+                return False
+            if sent:
+                chan.out = memoryview(chan.out)[sent:]
+                chan.progress_at = now
+        if chan.out:
+            self._deadlines.arm(chan)
+            if not chan.writing:
+                self._set_write(chan, True)
+            return False
+        chan.out = b""
+        return not chan.writing or self._set_write(chan, False)
 
     def _set_write(self, chan: Channel, on: bool) -> bool:
         chan.writing = on
@@ -485,12 +460,9 @@ class Dispatcher:
     def _linger_read(self, chan: Channel) -> None:
         chan.read_pending = False
         while True:
-            try:
-                data = chan.sock.recv(RECV_BYTES)
-            except BlockingIOError:
+            data = chan.recv_now()
+            if data is None:
                 return
-            except OSError:
-                data = b""
             chan.discarded += len(data)
             if not data or chan.discarded > self._limits.linger_max:
                 self._close(chan)
@@ -499,12 +471,14 @@ class Dispatcher:
     def _close(self, chan: Channel) -> None:
         if chan.state == CLOSED:
             return
+        self._drop_stream(chan)
         self._set_state(chan, CLOSED)
         # An app that took the socket over may have closed it, and the number may belong
         # to a newer connection by now: only the channel the map names owns the number.
         if self._chans.get(chan.fd) is chan:
             del self._chans[chan.fd]
             self._poller.remove(chan.fd)
+            self._closed_now.add(chan.fd)
         left = self._per_client.get(chan.client, 1) - 1
         if left:
             self._per_client[chan.client] = left
@@ -547,6 +521,8 @@ class Dispatcher:
             if state in (HEAD, BODY):
                 self.timed_out += 1
                 self._fail(chan, 408, now)
+            elif state == STREAM:
+                self._stream_due(chan, now)
             else:  # IDLE (keep-alive), FLUSH (write timeout), LINGER
                 if state == FLUSH:
                     self.timed_out += 1
@@ -568,6 +544,11 @@ class Dispatcher:
         for chan in list(self._chans.values()):
             if chan.state in (IDLE, HEAD, LINGER):
                 self._close(chan)
+            elif chan.state == BUSY and chan.waiting:  # idle too: its worker waits for a
+                try:                                   # next request (it reads EOF now)
+                    chan.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
         if not self._active:
             return True
         if now < self._stop_at:
@@ -606,6 +587,10 @@ class Dispatcher:
             self._close(self._returned.popleft())
 
     @property
+    def poller(self) -> Poller:
+        return self._poller
+
+    @property
     def connections(self) -> int:
         return len(self._chans)
 
@@ -615,16 +600,3 @@ def _close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-
-
-def _refuse(sock: socket.socket) -> None:
-    """Answer 503 on a connection we will not serve; never blocks."""
-    try:
-        sock.setblocking(False)
-        sock.send(error_response(503, _RETRY_LATER))
-        sock.shutdown(socket.SHUT_WR)
-        sock.recv(RECV_BYTES)  # what already arrived, so that close() is less likely to reset
-    except OSError:
-        pass
-    finally:
-        sock.close()

@@ -40,6 +40,9 @@ WORKERS = 8                      # requests running Python code at once (the poo
 MAX_THREADS = 1024               # worker threads in all, including those parked in user code,
                                  # streaming a response or holding a WebSocket
 QUEUE_TIMEOUT_S = 10.0           # a request that found no worker for this long: 503
+NEXT_REQUEST_WAIT_S = 0.002      # a worker nobody else needs waits this long on the connection
+                                 # it just answered for the next request (0: never), instead
+                                 # of handing it back to the dispatcher at once
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Limits:
     workers: int = WORKERS
     max_threads: int = MAX_THREADS
     queue_timeout: float | None = QUEUE_TIMEOUT_S
+    next_request_wait: float = NEXT_REQUEST_WAIT_S
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -74,7 +78,7 @@ class Limits:
             if value is None:
                 if f.name not in _OPTIONAL:
                     raise ValueError(f"{f.name} may not be None")
-            elif value <= 0 and not (f.name == "drain_limit" and value == 0):
+            elif value <= 0 and not (f.name in _ZERO_OK and value == 0):
                 raise ValueError(f"{f.name} must be positive, not {value!r}")
         if self.max_threads < self.workers:
             raise ValueError("max_threads must be at least workers")
@@ -86,5 +90,6 @@ class Limits:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+_ZERO_OK = frozenset(("drain_limit", "next_request_wait"))
 _OPTIONAL = frozenset(("head_timeout", "body_grace", "keepalive_timeout", "write_timeout",
                        "queue_timeout"))

@@ -23,6 +23,8 @@ class Poller(Protocol):
     def pause(self, fd: int) -> None: ...
     def resume(self, fd: int) -> None: ...
     def remove(self, fd: int) -> None: ...
+    def hold(self, fd: int) -> None: ...
+    def unhold(self, fd: int) -> None: ...
     def poll(self, timeout: float) -> list[tuple[int, int]]: ...
     def close(self) -> None: ...
 
@@ -66,6 +68,16 @@ class EpollPoller:
             self._ep.unregister(fd)
         except (OSError, ValueError):
             pass
+
+    def hold(self, fd: int) -> None:
+        """A worker reads ``fd`` itself for a while (any thread: ``epoll_ctl`` is): no
+        events for it meanwhile, so the dispatcher is not woken by each of its requests."""
+        self.remove(fd)
+
+    def unhold(self, fd: int) -> None:
+        """Watch ``fd`` again after ``hold`` (any thread). Registering reports bytes that
+        are already there, so nothing that came meanwhile is missed."""
+        self._ep.register(fd, self._read)
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         return self._ep.poll(timeout)
@@ -111,6 +123,12 @@ class SelectorPoller:
             self._sel.unregister(fd)
         except (KeyError, ValueError):
             pass
+
+    def hold(self, fd: int) -> None:  # a channel with a worker is not watched here anyway
+        pass
+
+    def unhold(self, fd: int) -> None:
+        pass
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         return [(key.fd, (READABLE if mask & selectors.EVENT_READ else 0)

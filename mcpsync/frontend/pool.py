@@ -61,10 +61,11 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable
 
 from ..sync.blocking import current_hook, install_hook
+from .ticket import (CANCELLED as _CANCELLED, QUEUED as _QUEUED, RUNNING as _RUNNING,
+                     Joinable, PoolStats, StartThread, Ticket, start_daemon_thread)
 
 log = logging.getLogger("mcpsync.http")
 
@@ -74,51 +75,8 @@ PARK_GRACE_S = 0.0005      # a parked worker keeps its slot this long even if ot
 LONG_KEYS_MAX = 1024       # code (keys) remembered to block longer than the grace
 SPAWN_BACKOFF_S = 1.0      # after a failed thread start, none is tried for this long
 
-_QUEUED, _RUNNING, _CANCELLED = range(3)
 
-
-class Joinable(Protocol):
-    def join(self, timeout: float | None = None) -> None: ...
-
-    def is_alive(self) -> bool: ...
-
-
-StartThread = Callable[[Callable[[], None], str], Joinable]
-
-
-def start_daemon_thread(target: Callable[[], None], name: str) -> Joinable:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-class Ticket:
-    """A submitted task: ``fn(arg)`` once a slot and a thread are free."""
-
-    __slots__ = ("fn", "arg", "seq", "queued_at", "state")
-
-    def __init__(self, fn: Callable[[Any], None], arg: Any, seq: int, now: float) -> None:
-        self.fn = fn
-        self.arg = arg
-        self.seq = seq
-        self.queued_at = now
-        self.state = _QUEUED
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    slots: int
-    busy_slots: int       # slots held now
-    threads: int          # worker threads alive (idle, running, parked)
-    idle_threads: int
-    queued: int           # tasks waiting for a slot or a thread
-    resuming: int         # parked workers waiting for their slot back
-    started: int          # tasks started since creation
-    waited: int           # ... of which had to queue
-    overdrafts: int       # parked workers that ran on without a slot (RESUME_MAX_WAIT_S)
-    spawn_failures: int
-    parked: int           # workers in may_block() that still hold their slot
-    steals: int           # slots taken from parked workers for others
+_NEXT_REQUEST: Hashable = ("mcpsync", "next-request")  # the block key of `waiting_idle`
 
 
 class _Worker:
@@ -164,6 +122,39 @@ class _Worker:
             self.pool._resume(self)
 
 
+class IdleWait:
+    """See ``WorkerPool.waiting_idle``; used by one worker thread."""
+
+    __slots__ = ("pool", "worker", "kept")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        worker = current_hook()
+        self.worker = worker if type(worker) is _Worker and worker.pool is pool else None
+        self.kept = True
+
+    def __enter__(self) -> IdleWait:
+        worker = self.worker
+        if worker is not None and worker.depth == 0 and worker.has_slot:
+            worker.block_key = _NEXT_REQUEST
+            self.pool._park(worker)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        worker = self.worker
+        if worker is None or worker.depth:
+            return
+        pool = self.pool
+        with pool._lock:
+            if worker.parked_at:  # nobody needed the slot: keep it
+                del pool._parked[worker]
+                worker.parked_at = 0.0
+            elif worker.paused:   # taken: run on without one, and hand the work on
+                worker.paused = False
+                pool._returning -= 1
+                self.kept = False
+
+
 class WorkerPool:
     """See the module docstring. ``submit`` is called by the dispatcher; the rest of the
     API by anyone."""
@@ -199,17 +190,21 @@ class WorkerPool:
         self._spawn_after = 0.0
         self._started = self._waited = self._overdrafts = self._spawn_failures = 0
         self._steals = 0
+        self._returning = 0                  # idle waiters whose slot was taken (see IdleWait)
         self._starts: list[_Worker] = []     # threads to start once _lock is released
 
     # --- the dispatcher's side -------------------------------------------------------------
 
-    def submit(self, fn: Callable[[Any], None], arg: Any = None) -> Ticket:
+    def submit(self, fn: Callable[[Any], None], arg: Any = None, *,
+               expirable: bool = True) -> Ticket:
         """Run ``fn(arg)`` on a worker thread once a slot is free, in submission order.
-        Never blocks. RuntimeError after ``shutdown``."""
+        ``expirable``: ``expire`` may withdraw it (a request, answered 503 instead); work
+        that must run (a message already admitted) is not. Never blocks. RuntimeError
+        after ``shutdown``."""
         with self._lock:
             if self._closing:
                 raise RuntimeError("the pool is shut down")
-            ticket = Ticket(fn, arg, next(self._seqs), time.monotonic())
+            ticket = Ticket(fn, arg, next(self._seqs), time.monotonic(), expirable)
             self._tasks.append(ticket)
             self._queued += 1
             starts = self._grant_locked()
@@ -249,18 +244,31 @@ class WorkerPool:
         expired: list[Any] = []
         with self._lock:
             tasks = self._tasks
+            kept: list[Ticket] = []
             while tasks and tasks[0].queued_at < queued_before:
                 ticket = tasks.popleft()
-                if ticket.state == _QUEUED:
-                    ticket.state = _CANCELLED
-                    self._queued -= 1
-                    expired.append(ticket.arg)
+                if ticket.state != _QUEUED:
+                    continue
+                if not ticket.expirable:
+                    kept.append(ticket)  # it waits on, in its place
+                    continue
+                ticket.state = _CANCELLED
+                self._queued -= 1
+                expired.append(ticket.arg)
+            tasks.extendleft(reversed(kept))
         return expired
 
     @property
     def queued(self) -> int:
         """Tasks waiting now (a hint: read without the lock)."""
         return self._queued
+
+    @property
+    def spare(self) -> bool:
+        """Nobody waits for a slot or a thread now, and an idle thread is left for whoever
+        comes next (a hint: read without the lock). A worker may then wait a moment for
+        more work of its own (``waiting_idle``) without making the pool grow a thread."""
+        return not self._queued and not self._resumers and bool(self._idle)
 
     # --- a worker's side ---------------------------------------------------------------------
 
@@ -277,6 +285,14 @@ class WorkerPool:
                 self._free += 1
                 starts = self._grant_locked()
             self._start(starts)
+
+    def waiting_idle(self) -> IdleWait:
+        """``with pool.waiting_idle() as wait:`` around a short wait of the calling worker
+        for more work of its own (its connection's next request). The worker keeps its slot
+        unless somebody needs it meanwhile (taken as from a parked worker); then it does not
+        queue for it again: ``wait.kept`` is False and the worker should hand its work on
+        (to the back of the line) instead of doing it."""
+        return IdleWait(self)
 
     # --- parking (may_block) and the reclaimer ---------------------------------------------------
 
@@ -297,9 +313,7 @@ class WorkerPool:
                 worker.parked_at = now  # keep the slot; see _steal_locked
                 self._parked[worker] = None
                 return
-            worker.has_slot = False  # nobody would take the slot in time: give it up now
-            worker.paused = True
-            self._free += 1
+            self._unslot_locked(worker)  # nobody would take the slot in time: give it up now
             starts = self._grant_locked()
         self._start(starts)
 
@@ -322,12 +336,18 @@ class WorkerPool:
                 return due
             del self._parked[worker]
             worker.parked_at = 0.0
-            worker.has_slot = False
-            worker.paused = True
-            self._free += 1
+            self._unslot_locked(worker)
             self._steals += 1
             self._starts += self._grant_locked()
         return None
+
+    def _unslot_locked(self, worker: _Worker) -> None:
+        """Take the slot of ``worker``, which is in ``may_block()`` (or ``waiting_idle``)."""
+        worker.has_slot = False
+        worker.paused = True
+        if worker.block_key is _NEXT_REQUEST:  # it will be idle within its short wait
+            self._returning += 1
+        self._free += 1
 
     def reclaim(self, now: float) -> float | None:
         """The reclaimer's turn: steal what is due; when the next steal will be due."""
@@ -348,7 +368,9 @@ class WorkerPool:
         now = time.monotonic()
         deadline = now + RESUME_MAX_WAIT_S
         key = worker.block_key
-        if now - worker.blocked_at >= PARK_GRACE_S:  # next time, hand the slot on at once
+        if key is _NEXT_REQUEST:
+            pass
+        elif now - worker.blocked_at >= PARK_GRACE_S:  # next time, hand the slot on at once
             if key not in self._long:
                 if len(self._long) >= LONG_KEYS_MAX:
                     self._long.clear()
@@ -488,8 +510,11 @@ class WorkerPool:
         return starts
 
     def _may_spawn_locked(self) -> bool:
+        """A new thread may start: under the bound, not backing off, and no thread is about
+        to be idle anyway (a worker whose wait for its connection's next request lost its
+        slot: it hands the request on and comes back within ``next_request_wait``)."""
         return (not self._closing and len(self._workers) < self.max_threads
-                and time.monotonic() >= self._spawn_after)
+                and not self._returning and time.monotonic() >= self._spawn_after)
 
     def _start(self, starts: list[_Worker]) -> None:
         for worker in starts:

@@ -2,16 +2,17 @@
 
 Pieces (see ``ARCHITECTURE.md`` for the path of a request)::
 
-    listener ──► Dispatcher (one thread: every waiting socket, the limits, the deadlines)
+    listener ──► Dispatcher (one thread: every waiting socket and parked stream, the
+                     │                limits, the deadlines)
                      │ complete request                      ▲ channel given back
-                     ▼                                       │
+                     ▼                                       │ (or with a parked stream)
                  WorkerPool (``Limits.workers`` slots, FIFO) ─► Bridge ─► the WSGI app
 
 ``start()`` runs the dispatcher on ``mcpsync-http-dispatcher``; ``serve_forever()`` runs
 it on the calling thread. ``shutdown(timeout)`` stops accepting, closes idle connections at
-once, lets requests in progress finish (their responses carry ``Connection: close``), cuts
-what is left at the deadline, then joins the pool's threads; it returns True if nothing had
-to be cut and every thread ended.
+once, lets requests in progress and parked streams finish (responses carry ``Connection:
+close``; the app ends its streams when it drains), cuts what is left at the deadline, then
+joins the pool's threads; it returns True if nothing had to be cut and every thread ended.
 
 ``make_server(app, host, port, kind=...)`` builds a front end by name: ``"threaded"`` (this
 one; keyword arguments are ``Limits`` fields, or ``limits=Limits(...)``) or ``"werkzeug"``
@@ -29,7 +30,8 @@ from .bridge import Bridge, WSGIApp
 from .dispatcher import STATES, Dispatcher
 from .limits import Limits
 from .poller import Poller
-from .pool import StartThread, WorkerPool, start_daemon_thread
+from .pool import WorkerPool
+from .ticket import StartThread, start_daemon_thread
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -77,13 +79,25 @@ class HttpFrontEnd:
             listener.close()
             raise
         self.bridge.give_back = self.dispatcher.give_back
+        self.bridge.hold = self.dispatcher.poller.hold
+        self.bridge.unhold = self.dispatcher.poller.unhold
         self.bridge.stopping = lambda: self.dispatcher.stopping
+        self.bridge.may_wait_next = self._may_wait_next
         # Guards _serving, _stopping and _result: serve_forever() against shutdown().
         self._lock = threading.Lock()
         self._serving = False
         self._stopping = False
         self._result: bool | None = None
         self._thread: threading.Thread | None = None
+
+    def _may_wait_next(self) -> bool:
+        """A worker done with a keep-alive request may wait a moment for the connection's
+        next one (``Limits.next_request_wait``) while nobody waits for a worker and there
+        are no more connections than slots: with more, another connection's request is
+        likely due first, and it would have to wait for the slot. (Hints: read without a
+        lock.)"""
+        d = self.dispatcher
+        return self.pool.spare and d.connections <= self.pool.slots and not d.stopping
 
     def serve_forever(self) -> None:
         """Run the dispatcher until ``shutdown()``. Blocks until then."""
@@ -146,7 +160,7 @@ class HttpFrontEnd:
             ("busy_slots", st.busy_slots), ("threads", st.threads),
             ("queued", st.queued), ("resuming", st.resuming), ("started", st.started),
             ("waited", st.waited), ("overdrafts", st.overdrafts), ("parked", st.parked),
-            ("steals", st.steals))]
+            ("steals", st.steals), ("followed", self.bridge.followed))]
         return rows
 
     def __enter__(self) -> HttpFrontEnd:

@@ -29,8 +29,8 @@ from ..sessions import Session
 from ..streams.websocket import WS_PATH, serve_websocket
 from . import legacy_sse, sse
 from .observability import routes as observability_routes
-from .base import (SESSION_NOT_FOUND, STATUS, Environ, HttpError, StartResponse, WsgiApp,
-                   json_reply)
+from .base import (SESSION_NOT_FOUND, STATUS, Environ, EventStream, HttpError, StartResponse,
+                   WsgiApp, json_reply)
 from .streamable import MCP_PATH, StreamableHttp
 
 log = logging.getLogger("mcpsync.http")
@@ -129,7 +129,12 @@ class HttpApp:
                 raise HttpError(400, f"Bad Request: WebSocket upgrades are served at {self.websocket_path}"
                                 if self.websocket_path else "Bad Request: no WebSocket endpoint")
             environ["mcpsync.cors"] = cors
-            return route(environ, start_response)
+            result = route(environ, start_response)
+            if isinstance(result, EventStream):  # waits for events: parked where it can be
+                park = environ.get("mcpsync.park")
+                if park is not None:
+                    return park(result)
+            return result
         except HttpError as exc:
             return json_reply(start_response, exc.status, {"jsonrpc": "2.0", "id": None, "error": {
                 "code": exc.code, "message": str(exc)}}, [*exc.headers, *cors])

@@ -5,13 +5,14 @@ never the application itself, so the application can mount them without an impor
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from ..admission import RETRY_AFTER_S, Admission, Overloaded
 from ..protocol.dispatch import encode_outgoing
 from ..server import Server
 from ..service import Service
 from ..sessions import Session
+from ..sync.pollable import iterate
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], Any]]
@@ -28,6 +29,30 @@ STATUS = {200: "200 OK", 202: "202 Accepted", 204: "204 No Content", 400: "400 B
           500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 SESSION_NOT_FOUND = -32001
 T = TypeVar("T")
+
+
+class EventStream:
+    """A response body that waits for events (an SSE stream, a listen stream): a
+    ``sync.pollable.Pollable``. ``HttpApp`` hands it to the front end to park when the
+    server offers ``environ["mcpsync.park"]``; any other server iterates it, which drives
+    it on the request's thread. Subclasses implement the ``Pollable`` methods."""
+
+    tick_s: float | None = None
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> bytes | None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iterate(self)
 
 
 class HttpError(Exception):

@@ -68,7 +68,7 @@ def open_stream(host: HttpHost, environ: Environ, start_response: StartResponse)
 
 
 def _stream(host: HttpHost, session: Session, endpoint: str,
-            events: Iterator[bytes]) -> Iterator[bytes]:
+            events: sse.Follower) -> Iterator[bytes]:
     try:
         yield from sse.touching(lambda: host.service.store.touch(session.id), events,
                                 b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")

@@ -5,7 +5,11 @@ before its reply (progress, a log message, a request to the client); then it swi
 SSE through WSGI's ``write()``, and every event is also logged in the session's
 ``SessionStreams`` so a client that lost the stream resumes it (``GET`` + ``Last-Event-ID``).
 ``ModernResponse`` (2026-07-28) is the same without a log: a failed write means the client
-closed the stream, which in that revision cancels the request.
+closed the stream, which in that revision cancels the request. It can also carry a
+message source on its own (``follow``: a ``subscriptions/listen`` stream): the handler
+returns at once, and the response body is a ``FollowedStream`` that takes the source's
+messages whenever it is woken (parked by the front end: no thread while it waits) and
+ends with the handler's reply once the source has ended.
 
 Each response's ``_lock`` serializes its writes (the request's thread, and any thread its
 tool starts); it is held across one ``write`` call: the stream write lock of the lock map.
@@ -14,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from ..core.connection import ServerConnection
 from ..errors import ConnectionClosed
 from ..protocol import jsonrpc, modern, versions
 from ..protocol.dispatch import encode_outgoing
 from . import sse
-from .base import JSON_HEADER, SSE_HEADERS, STATUS, StartResponse, json_reply
+from .base import JSON_HEADER, SSE_HEADERS, STATUS, EventStream, StartResponse, json_reply
 
 log = logging.getLogger("mcpsync.http")
 
@@ -159,6 +163,59 @@ class PostResponse(_Abortable):
             return []
 
 
+class MessageSource(Protocol):
+    """Messages a response carries on its own (``core.broadcast.Listener``)."""
+
+    def attach(self, wake: Callable[[], None]) -> None: ...
+
+    def take(self) -> list[dict[str, Any]] | None: ...
+
+    def close(self) -> None: ...
+
+
+def sse_message(msg: Any) -> bytes:
+    """One message as an SSE event without an id (the 2026-07-28 streams)."""
+    return b"event: message\ndata: " + (encode_outgoing(msg) or b"null") + b"\n\n"
+
+
+class FollowedStream(EventStream):
+    """The body of a response that follows a ``MessageSource``: its messages as they come,
+    a keep-alive comment every ``SSE_KEEPALIVE_S``, then ``final`` (the request's reply)
+    once the source has ended. Closing it closes the source (the client went away)."""
+
+    tick_s = sse.SSE_KEEPALIVE_S
+
+    def __init__(self, source: MessageSource, final: bytes | None) -> None:
+        self._source = source
+        self._final = final
+        self._over = False
+        self._keepalive = False
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        self._source.attach(wake)
+
+    def poll(self) -> bytes | None:
+        if self._over:
+            return None
+        msgs = self._source.take()
+        if msgs is None:
+            self._over = True
+            return self._final
+        if msgs:
+            self._keepalive = False
+            return b"".join(sse_message(m) for m in msgs)
+        if self._keepalive:
+            self._keepalive = False
+            return sse.KEEPALIVE
+        return b""
+
+    def tick(self) -> None:
+        self._keepalive = True
+
+    def close(self) -> None:
+        self._source.close()
+
+
 class ModernResponse(_Abortable):
     """The response to a modern-era (2026-07-28) request: JSON, or SSE through ``write()`` once the
     handler sends something first (progress, log messages, a listen stream). There is no
@@ -175,6 +232,18 @@ class ModernResponse(_Abortable):
         self._lock = threading.Lock()
         self._write: Callable[[bytes], Any] | None = None
         self._live = True
+        self._source: MessageSource | None = None
+
+    def follow(self, source: MessageSource) -> bool:
+        """Carry ``source``'s messages from now on, without the handler's thread; the reply
+        ends the stream after them (see the module docstring). False if this response
+        cannot: a JSON-only client, or an SSE stream already started by ``write()``."""
+        with self._lock:
+            if not self._can_sse or self._write is not None or self._source is not None \
+                    or self._finished:
+                return False
+            self._source = source
+            return True
 
     def _emit(self, data: bytes) -> bool:
         """Write once SSE has started (call with ``_lock`` held). True when this write found
@@ -195,12 +264,10 @@ class ModernResponse(_Abortable):
     def __call__(self, msg: dict[str, Any]) -> None:
         if not self._can_sse:
             return  # a JSON-only client gets the reply alone
-        encoded = encode_outgoing(msg)
-        if encoded is None:
+        if encode_outgoing(msg) is None:
             return
-        data = b"event: message\ndata: " + encoded + b"\n\n"
         with self._lock:
-            gone = self._emit(data)
+            gone = self._emit(sse_message(msg))
         if gone:
             self._cancel()
 
@@ -215,13 +282,16 @@ class ModernResponse(_Abortable):
         if self._write is None:
             self._whole(self._start_response, reply, self._cors)
         else:
-            self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
+            self._emit(sse_message(reply))
 
     def finish(self, reply: Any) -> Iterable[bytes]:
         with self._lock:
             self._finished = True
             if self._aborted:
                 return []
+            if self._source is not None:  # a followed source: the reply comes after it
+                self._start_response("200 OK", [*SSE_HEADERS, *self._cors])
+                return FollowedStream(self._source, None if reply is None else sse_message(reply))
             if self._write is None:
                 if reply is None:
                     self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
@@ -229,5 +299,5 @@ class ModernResponse(_Abortable):
                 status = modern.http_status(reply["error"]) if "error" in reply else 200
                 return json_reply(self._start_response, status, reply, self._cors)
             if reply is not None:  # the request is over: a failed write has nothing to cancel
-                self._emit(b"event: message\ndata: " + (encode_outgoing(reply) or b"") + b"\n\n")
+                self._emit(sse_message(reply))
             return []

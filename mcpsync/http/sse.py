@@ -14,18 +14,26 @@ The standalone GET stream carries what is not tied to a request (list_changed,
 resources/updated). Messages sent while no GET stream is attached wait in its log and go
 out when one attaches.
 
+A GET stream's body is a ``Follower`` (``follow_standalone``, ``follow``), a
+``sync.pollable.Pollable``: it takes what is new from the log when polled, and the log
+calls its ``wake`` when an event is appended, the stream ends or another GET takes it
+over. mcpsync's front end parks it (no thread while it waits); any other WSGI server
+iterates it on the request's thread. Every ``SSE_KEEPALIVE_S`` it sends a comment (which
+also finds a dead client) and touches the session.
+
 ``SessionStreams._cond`` (a Condition over one Lock) guards every log of the session, the
-attached flags and ``closed``. Writers append under it and notify; the GET generators wait
-on it with a keep-alive timeout. Socket writes happen outside it.
+attached flags, each log's follower ``wake`` and ``closed``. Writers append under it and
+notify; followers read under it. Wake-ups and socket writes happen outside it.
 """
 from __future__ import annotations
 
 import itertools
 import threading
 from collections import OrderedDict, deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..protocol.dispatch import encode_outgoing
+from .base import EventStream
 
 SSE_RETRY_MS = 1000          # what clients wait before reconnecting a closed stream
 SSE_KEEPALIVE_S = 15.0       # comment line on an idle stream (detects dead clients too)
@@ -40,20 +48,12 @@ def event(event_id: str, data: bytes) -> bytes:
     return b"event: message\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def touching(touch: Callable[[], Any], events: Iterator[bytes], first: bytes) -> Iterator[bytes]:
+def touching(touch: Callable[[], Any], events: Follower, first: bytes) -> Follower:
     """A GET stream's body: ``first``, then the events; every keep-alive also calls
-    ``touch`` (an open stream keeps its session from idling out). Closing it closes
-    ``events``."""
-    try:
-        yield first
-        for chunk in events:
-            if chunk is KEEPALIVE:
-                touch()
-            yield chunk
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
+    ``touch`` (an open stream keeps its session from idling out)."""
+    events.touch = touch
+    events.first = first
+    return events
 
 
 def priming(event_id: str, retry_ms: int = SSE_RETRY_MS) -> bytes:
@@ -65,7 +65,7 @@ def priming(event_id: str, retry_ms: int = SSE_RETRY_MS) -> bytes:
 class StreamLog:
     """The events of one SSE stream (fields guarded by the owning ``SessionStreams._cond``)."""
 
-    __slots__ = ("id", "events", "next_n", "done", "attached", "epoch")
+    __slots__ = ("id", "events", "next_n", "done", "attached", "epoch", "wake")
 
     def __init__(self, stream_id: str) -> None:
         self.id = stream_id
@@ -76,6 +76,8 @@ class StreamLog:
         # Which writer owns the stream: bumped when a resuming GET takes it over, so the
         # writer it replaced (whose client may be gone unnoticed) stops writing.
         self.epoch = 0
+        self.wake: Callable[[], None] | None = None  # the attached Follower's, called
+                                                      # (outside the lock) on every change
 
 
 class SessionStreams:
@@ -112,6 +114,9 @@ class SessionStreams:
                 log.done = True
                 self._trim()
             self._cond.notify_all()
+            wake = log.wake
+        if wake is not None:
+            wake()
         return framed
 
     def finish(self, log: StreamLog) -> None:
@@ -120,6 +125,9 @@ class SessionStreams:
             log.done = True
             self._trim()
             self._cond.notify_all()
+            wake = log.wake
+        if wake is not None:
+            wake()
 
     def detach(self, log: StreamLog, epoch: int = 0) -> None:
         """The live response of ``log`` (attached with ``epoch``) ended, closed by us or
@@ -156,6 +164,9 @@ class SessionStreams:
             log.next_n += 1
             log.events.append((n, event(f"{STANDALONE}.{n}", data)))
             self._cond.notify_all()
+            wake = log.wake
+        if wake is not None:
+            wake()
 
     def attach_standalone(self) -> int | None:
         """Claim the standalone stream for a GET: its epoch, or None if one is attached."""
@@ -166,31 +177,13 @@ class SessionStreams:
             self.standalone.epoch += 1
             return self.standalone.epoch
 
-    def follow_standalone(self, epoch: int, after: int | None = None) -> Iterator[bytes]:
-        """Events of the standalone stream (undelivered ones first, or those after ``after``),
-        then live ones, with keep-alives; ends when the session closes or another GET takes
-        the stream over. The caller attached with ``epoch``; closing the generator detaches."""
-        log = self.standalone
-        try:
-            cursor = self._delivered if after is None else after
-            while True:
-                with self._cond:
-                    batch = [e for n, e in log.events if n > cursor]
-                    if not batch and not self.closed and log.epoch == epoch:
-                        self._cond.wait(SSE_KEEPALIVE_S)
-                        batch = [e for n, e in log.events if n > cursor]
-                    closed = self.closed or log.epoch != epoch
-                    if batch:
-                        cursor = log.next_n - 1
-                        self._delivered = max(self._delivered, cursor)
-                if batch:
-                    yield b"".join(batch)
-                elif closed:
-                    return
-                else:
-                    yield KEEPALIVE
-        finally:
-            self.detach(log, epoch)
+    def follow_standalone(self, epoch: int, after: int | None = None) -> Follower:
+        """The body of a GET on the standalone stream: its events (undelivered ones first, or
+        those after ``after``), then live ones, with keep-alives; it ends when the session
+        closes or another GET takes the stream over. The caller attached with ``epoch``;
+        closing the body detaches."""
+        return Follower(self, self.standalone, epoch,
+                        self._delivered if after is None else after)
 
     # ---- resumption ----------------------------------------------------------------------------
 
@@ -210,36 +203,93 @@ class SessionStreams:
             log.epoch += 1
             log.attached = True
             self._cond.notify_all()
-            return log, after, log.epoch
+            wake, log.wake = log.wake, None  # the writer it replaces: it ends
+        if wake is not None:
+            wake()
+        return log, after, log.epoch
 
-    def follow(self, log: StreamLog, after: int, epoch: int) -> Iterator[bytes]:
-        """Replay ``log`` after event ``after``, then follow it live until its final event
-        (or until another resume takes it over)."""
+    def follow(self, log: StreamLog, after: int, epoch: int) -> Follower:
+        """The body of a resuming GET: ``log`` replayed after event ``after``, then followed
+        live until its final event (or until another resume takes it over)."""
         if log is self.standalone:
-            yield from self.follow_standalone(epoch, after)
-            return
-        cursor = after
-        try:
-            while True:
-                with self._cond:
-                    batch = [(n, e) for n, e in log.events if n > cursor]
-                    if not batch and not log.done and not self.closed and log.epoch == epoch:
-                        self._cond.wait(SSE_KEEPALIVE_S)
-                        batch = [(n, e) for n, e in log.events if n > cursor]
-                    finished = ((log.done or self.closed) and (not batch or batch[-1][0] == log.next_n - 1)
-                                ) or log.epoch != epoch
-                if batch:
-                    cursor = batch[-1][0]
-                    yield b"".join(e for _, e in batch)
-                if finished:
-                    return
-                if not batch:
-                    yield KEEPALIVE
-        finally:
-            self.detach(log, epoch)
+            return self.follow_standalone(epoch, after)
+        return Follower(self, log, epoch, after)
+
+    def _take(self, follower: Follower) -> tuple[bytes, bool]:
+        """What ``follower`` has not sent yet, and whether its stream is over after that."""
+        log = follower.log
+        with self._cond:
+            batch = [(n, e) for n, e in log.events if n > follower.cursor]
+            if batch:
+                follower.cursor = batch[-1][0]
+            if log is self.standalone:
+                self._delivered = max(self._delivered, follower.cursor)
+                over = self.closed or log.epoch != follower.epoch
+            else:  # a request's stream: over once its last event is out
+                over = ((log.done or self.closed) and follower.cursor >= log.next_n - 1) \
+                    or log.epoch != follower.epoch
+        return b"".join(e for _, e in batch), over
+
+    def _watch(self, follower: Follower, wake: Callable[[], None] | None) -> None:
+        """Set (or, with None, clear) ``follower``'s wake-up on its log, if it still owns it."""
+        with self._cond:
+            log = follower.log
+            if log.epoch == follower.epoch:
+                log.wake = wake
 
     def close(self) -> None:
         """The session ended: every follower returns."""
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+            wakes = [log.wake for log in (self.standalone, *self._streams.values())
+                     if log.wake is not None]
+        for wake in wakes:
+            wake()
+
+
+class Follower(EventStream):
+    """A GET stream's body (see the module docstring): ``first`` (set by ``touching``),
+    then the log's events after ``cursor``; a keep-alive comment every tick."""
+
+    tick_s = SSE_KEEPALIVE_S
+
+    def __init__(self, streams: SessionStreams, log: StreamLog, epoch: int, cursor: int) -> None:
+        self.streams = streams
+        self.log = log
+        self.epoch = epoch
+        self.cursor = cursor              # the last event number sent
+        self.first: bytes | None = None
+        self.touch: Callable[[], Any] | None = None
+        self._keepalive = False           # a tick came: send a comment if nothing else goes
+        self._closed = False
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        self.streams._watch(self, wake)
+
+    def poll(self) -> bytes | None:
+        first, self.first = self.first, None
+        data, over = self.streams._take(self)
+        if first:
+            data = first + data
+        if data:
+            self._keepalive = False
+            return data
+        if over:
+            return None
+        if self._keepalive:
+            self._keepalive = False
+            return KEEPALIVE
+        return b""
+
+    def tick(self) -> None:
+        self._keepalive = True
+        if self.touch is not None:
+            self.touch()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.streams._watch(self, None)
+        self.streams.detach(self.log, self.epoch)

@@ -29,7 +29,9 @@ error by the reader thread itself; a client that stops reading therefore blocks 
 reader on the write lock once its session's share is in flight, and nothing more is read
 from it (backpressure). Threads per connection are bounded by the worker pool
 (``STREAM_WORKERS``) plus the reader; the replies waiting to be written by the session's
-in-flight limit.
+in-flight limit. A transport whose host runs work for it (a WebSocket parked in mcpsync's
+front end) passes ``executor`` instead: requests then run where it puts them (the front
+end's worker pool) and the stream starts no thread of its own.
 
 ``close()`` cancels in-flight calls (their responses are dropped), fails outgoing
 requests, and joins the worker threads with a deadline.
@@ -49,6 +51,7 @@ from ..protocol import jsonrpc
 from ..protocol.dispatch import encode_outgoing
 from ..core.connection import ServerConnection
 from ..server import Server
+from ..sync import may_block
 
 log = logging.getLogger("mcpsync.stream")
 
@@ -69,7 +72,8 @@ class MessageStream:
                  conn: ServerConnection | None = None,
                  max_workers: int = STREAM_WORKERS,
                  admission: Admission | None = None,
-                 admission_key: Hashable | None = None) -> None:
+                 admission_key: Hashable | None = None,
+                 executor: Callable[[Callable[[], None]], None] | None = None) -> None:
         self._write = write
         self._name = name  # the transport's name in metrics and logs
         # The app's admission control; a stream of its own (stdio) gets its own.
@@ -88,17 +92,26 @@ class MessageStream:
             conn = server.connect(session_id=session_id)
         conn.send = self.post
         self.conn = conn
-        self._pool = ThreadPoolExecutor(max_workers=max_workers,
-                                        thread_name_prefix=f"mcpsync-{name}-worker")
+        self._pool: ThreadPoolExecutor | None = None
+        if executor is None:
+            self._pool = ThreadPoolExecutor(max_workers=max_workers,
+                                            thread_name_prefix=f"mcpsync-{name}-worker")
+        self._executor = executor
         self.closed = False
         self.write_failed = False
         # Ids of requests handed to the pool and not finished -> whether the client cancelled
         # them (the connection only knows a request once a worker runs it; an entry lives until
         # its reply is written, so no cancellation falls in between, and a reply blocked on
         # a client that does not read keeps the next request off the reader thread).
-        # Guards _queued; taken by the reader thread and the workers, for one dict operation.
+        # Guards _queued, _waiting and _released; taken by the reader thread and the
+        # workers, for a few dict operations.
         self._queued_lock = threading.Lock()
         self._queued: dict[Any, bool] = {}
+        # Requests admitted and not started yet (id -> their admission ticket and message):
+        # a cancellation releases such a request at once (it is no longer in flight), and
+        # the job that takes it later finds its ticket among the _released and does nothing.
+        self._waiting: dict[Any, tuple[int, Any]] = {}
+        self._released: set[int] = set()
 
     def send(self, msg: Any) -> None:
         """Encode and write one message (or batch) as one unit; waits for the write lock
@@ -106,22 +119,35 @@ class MessageStream:
         data = encode_outgoing(msg)
         if data is None:
             return
-        with self.write_lock:
+        self._lock_writes()
+        try:
             self._write_locked(data)
             self._flush_locked()
+        finally:
+            self.write_lock.release()
         self._flush_posted()
 
     def send_raw(self, write: Callable[[], Any]) -> None:
         """Run ``write()`` (a transport's own bytes, such as a WebSocket control frame) as
         one write of this stream: under the write lock, then the outbox."""
-        with self.write_lock:
+        self._lock_writes()
+        try:
             if not self.write_failed:
                 try:
                     write()
                 except OSError:
                     self.write_failed = True
             self._flush_locked()
+        finally:
+            self.write_lock.release()
         self._flush_posted()
+
+    def _lock_writes(self) -> None:
+        """Take the write lock; waiting for it (another writer waits for the peer) is a
+        wait in the sense of ``may_block``."""
+        if not self.write_lock.acquire(blocking=False):
+            with may_block():
+                self.write_lock.acquire()
 
     def post(self, msg: Any) -> None:
         """Queue a message not tied to a request (a broadcast, the session's own requests)
@@ -196,11 +222,16 @@ class MessageStream:
             alone = not self._queued
             if rid is not None:
                 self._queued.setdefault(rid, False)
+                self._waiting.setdefault(rid, (ticket, value))  # (an id reused: the first)
         if inline is not None and alone:
             inline(lambda: self._run(value, ticket))
             return
         try:
-            self._pool.submit(self._run, value, ticket)
+            if self._executor is not None:
+                self._executor(lambda: self._run(value, ticket))
+            else:
+                assert self._pool is not None
+                self._pool.submit(self._run, value, ticket)
         except RuntimeError:  # pool shut down: we are closing
             self._forget(rid, ticket, value, None, time.perf_counter())
 
@@ -224,6 +255,13 @@ class MessageStream:
             with self._queued_lock:
                 if rid in self._queued:
                     self._queued[rid] = True
+                waiting = self._waiting.pop(rid, None)
+                if waiting is not None:
+                    self._released.add(waiting[0])
+            if waiting is not None:  # it never started: no longer in flight
+                log.debug("request %r cancelled before it started", rid)
+                self._admission.release(self._key, waiting[0])
+                self._admission.observe(self._name, waiting[1], None, 0.0, self.conn.session_id)
 
     @staticmethod
     def _goes_to_worker(value: Any) -> bool:
@@ -238,7 +276,18 @@ class MessageStream:
         tracked = jsonrpc.is_valid_id(rid)
         started = time.perf_counter()
         reply = None
+        if tracked and ticket is not None:
+            with self._queued_lock:
+                if ticket in self._released:  # cancelled and released before it started
+                    self._released.discard(ticket)
+                    if self._queued.get(rid):
+                        del self._queued[rid]
+                    return
+                if self._waiting.get(rid, (None,))[0] == ticket:
+                    del self._waiting[rid]
         try:
+            if self.closed and ticket is not None:  # queued when the connection ended
+                return
             if tracked:
                 with self._queued_lock:
                     cancelled = self._queued.get(rid, False)
@@ -272,10 +321,13 @@ class MessageStream:
         """Take no more work and let queued and running requests finish and answer, for at
         most ``timeout`` seconds (the peer closed its side but may still read ours: stdio EOF).
         True if everything finished."""
+        pool = self._pool
+        if pool is None:  # (a host runs the work: it is not this stream's to wait for)
+            return self.conn.inflight_count() == 0
         done = threading.Event()
 
         def wait_all() -> None:
-            self._pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
             done.set()
 
         threading.Thread(target=wait_all, name="mcpsync-stream-drain", daemon=True).start()
@@ -288,11 +340,14 @@ class MessageStream:
             return
         self.closed = True
         self.conn.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pool = self._pool
+        if pool is None:  # queued work finds the stream closed and only releases itself
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
         deadline = threading.Event()
 
         def join_workers() -> None:
-            self._pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
             deadline.set()
 
         joiner = threading.Thread(target=join_workers, name="mcpsync-stream-closer", daemon=True)

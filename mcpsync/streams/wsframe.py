@@ -111,6 +111,16 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
 
 # ---- frames in ------------------------------------------------------------------------------
 
+def close_code(payload: bytes) -> int:
+    """The code to echo for a peer's close frame: its own (1000 when it gave none), or the
+    protocol error its payload is (RFC 6455 5.5.1)."""
+    try:
+        code, _ = parse_close(payload)
+    except FrameError as exc:
+        return exc.code
+    return code or CLOSE_NORMAL
+
+
 def _unmask(data: bytes | bytearray, mask: bytes) -> bytes:
     n = len(data)
     if n == 0:
