@@ -116,7 +116,12 @@ def check_envelope(params: Any) -> dict[str, Any]:
 
 def request_envelope(params: dict[str, Any]) -> Envelope:
     """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
-    meta = check_envelope(params)
+    return envelope_of(check_envelope(params))
+
+
+def envelope_of(meta: dict[str, Any]) -> Envelope:
+    """The rest of ``request_envelope`` for a ``_meta`` that ``check_envelope`` passed (HTTP
+    checks the shape before the headers, and the version after them)."""
     version = meta[META_VERSION]
     if version not in versions.MODERN_VERSIONS:
         raise UnsupportedProtocolVersion("Unsupported protocol version",
@@ -158,12 +163,14 @@ def header_params(input_schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
-                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> None:
+                  params_in_headers: tuple[tuple[str, str], ...] = (),
+                  meta: dict[str, Any] | None = None) -> None:
     """Compare the standard MCP request headers with the body (-32020 on any mismatch).
     ``headers`` maps lower-case names to values (None when absent); ``params_in_headers``
-    is the called tool's ``header_params``."""
+    is the called tool's ``header_params``; ``meta``: the body's ``_meta`` if
+    ``check_envelope`` passed it already (else it is checked here first)."""
     params = msg.get("params") or {}
-    body_version = check_envelope(params)[META_VERSION]
+    body_version = (check_envelope(params) if meta is None else meta)[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
     if header_version is None:
         raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
