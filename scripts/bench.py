@@ -12,6 +12,8 @@ Servers (each a subprocess in its own process group, on 127.0.0.1, an ephemeral 
                 compare a change in the same run)
   py-sdk-sse    the official Python SDK (PyPI mcp), MCPServer over Streamable HTTP on uvicorn,
   py-sdk-json   default SSE responses / json_response=True  (scripts/bench_servers/python_sdk_server.py)
+  py-sdk-stateless  the same with stateless_http=True and JSON responses: the SDK's sessionless mode,
+                beside mcpsync's 2026-07-28 in stateless-8
   ts-sdk-sse    the official TypeScript SDK on Node: McpServer + StreamableHTTPServerTransport,
   ts-sdk-json   stateful, express; SSE / enableJsonResponse  (scripts/bench_servers/ts_sdk_server.mjs)
   ceiling       http.server.ThreadingHTTPServer with canned replies (the ceiling for Python)
@@ -23,6 +25,12 @@ second), and ``wrk`` with Lua scripts, when wrk is on PATH.
 
 Scenarios:
   echo-8, echo-64      tools/call echo on one pre-opened session from 8 / 64 connections
+  stateless-8          the same echo in revision 2026-07-28 (no session: the envelope in params._meta,
+                       the MCP-Protocol-Version / Mcp-Method / Mcp-Name headers) from 8 connections,
+                       on the servers that serve it without a session (mcpsync, its baseline,
+                       py-sdk-stateless); measured right after echo-8 on the same server process
+                       (the order of the two alternates between runs), so the two eras compare
+                       within one run: see the targets
   sleep-64, sleep-256  tools/call sleep_ms(20) from 64 / 256 sessions at once; ideal = N / 20 ms
   threadcap-256        sleep_ms(200) from 256 sessions: ideal 1,280/s, cheap enough in CPU that the
                        Python SDK's 40 worker threads (40 / 200 ms = 200/s) are what limits it
@@ -98,7 +106,7 @@ FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target 
 SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
-STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "py-sdk-stateless")  # speak 2026-07-28 statelessly
+STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-stateless")  # serve stateless-N
 
 STARTUP_TIMEOUT_S = 30.0     # a server must print its URL within this
 STOP_TIMEOUT_S = 5.0         # SIGTERM, then SIGKILL after this
@@ -703,6 +711,17 @@ def bench_ws(ctx: Context, run: int, srv: RunningServer) -> list[Measurement]:
     return [ws, http]
 
 
+def _swap_era_pairs(scenarios: list[str]) -> list[str]:
+    """``scenarios`` with each ``stateless-N`` moved before its ``echo-N``."""
+    out = list(scenarios)
+    for name in scenarios:
+        twin = "echo-" + name.split("-", 1)[1] if name.startswith("stateless-") else ""
+        if twin in out and out.index(twin) < out.index(name):
+            out.remove(name)
+            out.insert(out.index(twin), name)
+    return out
+
+
 def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str]) -> list[Measurement]:
     out: list[Measurement] = []
     try:
@@ -711,6 +730,8 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
         log(f"run {run}: {spec.name} did not start: {exc}")
         return [Measurement(run, name, spec.name, "-", errors=1, samples=[f"start: {exc}"[:200]])
                 for name in scenarios]
+    if run % 2 == 0:  # echo-N and stateless-N back to back, in turns first: load drifts
+        scenarios = _swap_era_pairs(scenarios)
     with srv:
         for name in scenarios:
             if name == "ws" and srv.name != "mcpsync" or \
@@ -1219,6 +1240,16 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         if ceil and ceil["rate"]:
             line(f"{sc} ({d}) req/s ÷ stdlib ceiling", me["rate"] / ceil["rate"], "≥ 0.55 (aim)",
                  me["rate"] / ceil["rate"] >= 0.55)
+    session, modern = _find(rows, "echo-8", "mcpsync", "wrk"), _find(rows, "stateless-8", "mcpsync", "wrk")
+    if session and modern and session["rate"]:
+        line("stateless-8 (wrk) req/s ÷ echo-8 (2026-07-28 ÷ session)", modern["rate"] / session["rate"],
+             "≥ 1.0", modern["rate"] / session["rate"] >= 1.0)
+        if session.get("cpu_us") and modern.get("cpu_us"):
+            line("stateless-8 (wrk) server CPU µs/request ÷ echo-8", modern["cpu_us"] / session["cpu_us"],
+                 "≤ 1.0", modern["cpu_us"] / session["cpu_us"] <= 1.0)
+    sdk = _find(rows, "stateless-8", "py-sdk-stateless", "wrk")
+    if modern and sdk and sdk["rate"]:
+        line("stateless-8 (wrk) req/s ÷ py-sdk-stateless", modern["rate"] / sdk["rate"], "", None)
     for n in (64, 256):
         sc = f"sleep-{n}"
         d = best_driver(sc)
