@@ -1305,9 +1305,9 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         if session.get("cpu_us") and modern.get("cpu_us"):
             line("stateless-8 (wrk) server CPU µs/request ÷ echo-8", modern["cpu_us"] / session["cpu_us"],
                  "≤ 1.0", modern["cpu_us"] / session["cpu_us"] <= 1.0)
-    session, modern = _find(rows, "eras", "mcpsync", "echo-8"), _find(rows, "eras", "mcpsync", "stateless-8")
-    if session and modern and session.get("instructions") and modern.get("instructions"):
-        ratio = modern["instructions"] / session["instructions"]
+    ir_session, ir_modern = _find(rows, "eras", "mcpsync", "echo-8"), _find(rows, "eras", "mcpsync", "stateless-8")
+    if ir_session and ir_modern and ir_session.get("instructions") and ir_modern.get("instructions"):
+        ratio = ir_modern["instructions"] / ir_session["instructions"]
         line("eras: instructions/request 2026-07-28 ÷ session (callgrind)", ratio, "≤ 1.0", ratio <= 1.0)
     sdk = _find(rows, "stateless-8", "py-sdk-stateless", "wrk")
     if modern and sdk and sdk["rate"]:
