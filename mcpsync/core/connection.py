@@ -138,22 +138,23 @@ class ServerConnection:
 
     # ---- requests --------------------------------------------------------------------------------
 
-    def handle_request(self, msg: dict[str, Any], sink: Sink, *,
-                       principal: str | None = None) -> dict[str, Any] | None:
+    def handle_request(self, msg: dict[str, Any], sink: Sink, *, principal: str | None = None,
+                       meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Run one request on this thread, in either era; None when it was cancelled (no
         response is sent). A modern-era request (``modern.is_modern_request``) brings its
         version and capabilities in ``_meta`` instead of reading this session's; its result
         is decorated, and input from the client is a multi round-trip (``input_required``).
-        ``principal`` (modern era) binds its sealed ``requestState``."""
+        ``principal`` (modern era) binds its sealed ``requestState``; ``meta``: the modern
+        request's ``_meta``, when the transport has checked its shape already."""
         rid = msg["id"]
         method = msg["method"]
         params = msg.get("params")
         if type(params) is not dict:
             params = {}
         env = None
-        if modern.is_modern_request(method, params):
+        if meta is not None or modern.is_modern_request(method, params):
             try:
-                env = modern.request_envelope(params)
+                env = modern.request_envelope(params) if meta is None else modern.envelope_of(meta)
                 if method not in modern.MODERN_METHODS:
                     raise MethodNotFound(f"Method not found: {method}")
             except McpError as exc:
@@ -189,7 +190,9 @@ class ServerConnection:
             return self.host.dispatcher.handler_for(method)(params, ctx)
         handler = self.host.dispatcher.handler_for(method)
         if method in modern.MRTR_METHODS:
-            ctx.input_responses = self.host.mrtr_answers(method, params, ctx.principal)
+            # A first round (the usual call) carries no answers: nothing to open or check.
+            ctx.input_responses = (self.host.mrtr_answers(method, params, ctx.principal)
+                                   if "inputResponses" in params or "requestState" in params else {})
         return modern.decorate_result(method, handler(params, ctx), self.host.server_meta(ctx.version))
 
     def _input_required(self, ctx: Context, need: InputRequired) -> dict[str, Any]:

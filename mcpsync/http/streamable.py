@@ -145,7 +145,7 @@ class StreamableHttp:
             if value.get("method") == "tools/call" and isinstance(params.get("name"), str):
                 tool = host.server.registry.tools.get(params["name"])
             in_headers = tool.header_params if tool is not None else ()
-            modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
+            meta = modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
         except McpError as exc:
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
@@ -157,7 +157,7 @@ class StreamableHttp:
         reply = None
         try:
             principal = host.principal(environ)
-            reply = conn.handle_request(value, response,
+            reply = conn.handle_request(value, response, meta=meta,
                                        principal=None if principal is None else str(principal))
             return response.finish(reply)
         finally:

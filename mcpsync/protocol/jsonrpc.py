@@ -20,7 +20,8 @@ Ids are echoed with their exact JSON type: the decoded ``id`` object is put back
 from __future__ import annotations
 
 import json
-from typing import Any
+import json.encoder
+from typing import Any, Callable, Sequence
 
 from ..errors import InvalidRequest, McpError, ParseError
 
@@ -33,6 +34,14 @@ JSONRPC = "2.0"
 MAX_DEPTH = 64  # nesting of arrays/objects accepted in one message
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The C encoder that ``_encoder.encode`` builds on every call, built here directly: the same
+# output and errors (circular references, NaN, unknown types) without JSONEncoder's Python
+# set-up (a sixth of encoding a small reply). A fresh one per message: it keeps the
+# circular-reference marks of the message it encodes. None without the C accelerator.
+_c_make_encoder: Callable[..., Callable[[Any, int], Sequence[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None)  # not in typeshed
+_encode_string = json.encoder.encode_basestring  # what ensure_ascii=False encodes str with
+JSON_WHITESPACE = " \t\n\r"  # RFC 8259's insignificant whitespace (json.decoder's too)
 
 
 def decode(data: bytes | str) -> Any:
@@ -44,17 +53,23 @@ def decode(data: bytes | str) -> Any:
             raise ParseError("Parse error: body is not valid UTF-8") from None
     else:
         text = data
+    # JSONDecoder.decode without its Python wrapper: one value between optional whitespace.
+    start = len(text) - len(text.lstrip(JSON_WHITESPACE))
     try:
-        value = _decoder.decode(text)  # C; its own recursion guard ends a deep text early
+        value, end = _scan(text, start)  # C; its own recursion guard ends a deep text early
+    except StopIteration:  # no value at all
+        raise ParseError("Parse error: invalid JSON") from None
     except _OutOfRange as exc:
         raise ParseError(f"Parse error: the number {exc} is out of range") from None
     except RecursionError:
         raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise ParseError("Parse error: invalid JSON") from None
+    if end != len(text) and text[end:].strip(JSON_WHITESPACE):
+        raise ParseError("Parse error: invalid JSON")  # more than one value
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise ParseError(f"Parse error: nested deeper than {MAX_DEPTH} levels")
-    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(value):
+    if "\\u" in text and ("\\ud" in text or "\\uD" in text) and _lone_surrogate(value):
         raise ParseError("Parse error: a string holds a lone UTF-16 surrogate escape, "
                          "which is not a Unicode character")
     return value
@@ -108,11 +123,17 @@ def _finite_float(literal: str) -> float:
 _INF = float("inf")
 # Stateless: shared by all threads.
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+# (text, index) -> (value, end); StopIteration when no value starts there. Not in typeshed.
+_scan: Callable[[str, int], tuple[Any, int]] = getattr(_decoder, "scan_once")
 
 
 def encode(msg: Any) -> bytes:
     """Compact UTF-8 JSON for one message or a batch."""
-    return _encoder.encode(msg).encode("utf-8")
+    if _c_make_encoder is None or type(msg) is str:
+        return _encoder.encode(msg).encode("utf-8")
+    chunks = _c_make_encoder({}, _encoder.default, _encode_string, None, ":", ",", False, False,
+                             False)(msg, 0)
+    return "".join(chunks).encode("utf-8")
 
 
 def is_valid_id(value: Any) -> bool:

@@ -5,8 +5,10 @@ Theory of operation
 A modern request carries everything a session used to hold in ``params._meta``: the
 protocol version, the client's capabilities (and optionally its identity and a log
 level). ``request_envelope`` validates that envelope in the order the revision gives:
-the envelope keys (-32602), the version (-32022 naming what we support). For HTTP,
-``check_headers`` then compares the standard request headers with the body (-32020).
+the envelope keys (-32602), the version (-32022 naming what we support). Over HTTP the
+standard request headers are compared with the body (-32020) between the two:
+``check_headers`` checks the keys and the headers and returns ``_meta``, and the request's
+connection finishes with ``envelope_of(meta)``, so the envelope is read once.
 
 Results get ``resultType`` and the server's identity in ``_meta``; list and read results
 also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``).
@@ -116,7 +118,12 @@ def check_envelope(params: Any) -> dict[str, Any]:
 
 def request_envelope(params: dict[str, Any]) -> Envelope:
     """Validate ``params._meta`` of a modern request (raises the revision's errors)."""
-    meta = check_envelope(params)
+    return envelope_of(check_envelope(params))
+
+
+def envelope_of(meta: dict[str, Any]) -> Envelope:
+    """The rest of ``request_envelope`` for a ``_meta`` that ``check_envelope`` passed (HTTP
+    checks the shape before the headers, and the version after them)."""
     version = meta[META_VERSION]
     if version not in versions.MODERN_VERSIONS:
         raise UnsupportedProtocolVersion("Unsupported protocol version",
@@ -158,12 +165,14 @@ def header_params(input_schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
-                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> None:
-    """Compare the standard MCP request headers with the body (-32020 on any mismatch).
-    ``headers`` maps lower-case names to values (None when absent); ``params_in_headers``
-    is the called tool's ``header_params``."""
+                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Check the envelope's shape (``check_envelope``, -32602), then compare the standard MCP
+    request headers with the body (-32020 on any mismatch); returns the checked ``_meta``
+    for ``envelope_of``. ``headers`` maps lower-case names to values (None when absent);
+    ``params_in_headers`` is the called tool's ``header_params``."""
     params = msg.get("params") or {}
-    body_version = check_envelope(params)[META_VERSION]
+    meta = check_envelope(params)
+    body_version = meta[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
     if header_version is None:
         raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
@@ -184,6 +193,7 @@ def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
             raise HeaderMismatch(f"Header mismatch: Mcp-Name {raw!r} does not match the body's {body_name!r}")
     if params_in_headers and method == "tools/call":
         _check_param_headers(headers, params.get("arguments") or {}, params_in_headers)
+    return meta
 
 
 def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
