@@ -322,7 +322,7 @@ class HttpChannel(ChannelBase):
                     return
                 if resp.status == 404:
                     if not self._closing.is_set():
-                        self._lost("the upstream no longer knows the hub's session (HTTP 404)")
+                        self._lost(f"the upstream no longer knows the {self.cfg.role}'s session (HTTP 404)")
                     return
                 if resp.status != 200:
                     log.warning("upstream %s: GET stream refused (HTTP %d)", self.name, resp.status)
