@@ -136,8 +136,9 @@ class Call:
 class Correlator:
     """Ids, progress tokens and the calls in flight on one upstream connection."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, token_prefix: str = "hub") -> None:
         self.name = name
+        self.token_prefix = token_prefix   # progress tokens are "<prefix>-<id>"
         # Guards _ids, _calls, _tokens and closed; a few dict operations, never held while a
         # call is woken or anything is sent.
         self._lock = threading.Lock()
@@ -151,7 +152,7 @@ class Correlator:
             if self.closed is not None:
                 raise ConnectionClosed(f"upstream {self.name!r}: {self.closed}")
             rid = next(self._ids)
-            token = f"hub-{rid}" if progress else None
+            token = f"{self.token_prefix}-{rid}" if progress else None
             call = Call(rid, method, ctx, token)
             self._calls[rid] = call
             if token is not None:

@@ -48,13 +48,13 @@ from .caller import (Cancellable, CancelToken, Caller, forward_log, forward_prog
 from .channels.base import Channel
 from .correlator import (CANCELLED, CLOSED, EXPIRED, LOG, PROGRESS, REQUEST, RESPONSE, TIMEOUT,
                          Call, Correlator)
+from .listen import ListenStream
 
 log = logging.getLogger("mcpsync.client")
 
 CLIENT_INFO = {"name": "mcpsync", "version": __version__}
 MAX_INPUT_ROUNDS = 16            # 2026-07-28 input_required rounds of one request
 MAX_PAGES = 1000                 # pages of one */list before we call the listing endless
-LISTEN_RETRY_S = 1.0             # pause before re-opening an ended subscriptions/listen
 UPSTREAM_LOG_LEVEL = "debug"     # handshake era: upstreams send everything, contexts filter
 LIST_FLAGS = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
               ("resources", "resourcesListChanged"))
@@ -89,7 +89,7 @@ class ClientSession:
         self.cfg = cfg
         self.name = cfg.name
         self.channel = channel
-        self.corr = Correlator(cfg.name)
+        self.corr = Correlator(cfg.name, cfg.role)
         self._on_list_changed = on_list_changed or (lambda kind: None)
         self._on_resource_updated = on_resource_updated or (lambda uri: None)
         self._on_lost = on_lost or (lambda session, reason: None)
@@ -104,8 +104,8 @@ class ClientSession:
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
-        # Guards lost, _reinit_epoch, _reinit_done, _listen_uris, _listen_stop and
-        # _events_thread; flag flips, never held across I/O or a thread start.
+        # Guards lost, _reinit_epoch, _reinit_done and _events_thread; flag flips, never
+        # held across I/O or a thread start.
         self._lock = threading.Lock()
         self.lost: str | None = None
         self._reinit_epoch = 0
@@ -113,8 +113,7 @@ class ClientSession:
         self._reinit_done: threading.Event | None = None
         self._closing = threading.Event()  # set once by close(); the events thread exits on it
         self._events_thread: threading.Thread | None = None
-        self._listen_uris: frozenset[str] = frozenset()   # 2026-07-28 resource subscriptions
-        self._listen_stop: CancelToken | None = None      # ends the listen request in flight
+        self._listener = ListenStream(cfg.name, self._listen, self._list_flags, lambda: self.alive)
 
     @property
     def tool_schemas(self) -> dict[str, Any]:
@@ -243,10 +242,8 @@ class ClientSession:
         with self._lock:
             if self.lost is None:
                 self.lost = reason
-            stop = self._listen_stop
         self.corr.close(reason)
-        if stop is not None:
-            stop.cancel()
+        self._listener.close()
         self.channel.close()
         t = self._events_thread
         if t is not None and t is not threading.current_thread():
@@ -264,11 +261,11 @@ class ClientSession:
         return {flag: True for cap, flag in LIST_FLAGS
                 if isinstance(self.capabilities.get(cap), dict) and self.capabilities[cap].get("listChanged")}
 
-    def _start_events(self) -> None:
+    def _start_events(self, listen: bool = False) -> None:
+        """Start the events thread: the GET stream (handshake era, HTTP) or the listen loop
+        (2026-07-28, when there is something to listen for, or ``listen``)."""
         if self.modern:
-            with self._lock:
-                wanted = bool(self._list_flags() or self._listen_uris)
-            target: Callable[[], None] | None = self._listen_loop if wanted else None
+            target: Callable[[], None] | None = self._listener.run if listen or self._listener.wanted() else None
         else:
             target = getattr(self.channel, "events_loop", None)
         if target is None:
@@ -280,41 +277,16 @@ class ClientSession:
             self._events_thread = t
         t.start()
 
-    def listen_resources(self, uris: frozenset[str]) -> None:
-        """2026-07-28: follow updates of exactly these resources (``resources/updated``
-        reaches ``on_resource_updated``); the listen request in flight is replaced."""
-        with self._lock:
-            self._listen_uris = frozenset(uris)
-            stop = self._listen_stop
-        if stop is not None:
-            stop.cancel()
-        self._start_events()
+    def _listen(self, wanted: dict[str, Any], stop: CancelToken) -> None:
+        self.request("subscriptions/listen", {"notifications": wanted}, timeout=None, cancel=stop)
 
-    def _listen_loop(self) -> None:
-        """2026-07-28: keep one subscriptions/listen open with the current filter; the
-        notifications it carries are routed by ``_deliver`` like any other."""
-        while not self._closing.is_set() and self.alive:
-            stop = CancelToken()
-            with self._lock:
-                self._listen_stop = stop
-                uris = self._listen_uris
-            wanted: dict[str, Any] = dict(self._list_flags())
-            if uris:
-                wanted["resourceSubscriptions"] = sorted(uris)
-            try:
-                if wanted:
-                    self.request("subscriptions/listen", {"notifications": wanted}, timeout=None, cancel=stop)
-            except (McpError, Cancelled, SessionExpired) as exc:
-                if self._closing.is_set() or not self.alive:
-                    return
-                if isinstance(exc, PeerError) and exc.code == -32601:
-                    log.info("upstream %s: no subscriptions/listen; list changes are not followed", self.name)
-                    return
-                log.debug("upstream %s: listen ended: %s", self.name, exc)
-            if not stop.cancelled and stop.wait(LISTEN_RETRY_S if wanted else None):
-                continue  # a new filter: re-open at once
-            if self._closing.is_set():
-                return
+    def listen_resources(self, uris: frozenset[str], timeout: float | None = None) -> None:
+        """2026-07-28: follow updates of exactly these resources (``resources/updated``
+        reaches ``on_resource_updated``); blocks until the server acknowledged it (up to
+        ``timeout``, default the request timeout). See ``listen.ListenStream.follow``."""
+        if uris:
+            self._start_events(listen=True)
+        self._listener.follow(uris, self.cfg.timeouts.request if timeout is None else timeout)
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -547,6 +519,8 @@ class ClientSession:
             uri = params.get("uri")
             if isinstance(uri, str):
                 self._on_resource_updated(uri)
+        elif method == "notifications/subscriptions/acknowledged":
+            self._listener.acknowledged()
         else:
             log.debug("upstream %s: notification %s ignored", self.name, method)
 
