@@ -97,6 +97,9 @@ class Client:
         except BaseException:
             self._runner.close()
             raise
+        # A list change or resource update sent right after we return must not be missed.
+        if not self._session.wait_events(timeouts.probe):
+            log.debug("client %s: the server's event stream is not ready yet", self.endpoint.name)
 
     # ---- life ------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class ListenStream:
         self._cond = threading.Condition(threading.Lock())
         self._uris: frozenset[str] = frozenset()
         self._stop: CancelToken | None = None   # ends the listen request in flight
-        self._wanted = 0      # generation of the filter asked for (follow)
+        self._wanted = 1      # generation of the filter asked for (follow)
         self._opened = 0      # generation of the listen request in flight
         self._acked = 0       # generation the server acknowledged last
         self._ended: str | None = None           # why listening stopped for good
@@ -73,6 +73,11 @@ class ListenStream:
         if not acked:
             raise RequestTimeout(f"upstream {self.name!r} did not acknowledge subscriptions/listen "
                                  f"within {timeout:g} s")
+
+    def ready(self, timeout: float) -> bool:
+        """Wait until the current filter is acknowledged or listening ended (bounded)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._acked >= self._wanted or self._ended is not None, timeout)
 
     def acknowledged(self) -> None:
         with self._cond:

@@ -239,14 +239,21 @@ class ClientSession:
         """End the session: fail calls in flight, close the channel, join our thread."""
         self._closing.set()
         reason = f"closed by the {self.cfg.role}"
+        t = self._events_thread
+        mine = t is not None and t is not threading.current_thread()
+        if self.alive and mine and self.modern:
+            # Cancel the listen request first (a stdio server still running one when its
+            # stdin ends may wait for it, and be killed only after the shutdown timeout).
+            self._listener.close()
+            assert t is not None
+            t.join(self.cfg.timeouts.shutdown)
         with self._lock:
             if self.lost is None:
                 self.lost = reason
         self.corr.close(reason)
         self._listener.close()
         self.channel.close()
-        t = self._events_thread
-        if t is not None and t is not threading.current_thread():
+        if t is not None and mine:
             t.join(self.cfg.timeouts.shutdown)
             if t.is_alive():
                 log.warning("upstream %s: thread %s did not stop", self.name, t.name)
@@ -276,6 +283,14 @@ class ClientSession:
                 return
             self._events_thread = t
         t.start()
+
+    def wait_events(self, timeout: float) -> bool:
+        """Wait until what the server sends on its own reaches us: the 2026-07-28 listen is
+        acknowledged, or the HTTP GET stream answered (bounded; False on timeout)."""
+        if self.modern:
+            return not self._listener.wanted() or self._listener.ready(timeout)
+        ready = getattr(self.channel, "events_ready", None)
+        return ready is None or self._events_thread is None or bool(ready.wait(timeout))
 
     def _listen(self, wanted: dict[str, Any], stop: CancelToken) -> None:
         self.request("subscriptions/listen", {"notifications": wanted}, timeout=None, cancel=stop)

@@ -135,6 +135,7 @@ class HttpChannel(ChannelBase):
         self._closed = False
         self._connect_timeout = 30.0
         self._closing = threading.Event()  # set by close(); wakes the events loop's pauses
+        self.events_ready = threading.Event()  # set once the GET stream answered (or will not)
 
     # ---- set-up --------------------------------------------------------------------------
 
@@ -301,6 +302,12 @@ class HttpChannel(ChannelBase):
 
     def events_loop(self) -> None:
         """Read the session's GET stream until closed; run by the session's events thread."""
+        try:
+            self._events_loop()
+        finally:
+            self.events_ready.set()
+
+    def _events_loop(self) -> None:
         last_id: str | None = None
         while not self._closing.is_set():
             headers = self._headers(None, accept="text/event-stream")
@@ -316,6 +323,7 @@ class HttpChannel(ChannelBase):
                 return
             except ConnectionClosed:
                 return
+            self.events_ready.set()
             try:
                 if resp.status == 405:
                     log.debug("upstream %s offers no GET stream", self.name)
