@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from mcpsync import Context, Server, ToolError, inputs
 from mcpsync.protocol.modern import META_CLIENT_INFO
@@ -49,6 +49,11 @@ def make_server(name: str = "client-fixture") -> Server:
     def add(a: int, b: int) -> Sum:
         """Structured output."""
         return {"sum": a + b}
+
+    @server.tool()
+    def region_echo(region: Annotated[str, "Where to run", {"x-mcp-header": "Region"}], text: str) -> str:
+        """2026-07-28 over HTTP: `region` travels in the Mcp-Param-Region header too."""
+        return f"{region}: {text}"
 
     @server.tool()
     def fail(why: str) -> str:

@@ -163,7 +163,7 @@ def test_targets_are_parsed_or_refused_clearly(base: str) -> None:
 def test_listings_are_complete_across_pages(client: Client) -> None:
     # 3 per page on the server (tools added by test_list_changes_reach_the_callback left out)
     tools = {t.name: t for t in client.list_tools() if not t.name.startswith("dyn_")}
-    assert len(tools) == 18 + EXTRA_TOOLS and {"echo", "filler_0", f"filler_{EXTRA_TOOLS - 1}"} <= set(tools)
+    assert len(tools) == 19 + EXTRA_TOOLS and {"echo", "filler_0", f"filler_{EXTRA_TOOLS - 1}"} <= set(tools)
     assert tools["echo"].input_schema["properties"]["text"]["type"] == "string"
     assert tools["add"].output_schema is not None and tools["echo"].description == "Return the text unchanged."
     resources = client.list_resources()
@@ -189,6 +189,15 @@ def test_tool_results_are_typed(client: Client) -> None:
     with pytest.raises(PeerError) as info:                 # no such tool: a protocol error
         client.call_tool("no_such_tool")
     assert info.value.code == -32602 and "no_such_tool" in info.value.message
+
+
+def test_header_mirrored_arguments_work_without_a_listing(kind: str, base: str) -> None:
+    """A tool whose argument goes in an Mcp-Param header (2026-07-28 HTTP) called before any
+    tools/list: the server refuses the request without the header (-32020); the client
+    lists the tools and sends it again, with the header."""
+    with connect(kind, base) as c:
+        assert c.call_tool("region_echo", {"region": "eu-west", "text": "hi"}).text == "eu-west: hi"
+        assert c.call_tool("region_echo", {"region": "ünïcode", "text": "hi"}).text == "ünïcode: hi"
 
 
 def test_resources_prompts_and_completions(client: Client) -> None:
