@@ -47,7 +47,7 @@ from ..correlator import CLOSED, EXPIRED, RESPONSE, Call, shutdown_socket
 
 log = logging.getLogger("mcpsync.client")
 
-MAX_IDLE_CONNECTIONS = 8
+MAX_IDLE_CONNECTIONS = 32        # kept-alive connections (one per call in flight, up to this)
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_SSE_LINE_BYTES = 16 * 1024 * 1024
 RESUME_ATTEMPTS = 3            # GET + Last-Event-ID after an SSE response ended early
