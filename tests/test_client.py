@@ -396,3 +396,18 @@ def test_public_names() -> None:
     for name in ("Client", "CancelToken", "CallToolResult", "Task", "PeerError", "RequestTimeout",
                  "ConnectionClosed", "Cancelled"):
         assert name in mcpsync.__all__ and getattr(mcpsync, name)
+
+
+def test_the_client_package_knows_no_server_side() -> None:
+    """client/ sits beside the server: it may use the protocol core and the errors, never
+    the server, its transports or the front end (ARCHITECTURE.md, "Layers")."""
+    from test_architecture import PKG, _imports, _modules
+
+    forbidden = ("mcpsync.server", "mcpsync.core", "mcpsync.http", "mcpsync.streams", "mcpsync.frontend",
+                 "mcpsync.hub", "mcpsync.tasks", "mcpsync.service", "mcpsync.run", "werkzeug")
+    checked = 0
+    for path in _modules("client"):
+        for mod, _ in _imports(path):
+            assert not mod.startswith(forbidden), f"{path.relative_to(PKG)} imports {mod}"
+        checked += 1
+    assert checked >= 10
