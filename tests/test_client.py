@@ -84,17 +84,24 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def base() -> Iterator[str]:
+def served() -> Iterator[tuple[str, mcpsync.Server]]:
+    """The fixture server in this process on the real front end, and its base URL."""
     from httpserver import serving
 
     from mcpsync.http.app import HttpApp
 
-    app = HttpApp(make_server())
+    server = make_server()
+    app = HttpApp(server)
     try:
         with serving(app) as url:
-            yield url
+            yield url, server
     finally:
         app.service.close()
+
+
+@pytest.fixture(scope="module")
+def base(served: tuple[str, mcpsync.Server]) -> str:
+    return served[0]
 
 
 def connect(kind: str, base: str, **kwargs: Any) -> Client:
@@ -347,11 +354,20 @@ def test_resource_subscriptions(client: Client) -> None:
     assert got == ["fixture://notes/1", "fixture://notes/2"]
 
 
-def test_list_changes_reach_the_callback(kind: str, base: str, rec: Recorder) -> None:
+def test_list_changes_reach_the_callback(kind: str, served: tuple[str, mcpsync.Server], rec: Recorder) -> None:
+    """A change made the moment the client is connected reaches it: the constructor returns
+    once the server's own messages can arrive (the 2026-07-28 listen acknowledged, the HTTP
+    GET stream answered). The in-process server is changed directly, with no request of
+    this client in between."""
+    base, server = served
+    tool = f"dyn_{kind.replace('-', '_')}"
     with connect(kind, base, **rec.kwargs()) as c:
-        c.call_tool("add_tool", {"tool": f"dyn_{kind.replace('-', '_')}"})
+        if KINDS[kind][0] == "stdio":
+            c.call_tool("add_tool", {"tool": tool})
+        else:
+            server.add_tool(lambda: "dynamic", name=tool, description="added directly")
         assert rec.wait_for(lambda: "tools" in rec.lists), rec.lists
-        assert f"dyn_{kind.replace('-', '_')}" in {t.name for t in c.list_tools()}
+        assert tool in {t.name for t in c.list_tools()}
 
 
 # ---- sharing ---------------------------------------------------------------------------------
@@ -411,3 +427,50 @@ def test_the_client_package_knows_no_server_side() -> None:
             assert not mod.startswith(forbidden), f"{path.relative_to(PKG)} imports {mod}"
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("revision", ["auto", "2025-11-25"])
+def test_closing_lets_a_stdio_server_exit_by_itself(revision: str) -> None:
+    """close() ends what runs on the server (the 2026-07-28 listen) before it closes stdin,
+    so the server exits on its own at once (status 0), instead of draining the listen for
+    5 s and being killed by SIGTERM once ``shutdown_timeout`` has passed (-15)."""
+    c = Client(stdio_command(), revision=revision, env={"PYTHONPATH": str(REPO)}, cwd=str(REPO),
+               on_list_changed=lambda kind: None, shutdown_timeout=2.0)
+    c.close()
+    assert c._session.channel.proc.returncode == 0  # type: ignore[attr-defined]
+
+
+LATE_ASKER = r'''
+import json, sys
+answers = []
+def send(*msgs):  # one write: the client reads them in one chunk
+    sys.stdout.write("".join(json.dumps(m) + "\n" for m in msgs))
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, rid = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": "2025-11-25",
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "late-asker", "version": "1"}}})
+    elif method == "tools/call" and msg["params"]["name"] == "then_ask":
+        done = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "done"}]}}
+        send(done, {"jsonrpc": "2.0", "id": "late-1", "method": "roots/list"})
+    elif method == "tools/call":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": json.dumps(answers)}]}})
+    elif method is None:
+        answers.append(msg)
+'''
+
+
+def test_a_request_that_comes_as_its_call_ends_is_still_answered(tmp_path: pathlib.Path) -> None:
+    """The server sends a call's response and, in the same write, a request: the reader
+    gives the request to the call, whose thread has just taken its response. It must not
+    be lost with the call's queue: the client's callback answers it."""
+    script = tmp_path / "late_asker.py"
+    script.write_text(LATE_ASKER)
+    with Client([sys.executable, str(script)], revision="2025-11-25", roots=["file:///late"]) as c:
+        for _ in range(5):
+            assert c.call_tool("then_ask").text == "done"
+        from rpcutil import wait_until
+        assert wait_until(lambda: c.call_tool("answers").text.count("file:///late") == 5, WAIT_S), \
+            c.call_tool("answers").text
