@@ -161,6 +161,11 @@ def make_server(name: str = "client-fixture") -> Server:
         raise RuntimeError("crashed on purpose")
 
     @server.tool()
+    def die(status: int) -> str:
+        """End this process at once (a crashed stdio server)."""
+        os._exit(status)
+
+    @server.tool()
     def touch(uri: str) -> str:
         """Tell the subscribers of `uri` that it changed."""
         server.notify_resource_updated(uri)

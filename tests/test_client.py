@@ -170,7 +170,7 @@ def test_targets_are_parsed_or_refused_clearly(base: str) -> None:
 def test_listings_are_complete_across_pages(client: Client) -> None:
     # 3 per page on the server (tools added by test_list_changes_reach_the_callback left out)
     tools = {t.name: t for t in client.list_tools() if not t.name.startswith("dyn_")}
-    assert len(tools) == 19 + EXTRA_TOOLS and {"echo", "filler_0", f"filler_{EXTRA_TOOLS - 1}"} <= set(tools)
+    assert len(tools) == 20 + EXTRA_TOOLS and {"echo", "filler_0", f"filler_{EXTRA_TOOLS - 1}"} <= set(tools)
     assert tools["echo"].input_schema["properties"]["text"]["type"] == "string"
     assert tools["add"].output_schema is not None and tools["echo"].description == "Return the text unchanged."
     resources = client.list_resources()
@@ -474,3 +474,13 @@ def test_a_request_that_comes_as_its_call_ends_is_still_answered(tmp_path: pathl
         from rpcutil import wait_until
         assert wait_until(lambda: c.call_tool("answers").text.count("file:///late") == 5, WAIT_S), \
             c.call_tool("answers").text
+
+
+def test_a_server_that_dies_fails_the_call_clearly() -> None:
+    with Client(stdio_command(), env={"PYTHONPATH": str(REPO)}, cwd=str(REPO)) as c:
+        with pytest.raises(ConnectionClosed, match="the process exited with status 3"):
+            c.call_tool("die", {"status": 3})
+        assert not c.connected
+        with pytest.raises(ConnectionClosed):
+            c.call_tool("echo", {"text": "anyone?"})
+    assert client_threads() == []
