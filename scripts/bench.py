@@ -61,6 +61,10 @@ Scenarios:
   redis                the shared state's cost, one client: a task's create and tasks/get, and a
                        resource update from touch_resource to a listen stream; one process in
                        memory vs two instances on Redis (other instance for get and listen)
+  client-stdio         mcpsync.Client vs the official Python SDK's client (mcp.Client): echo
+  client-http          round trips, one at a time, over stdio (each starts python -m mcpsync
+  client-http-16       --stdio) and over Streamable HTTP, and 16 in flight on one HTTP client;
+                       both eras (driver column); CPU µs = the client's (scripts/_bench_client.py)
 
 Every reply is checked (ids, echoed texts); a measurement with errors is flagged in the
 table, and the exit status is 1 if any of mcpsync's had errors. Each number is the median
@@ -109,12 +113,13 @@ SERVER_NAMES = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-sse", "py-
                 "py-sdk-stateless", "ts-sdk-sse", "ts-sdk-json", "ceiling")
 SCENARIOS = ("echo-8", "stateless-8", "eras", "echo-64", "sleep-64", "sleep-256", "threadcap-256", "churn",
              "memory", "mutex", "ws", "hub", "idle-10k", "slowloris-2k", "ws-idle-5k", "listen-5k",
-             "sse-1k", "scale", "scale-cpu", "redis")
+             "sse-1k", "scale", "scale-cpu", "redis", "client-stdio", "client-http", "client-http-16")
 FLOOD_SCENARIOS = {"idle-10k": 10_000, "slowloris-2k": 2_000}  # --quick: a tenth
 FLOOD_SERVERS = ("mcpsync", "mcpsync-baseline", "py-sdk-json", "ts-sdk-json")
 FLOOD_WORKERS = 8              # mcpsync's default pool size: its thread target is this + 8
 STREAM_KINDS = {"ws-idle-5k": "ws", "listen-5k": "listen", "sse-1k": "sse"}
-SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "eras", "scale", "scale-cpu", "redis")  # not run once per server
+SPECIAL_SCENARIOS = ("memory", "mutex", "hub", "eras", "scale", "scale-cpu", "redis",  # not run once per server
+                     "client-stdio", "client-http", "client-http-16")
 MEMORY_SERVERS = ("mcpsync", "py-sdk-json", "ts-sdk-json")
 DRIVERS = ("py", "wrk")
 STATELESS_SERVERS = ("mcpsync", "mcpsync-w64", "mcpsync-baseline", "py-sdk-stateless")  # serve stateless-N
@@ -1163,6 +1168,17 @@ def bench_scale_out(ctx: Context, run: int, scenarios: list[str]) -> list[Measur
     return out
 
 
+def bench_client(ctx: Context, run: int, scenarios: list[str], server: ServerSpec) -> list[Measurement]:
+    """The ``client-*`` scenarios (scripts/_bench_client.py): our client and the SDK's."""
+    import _bench_client
+    if scenarios == ["client-stdio"]:
+        return _bench_client.bench_clients(run, scenarios, None, Measurement, ctx.prof.duration_s,
+                                           ctx.prof.warmup_s, log)
+    with start_server(server, ctx.work_dir) as srv:
+        return _bench_client.bench_clients(run, scenarios, srv.url, Measurement, ctx.prof.duration_s,
+                                           ctx.prof.warmup_s, log)
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -1420,6 +1436,11 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             line(f"{name}-1 req/s per core of instance CPU (extrapolation)", 1e6 / one["cpu_us"], "", None)
             if one.get("haproxy_cpu_us"):
                 line(f"{name}-1 HAProxy CPU µs per request", one["haproxy_cpu_us"], "", None)
+    for sc in ("client-stdio", "client-http", "client-http-16"):
+        for era in ("2026-07", "2025-11"):
+            me, sdk = _find(rows, sc, "mcpsync", era), _find(rows, sc, "py-sdk", era)
+            if me and sdk and sdk["rate"]:
+                line(f"{sc} ({era}) mcpsync.Client calls/s ÷ the SDK client's", me["rate"] / sdk["rate"], "", None)
     for label in ("task-create", "task-get", "notify"):
         mem, red = _find(rows, f"redis-{label}", "memory", "py"), _find(rows, f"redis-{label}", "redis", "py")
         if mem and red:
@@ -1482,6 +1503,9 @@ def run_all(runs: int, prof: Profile, scenarios: list[str], servers: list[str],
             measurements += bench_hub(ctx, run, specs["mcpsync"])
         if {"scale", "scale-cpu", "redis"} & set(scenarios):
             measurements += bench_scale_out(ctx, run, scenarios)
+        clients = [s for s in scenarios if s.startswith("client-")]
+        if clients:
+            measurements += bench_client(ctx, run, clients, specs["mcpsync"])
     return measurements
 
 

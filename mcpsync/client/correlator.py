@@ -1,15 +1,17 @@
-"""Matching what an upstream sends to the requests the hub made: ``Correlator`` and ``Call``.
+"""Matching what a server sends to the requests we made: ``Correlator`` and ``Call``.
 
 Theory of operation
 -------------------
-Every request the hub sends upstream is a ``Call`` with a fresh id from the correlator (ids
-are per upstream connection; downstream ids never go upstream). The thread that made the
-call waits in ``Call.next`` for *events*: the response, a progress notification (matched
-by the fresh progress token the hub put in the request), a log message, a request from the
-upstream to relay (sampling, elicitation, roots), a downstream cancellation, the
-connection's loss, or the deadline. That thread handles each event itself, so everything
-done for the downstream client (progress, relays, cancellation) happens on the worker
-thread that serves the downstream request, holding no lock.
+Every request a ``ClientSession`` sends is a ``Call`` with a fresh id from the correlator
+(ids are per connection; a hub's downstream ids never go upstream). The thread that made
+the call waits in ``Call.next`` for *events*: the response, a progress notification
+(matched by the fresh progress token put in the request), a log message, a request from
+the server to relay (sampling, elicitation, roots), a cancellation, the connection's loss,
+or the deadline. That thread handles each event itself, so everything done for the caller
+(progress, relays, cancellation) happens on the caller's own thread (the hub's worker
+serving the downstream request), holding no lock. A finished call takes no more events
+(``put`` says so), and the events left in its queue are handed back by ``finish``, so a
+request that arrives as its call ends is still answered by somebody.
 
 Where the messages come from depends on the transport: a stdio or WebSocket reader thread
 routes each message into the right call (``Call.put``); a Streamable HTTP call instead
@@ -52,12 +54,13 @@ class Call:
     def __init__(self, rid: int, method: str, ctx: Any, token: str | None) -> None:
         self.id = rid
         self.method = method
-        self.ctx = ctx                  # the downstream Context it serves, or None (the hub's own)
+        self.ctx = ctx                  # the Caller it serves, or None (the session's own request)
         self.token = token              # the upstream progress token, if progress is wanted
         self.started = time.monotonic()
-        # Guards _events; notified by put() (reader threads, the cancelling thread).
+        # Guards _events and _finished; notified by put() (reader threads, the cancelling thread).
         self._cond = threading.Condition(threading.Lock())
         self._events: deque[Event] = deque()
+        self._finished = False
         # Streamable HTTP: pump(timeout_s) reads more of this call's response on the waiting
         # thread and returns False at the end of the stream (raises TimeoutError when nothing
         # came in time); interrupt() unblocks it from another thread. Written by the waiting
@@ -65,10 +68,22 @@ class Call:
         self.pump: Callable[[float | None], bool] | None = None
         self.interrupt: Callable[[], None] | None = None
 
-    def put(self, kind: str, payload: Any = None) -> None:
+    def put(self, kind: str, payload: Any = None) -> bool:
+        """Queue an event for the waiting thread; False once the call is finished."""
         with self._cond:
+            if self._finished:
+                return False
             self._events.append((kind, payload))
             self._cond.notify()
+        return True
+
+    def finish(self) -> list[Event]:
+        """Take no more events; returns those nobody took."""
+        with self._cond:
+            self._finished = True
+            left = list(self._events)
+            self._events.clear()
+        return left
 
     def next(self, deadline: float | None) -> Event:
         """The next event; ``(TIMEOUT, None)`` once ``deadline`` (monotonic) passes. Blocks."""
@@ -121,8 +136,9 @@ class Call:
 class Correlator:
     """Ids, progress tokens and the calls in flight on one upstream connection."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, token_prefix: str = "hub") -> None:
         self.name = name
+        self.token_prefix = token_prefix   # progress tokens are "<prefix>-<id>"
         # Guards _ids, _calls, _tokens and closed; a few dict operations, never held while a
         # call is woken or anything is sent.
         self._lock = threading.Lock()
@@ -136,18 +152,20 @@ class Correlator:
             if self.closed is not None:
                 raise ConnectionClosed(f"upstream {self.name!r}: {self.closed}")
             rid = next(self._ids)
-            token = f"hub-{rid}" if progress else None
+            token = f"{self.token_prefix}-{rid}" if progress else None
             call = Call(rid, method, ctx, token)
             self._calls[rid] = call
             if token is not None:
                 self._tokens[token] = call
         return call
 
-    def finish(self, call: Call) -> None:
+    def finish(self, call: Call) -> list[Event]:
+        """Forget ``call``; returns the events left in its queue (``Call.finish``)."""
         with self._lock:
             self._calls.pop(call.id, None)
             if call.token is not None:
                 self._tokens.pop(call.token, None)
+        return call.finish()
 
     def get(self, rid: Any) -> Call | None:
         with self._lock:

@@ -1,5 +1,6 @@
 """``ClientSession``: one MCP client session with one server instance (the hub's upstreams,
-``mcpsync.Client``).
+and ``mcpsync.Client``, which drives it with a ``CallContext`` where the hub passes a
+downstream ``Context``).
 
 Theory of operation
 -------------------
@@ -11,20 +12,22 @@ The channel moves whole JSON-RPC messages; the session does the protocol:
   2026-07-28 (the envelope in ``_meta``) is tried first, bounded by the probe timeout; an
   error or silence falls back to the ``initialize`` handshake at our newest handshake
   revision. Either way ``revision`` says what was negotiated.
-* ``request()``: one call, on the caller's thread (see ``correlator.py``). The downstream
-  progress token is replaced by a fresh upstream token, and the downstream ``_meta`` is
-  never passed on. Upstream progress and log messages go to the downstream ``Context``;
-  requests from the upstream (sampling, elicitation, roots) are relayed to the downstream
-  client through that ``Context`` when it declared the capability, else answered with an
-  error; a downstream cancellation becomes ``notifications/cancelled`` upstream (or the end
-  of the HTTP stream in 2026-07-28). In 2026-07-28 an ``input_required`` result is answered
-  the same way and the request retried with the answers and the ``requestState``.
-* Messages the upstream sends on its own: ``*/list_changed`` and ``resources/updated`` go to
+* ``request()``: one call, on the caller's thread (see ``correlator.py``), serving a
+  ``Caller`` (``caller.py``). The caller's progress token is replaced by a fresh token of
+  ours, and the caller's ``_meta`` is never passed on. Progress and log messages go to the
+  caller; requests from the server (sampling, elicitation, roots) are relayed to it when it
+  declared the capability, else answered with an error; a cancellation (the caller's, or a
+  ``CancelToken``'s) or the deadline becomes ``notifications/cancelled`` (or the end of the
+  HTTP stream in 2026-07-28). In 2026-07-28 an ``input_required`` result is answered the
+  same way and the request retried with the answers and the ``requestState``.
+* Messages the server sends on its own: ``*/list_changed`` and ``resources/updated`` go to
   the owner's callbacks; progress matched by token; log messages and requests that the
-  transport did not tie to a call go to the only downstream client with calls in flight,
-  or, if that is ambiguous, to the hub's log (requests: an error answer).
-* List changes in 2026-07-28 arrive on a ``subscriptions/listen`` request that a
-  background thread (``mcpsync-hub-events-<name>``) keeps open.
+  transport did not tie to a call go to the only client with calls in flight; else to the
+  owner's ``on_log`` / ``on_request`` when it gave them, or our log (requests: an error
+  answer). A request left in a call's queue when the call ends is handled the same way.
+* List changes and resource updates in 2026-07-28 arrive on a ``subscriptions/listen``
+  request that a background thread (``mcpsync-<role>-events-<name>``) keeps open; a new
+  set of resource subscriptions (``listen_resources``) re-opens it at once.
 
 A lost connection (process exit, socket error) fails every call in flight at once and is
 reported to the owner through ``on_lost``; the owner decides about restarts.
@@ -38,24 +41,24 @@ from typing import Any, Callable, Protocol
 
 from .._version import __version__
 from .endpoint import AUTO, Endpoint
-from ..errors import (Cancelled, ConnectionClosed, McpError, MethodNotFound,
-                      PeerError, RequestTimeout)
+from ..errors import Cancelled, ConnectionClosed, McpError, PeerError, RequestTimeout
 from ..protocol import jsonrpc, modern, versions
+from .caller import (Cancellable, CancelToken, Caller, forward_log, forward_progress, no_caller,
+                     relay_input)
 from .channels.base import Channel
 from .correlator import (CANCELLED, CLOSED, EXPIRED, LOG, PROGRESS, REQUEST, RESPONSE, TIMEOUT,
                          Call, Correlator)
+from .listen import ListenStream
 
 log = logging.getLogger("mcpsync.client")
 
-CLIENT_INFO = {"name": "mcpsync-hub", "version": __version__}
-# What the hub declares upstream: it relays these to the downstream client making the call
-# (and answers with an error when that client lacks them).
-CLIENT_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {"form": {}}, "roots": {"listChanged": False}}
-RELAYED = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
-           "roots/list": "roots"}
+CLIENT_INFO = {"name": "mcpsync", "version": __version__}
 MAX_INPUT_ROUNDS = 16            # 2026-07-28 input_required rounds of one request
-LISTEN_RETRY_S = 1.0             # pause before re-opening an ended subscriptions/listen
+MAX_PAGES = 1000                 # pages of one */list before we call the listing endless
 UPSTREAM_LOG_LEVEL = "debug"     # handshake era: upstreams send everything, contexts filter
+LIST_FLAGS = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+              ("resources", "resourcesListChanged"))
+
 
 class SessionExpired(Exception):
     """Streamable HTTP: the upstream answered 404 for our session id (it restarted or
@@ -63,28 +66,46 @@ class SessionExpired(Exception):
 
 
 class ClientSession:
-    """One protocol session with one upstream instance (shared, or one client's own)."""
+    """One protocol session with one server instance (a hub upstream, shared or one
+    client's own, or a ``mcpsync.Client``).
+
+    ``client_info`` and ``capabilities`` are what we declare (``initialize``, and the
+    2026-07-28 envelope: there the capabilities of each request are those of its caller).
+    ``log_level`` is asked for with ``logging/setLevel`` after ``initialize`` (None: never).
+    ``on_log(params)`` and ``on_request(msg)`` take log messages and requests from the
+    server that no call in flight can take (``on_request`` answers through ``answer``);
+    without them such logs go to our log and such requests get an error answer."""
 
     def __init__(self, cfg: Endpoint, channel: Channel, *,
                  on_list_changed: Callable[[str], None] | None = None,
                  on_resource_updated: Callable[[str], None] | None = None,
                  on_lost: Callable[["ClientSession", str], None] | None = None,
-                 prefer_handshake: bool = False) -> None:
+                 prefer_handshake: bool = False,
+                 client_info: dict[str, Any] | None = None,
+                 capabilities: dict[str, Any] | None = None,
+                 log_level: str | None = UPSTREAM_LOG_LEVEL,
+                 on_log: Callable[[dict[str, Any]], None] | None = None,
+                 on_request: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.channel = channel
-        self.corr = Correlator(cfg.name)
+        self.corr = Correlator(cfg.name, cfg.role)
         self._on_list_changed = on_list_changed or (lambda kind: None)
         self._on_resource_updated = on_resource_updated or (lambda uri: None)
         self._on_lost = on_lost or (lambda session, reason: None)
+        self._on_log = on_log
+        self._on_request = on_request
         self._prefer_handshake = prefer_handshake
+        self.client_info = dict(client_info or CLIENT_INFO)
+        self.client_capabilities = dict(capabilities or {})
+        self._log_level = log_level
         self.revision: str | None = None
         self.modern = False
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
-        self.tool_schemas: dict[str, dict[str, Any]] = {}  # original name -> inputSchema (HTTP headers)
-        # Guards lost, _reinit_epoch and _reinit_done; flag flips, never held across I/O.
+        # Guards lost, _reinit_epoch, _reinit_done and _events_thread; flag flips, never
+        # held across I/O or a thread start.
         self._lock = threading.Lock()
         self.lost: str | None = None
         self._reinit_epoch = 0
@@ -92,6 +113,18 @@ class ClientSession:
         self._reinit_done: threading.Event | None = None
         self._closing = threading.Event()  # set once by close(); the events thread exits on it
         self._events_thread: threading.Thread | None = None
+        self._listener = ListenStream(cfg.name, self._listen, self._list_flags, lambda: self.alive)
+
+    @property
+    def tool_schemas(self) -> dict[str, Any]:
+        """Tool name -> inputSchema: the ``Mcp-Param-*`` headers of 2026-07-28 HTTP calls."""
+        schemas = getattr(self.channel, "tool_schemas", None)
+        return schemas if isinstance(schemas, dict) else {}
+
+    @tool_schemas.setter
+    def tool_schemas(self, schemas: dict[str, Any]) -> None:
+        if hasattr(self.channel, "tool_schemas"):
+            self.channel.tool_schemas = dict(schemas)
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -123,7 +156,7 @@ class ClientSession:
                     self._become_modern(chosen, result)
                     return
                 if rev != AUTO:
-                    raise ConnectionClosed(f"the upstream does not speak {rev} (it offers {supported})")
+                    raise ConnectionClosed(f"the server does not speak {rev} (it offers {supported})")
             except (McpError, SessionExpired) as exc:
                 if rev != AUTO or isinstance(exc, ConnectionClosed) and self.corr.closed:
                     raise
@@ -142,12 +175,12 @@ class ClientSession:
 
     def _initialize(self, version: str) -> None:
         result = self.request("initialize", {
-            "protocolVersion": version, "capabilities": CLIENT_CAPABILITIES,
-            "clientInfo": CLIENT_INFO}, timeout=self.cfg.timeouts.connect, raw=True)
+            "protocolVersion": version, "capabilities": self.client_capabilities,
+            "clientInfo": self.client_info}, timeout=self.cfg.timeouts.connect, raw=True)
         got = result.get("protocolVersion")
         if got not in versions.HANDSHAKE_VERSIONS:
-            raise ConnectionClosed(f"the upstream answered initialize with revision {got!r}, "
-                                   "which the hub does not speak")
+            raise ConnectionClosed(f"the server answered initialize with revision {got!r}, "
+                                   f"which the {self.cfg.role} does not speak")
         self.revision = got
         self.modern = False
         self.channel.modern = False
@@ -158,9 +191,9 @@ class ClientSession:
         self.server_info = result.get("serverInfo") or {}
         self.instructions = result.get("instructions")
         self.notify("notifications/initialized")
-        if "logging" in self.capabilities:
+        if "logging" in self.capabilities and self._log_level is not None:
             try:
-                self.request("logging/setLevel", {"level": UPSTREAM_LOG_LEVEL},
+                self.request("logging/setLevel", {"level": self._log_level},
                              timeout=self.cfg.timeouts.connect)
             except McpError as exc:
                 log.debug("upstream %s: logging/setLevel failed: %s", self.name, exc)
@@ -205,13 +238,22 @@ class ClientSession:
     def close(self) -> None:
         """End the session: fail calls in flight, close the channel, join our thread."""
         self._closing.set()
+        reason = f"closed by the {self.cfg.role}"
+        t = self._events_thread
+        mine = t is not None and t is not threading.current_thread()
+        if self.alive and mine and self.modern:
+            # Cancel the listen request first (a stdio server still running one when its
+            # stdin ends may wait for it, and be killed only after the shutdown timeout).
+            self._listener.close()
+            assert t is not None
+            t.join(self.cfg.timeouts.shutdown)
         with self._lock:
             if self.lost is None:
-                self.lost = "closed by the hub"
-        self.corr.close("closed by the hub")
+                self.lost = reason
+        self.corr.close(reason)
+        self._listener.close()
         self.channel.close()
-        t = self._events_thread
-        if t is not None and t is not threading.current_thread():
+        if t is not None and mine:
             t.join(self.cfg.timeouts.shutdown)
             if t.is_alive():
                 log.warning("upstream %s: thread %s did not stop", self.name, t.name)
@@ -220,52 +262,62 @@ class ClientSession:
     def alive(self) -> bool:
         return self.lost is None
 
-    # ---- the events thread (list changes) --------------------------------------------------
+    # ---- the events thread (list changes, 2026-07-28 resource updates) ---------------------
 
-    def _start_events(self) -> None:
-        wanted = {k: True for cap, k in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
-                                         ("resources", "resourcesListChanged"))
-                  if isinstance(self.capabilities.get(cap), dict)
-                  and self.capabilities[cap].get("listChanged")}
-        if self.modern and wanted:
-            target: Callable[[], None] | None = lambda: self._listen_loop(wanted)
+    def _list_flags(self) -> dict[str, bool]:
+        return {flag: True for cap, flag in LIST_FLAGS
+                if isinstance(self.capabilities.get(cap), dict) and self.capabilities[cap].get("listChanged")}
+
+    def _start_events(self, listen: bool = False) -> None:
+        """Start the events thread: the GET stream (handshake era, HTTP) or the listen loop
+        (2026-07-28, when there is something to listen for, or ``listen``)."""
+        if self.modern:
+            target: Callable[[], None] | None = self._listener.run if listen or self._listener.wanted() else None
         else:
             target = getattr(self.channel, "events_loop", None)
-            if target is None or self.modern:
+        if target is None:
+            return
+        t = threading.Thread(target=target, name=f"mcpsync-{self.cfg.role}-events-{self.name}", daemon=True)
+        with self._lock:
+            if self._events_thread is not None or self._closing.is_set():
                 return
-        t = threading.Thread(target=target, name=f"mcpsync-hub-events-{self.name}", daemon=True)
-        self._events_thread = t
+            self._events_thread = t
         t.start()
 
-    def _listen_loop(self, wanted: dict[str, bool]) -> None:
-        """2026-07-28: keep one subscriptions/listen open; the notifications it carries are
-        routed by ``_deliver`` like any other."""
-        while not self._closing.is_set() and self.alive:
-            try:
-                self.request("subscriptions/listen", {"notifications": wanted}, timeout=None)
-            except (McpError, Cancelled, SessionExpired) as exc:
-                if self._closing.is_set() or not self.alive:
-                    return
-                if isinstance(exc, PeerError) and exc.code == -32601:
-                    log.info("upstream %s: no subscriptions/listen; list changes are not followed", self.name)
-                    return
-                log.debug("upstream %s: listen ended: %s", self.name, exc)
-            if self._closing.wait(LISTEN_RETRY_S):
-                return
+    def wait_events(self, timeout: float) -> bool:
+        """Wait until what the server sends on its own reaches us: the 2026-07-28 listen is
+        acknowledged, or the HTTP GET stream answered (bounded; False on timeout)."""
+        if self.modern:
+            return not self._listener.wanted() or self._listener.ready(timeout)
+        ready = getattr(self.channel, "events_ready", None)
+        return ready is None or self._events_thread is None or bool(ready.wait(timeout))
+
+    def _listen(self, wanted: dict[str, Any], stop: CancelToken) -> None:
+        self.request("subscriptions/listen", {"notifications": wanted}, timeout=None, cancel=stop)
+
+    def listen_resources(self, uris: frozenset[str], timeout: float | None = None) -> None:
+        """2026-07-28: follow updates of exactly these resources (``resources/updated``
+        reaches ``on_resource_updated``); blocks until the server acknowledged it (up to
+        ``timeout``, default the request timeout). See ``listen.ListenStream.follow``."""
+        if uris:
+            self._start_events(listen=True)
+        self._listener.follow(uris, self.cfg.timeouts.request if timeout is None else timeout)
 
     # ---- sending -----------------------------------------------------------------------------
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         self.channel.send(jsonrpc.notification(method, params))
 
-    def request(self, method: str, params: dict[str, Any] | None = None, *, ctx: Any = None,
+    def request(self, method: str, params: dict[str, Any] | None = None, *, ctx: Caller | None = None,
                 timeout: float | None | str = "default", modern_envelope: str | None = None,
-                raw: bool = False) -> dict[str, Any]:
-        """Send one request and wait for its result, serving the downstream ``ctx`` meanwhile.
-        Raises ``PeerError`` (the upstream's error), ``RequestTimeout``, ``ConnectionClosed``
-        or ``Cancelled``; an ``InputRequired`` of a 2026-07-28 downstream passes through.
-        Blocks up to ``timeout`` seconds per exchange (default: the configured request
-        timeout; None: no limit)."""
+                raw: bool = False, cancel: Cancellable | None = None,
+                extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and wait for its result, serving ``ctx`` meanwhile. Raises
+        ``PeerError`` (the server's error), ``RequestTimeout``, ``ConnectionClosed`` or
+        ``Cancelled`` (by ``ctx`` or ``cancel``); an ``InputRequired`` of a 2026-07-28
+        downstream passes through. ``extensions`` are declared in this request's 2026-07-28
+        capabilities. Blocks up to ``timeout`` seconds per exchange (default: the
+        configured request timeout; None: no limit)."""
         limit = self.cfg.timeouts.request if timeout == "default" else timeout
         assert limit is None or isinstance(limit, (int, float))
         base = dict(params or {})
@@ -278,43 +330,56 @@ class ClientSession:
                 p["inputResponses"] = dict(answers)
             if state is not None:
                 p["requestState"] = state
-            result = self._exchange_retrying(method, p, ctx, limit, envelope)
+            result = self._exchange_retrying(method, p, ctx, limit, envelope, cancel, extensions)
             if envelope and result.get("resultType") == modern.INPUT_REQUIRED:
                 state = result.get("requestState")
-                asks = result.get("inputRequests") or {}
-                if not isinstance(asks, dict) or not asks:
-                    raise PeerError("the upstream asked for input without saying what", code=-32603)
-                for key, ask in asks.items():
-                    if not isinstance(ask, dict) or not isinstance(ask.get("method"), str):
-                        raise PeerError("the upstream sent a malformed input request", code=-32603)
-                    answers[key] = self._relay_input(ctx, ask["method"], ask.get("params"))
+                answers.update(self.answer_inputs(ctx, result.get("inputRequests")))
                 continue
             return result
-        raise PeerError(f"the upstream asked for input more than {MAX_INPUT_ROUNDS} times", code=-32603)
+        raise PeerError(f"the server asked for input more than {MAX_INPUT_ROUNDS} times", code=-32603)
 
-    def _exchange_retrying(self, method: str, params: dict[str, Any], ctx: Any,
-                           limit: float | None, envelope: str | None) -> dict[str, Any]:
+    def answer_inputs(self, ctx: Caller | None, asks: Any) -> dict[str, Any]:
+        """The caller's answers to 2026-07-28 ``inputRequests`` (an ``input_required``
+        result, or a task waiting for input), by key."""
+        if not isinstance(asks, dict) or not asks:
+            raise PeerError("the server asked for input without saying what", code=-32603)
+        answers: dict[str, Any] = {}
+        for key, ask in asks.items():
+            if not isinstance(ask, dict) or not isinstance(ask.get("method"), str):
+                raise PeerError("the server sent a malformed input request", code=-32603)
+            params = ask.get("params")
+            answers[key] = relay_input(ctx, ask["method"], params if isinstance(params, dict) else None,
+                                       self.cfg.role)
+        return answers
+
+    def _exchange_retrying(self, method: str, params: dict[str, Any], ctx: Caller | None,
+                           limit: float | None, envelope: str | None, cancel: Cancellable | None,
+                           extensions: dict[str, Any] | None) -> dict[str, Any]:
         with self._lock:
             epoch = self._reinit_epoch
         try:
-            return self._exchange(method, params, ctx, limit, envelope)
+            return self._exchange(method, params, ctx, limit, envelope, cancel, extensions)
         except SessionExpired:
             if method == "initialize":
-                raise ConnectionClosed("the upstream refused initialize (404)") from None
+                raise ConnectionClosed("the server refused initialize (404)") from None
             self._reinitialize(epoch)
-            return self._exchange(method, params, ctx, limit, envelope)
+            return self._exchange(method, params, ctx, limit, envelope, cancel, extensions)
 
-    def _exchange(self, method: str, params: dict[str, Any], ctx: Any, limit: float | None,
-                  envelope: str | None) -> dict[str, Any]:
+    def _exchange(self, method: str, params: dict[str, Any], ctx: Caller | None, limit: float | None,
+                  envelope: str | None, cancel: Cancellable | None,
+                  extensions: dict[str, Any] | None) -> dict[str, Any]:
         progress = ctx is not None and ctx.progress_token is not None
         call = self.corr.open(method, ctx, progress=progress)
         meta: dict[str, Any] = {}
         if call.token is not None:
             meta["progressToken"] = call.token
         if envelope:
+            caps = self._envelope_capabilities(ctx)
+            if extensions:
+                caps["extensions"] = dict(extensions)
             meta[modern.META_VERSION] = envelope
-            meta[modern.META_CAPABILITIES] = self._envelope_capabilities(ctx)
-            meta[modern.META_CLIENT_INFO] = CLIENT_INFO
+            meta[modern.META_CAPABILITIES] = caps
+            meta[modern.META_CLIENT_INFO] = self.client_info
             # The downstream context filters by its client's level; a handshake-era client
             # that set none gets everything, so everything is asked for.
             level = None
@@ -324,14 +389,13 @@ class ClientSession:
                 meta[modern.META_LOG_LEVEL] = level
         if meta:
             params = {**params, "_meta": meta}
-        remove_hook: Callable[[], None] | None = None
-        if ctx is not None:
-            def on_cancel() -> None:
-                call.put(CANCELLED)
-                call.wake()
-            remove_hook = ctx.on_cancel(on_cancel)
+
+        def on_cancel() -> None:
+            call.put(CANCELLED)
+            call.wake()
+        removers = [c.on_cancel(on_cancel) for c in (ctx, cancel) if c is not None]
         deadline = None if limit is None else time.monotonic() + limit
-        settled = False  # the upstream has nothing left running for this call
+        settled = False  # the server has nothing left running for this call
         try:
             self.channel.send(jsonrpc.request(call.id, method, params), call)
             while True:
@@ -346,11 +410,11 @@ class ClientSession:
                     result = payload.get("result")
                     return result if isinstance(result, dict) else {}
                 if kind == PROGRESS:
-                    self._forward_progress(ctx, payload)
+                    forward_progress(ctx, payload)
                 elif kind == LOG:
-                    self._forward_log(ctx, payload)
+                    forward_log(ctx, payload, self.name)
                 elif kind == REQUEST:
-                    self._answer(payload, self._relay(ctx, payload))
+                    self.answer(payload, self._relay(ctx, payload))
                 elif kind == CANCELLED:
                     self._cancel_upstream(call, "cancelled by the client")
                     raise Cancelled()
@@ -363,15 +427,17 @@ class ClientSession:
                     raise RequestTimeout(f"upstream {self.name!r} did not answer {method} within "
                                          f"{limit:g} s")
         finally:
-            if remove_hook is not None:
-                remove_hook()
+            for remove in removers:
+                remove()
             if not settled:  # unwound mid-call (a 2026-07-28 client's input_required, a bug)
-                self._cancel_upstream(call, "abandoned by the hub")
-            self.corr.finish(call)
+                self._cancel_upstream(call, f"abandoned by the {self.cfg.role}")
+            for kind, payload in self.corr.finish(call):
+                if kind == REQUEST:  # arrived too late for this call: someone else answers it
+                    self._unclaimed_request(payload)
             self.channel.end(call)
 
-    def _envelope_capabilities(self, ctx: Any) -> dict[str, Any]:
-        """2026-07-28: what the downstream client can answer (relays go to it)."""
+    def _envelope_capabilities(self, ctx: Caller | None) -> dict[str, Any]:
+        """2026-07-28: what the caller can answer (relays go to it)."""
         if ctx is None:
             return {}
         caps = ctx.client_capabilities or {}
@@ -387,76 +453,21 @@ class ClientSession:
             log.debug("upstream %s: could not send the cancellation: %s", self.name, exc)
         call.wake()
 
-    # ---- serving the downstream context ----------------------------------------------------
-
-    def _forward_progress(self, ctx: Any, params: dict[str, Any]) -> None:
-        if ctx is None:
-            return
-        progress = params.get("progress")
-        total = params.get("total")
-        message = params.get("message")
-        if isinstance(progress, bool) or not isinstance(progress, (int, float)):
-            return
-        ctx.report_progress(progress, total if isinstance(total, (int, float)) else None,
-                            message if isinstance(message, str) else None)
-
-    def _forward_log(self, ctx: Any, params: dict[str, Any]) -> None:
-        level = params.get("level")
-        logger = params.get("logger")
-        name = f"{self.name}/{logger}" if isinstance(logger, str) and logger else self.name
-        if ctx is None:
-            log.debug("upstream %s log [%s]: %r", self.name, level, params.get("data"))
-            return
-        try:
-            ctx.log(level, params.get("data"), name)
-        except ValueError:
-            ctx.log("info", params.get("data"), name)
-
-    def _relay(self, ctx: Any, msg: dict[str, Any]) -> dict[str, Any] | McpError:
-        """Answer a request from the upstream: relayed to the downstream client, or an error."""
+    def _relay(self, ctx: Caller | None, msg: dict[str, Any]) -> dict[str, Any] | McpError:
+        """Answer a request from the server: relayed to the caller, or an error."""
         method = msg.get("method")
         params = msg.get("params")
         if method == "ping":
             return {}
         try:
-            return self._relay_input(ctx, str(method), params if isinstance(params, dict) else None)
+            return relay_input(ctx, str(method), params if isinstance(params, dict) else None, self.cfg.role)
         except Cancelled:
             raise
         except McpError as exc:
             return exc
 
-    def _relay_input(self, ctx: Any, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        needed = RELAYED.get(method)
-        if needed is None:
-            raise MethodNotFound(f"Method not found: the hub does not relay {method}")
-        if ctx is None:
-            raise self._no_client(method, several=False)
-        caps = ctx.client_capabilities or {}
-        if not isinstance(caps.get(needed), dict):
-            raise MethodNotFound(f"the client of this call did not declare the {needed} capability")
-        if method == "elicitation/create" and params is not None and not ctx.modern:
-            version = ctx.version
-            if version is not None and not versions.features(version).elicitation_url:
-                params = {k: v for k, v in params.items() if k != "mode"}
-        return dict(ctx.request(method, params))
-
-    def _no_client(self, method: str, *, several: bool) -> McpError:
-        """The answer to a request from the upstream that no client call can take: one
-        arriving while only the hub's own requests run (its listings, pings), or while
-        calls of several clients run (it would be a guess). An error, not an empty result:
-        an empty ``roots/list`` would be cached as the client's roots by servers such as
-        the reference server-everything and never asked again, while after an error they
-        ask again in a client's call, which the hub relays (-32603 as the spec lists for
-        a client's internal failures; -32601 would say roots are not supported at all)."""
-        if method not in RELAYED:
-            return MethodNotFound(f"Method not found: the hub does not relay {method}")
-        if several:
-            why = "calls of several clients are in progress, and the hub does not guess which one it is for"
-        else:
-            why = "no client request is in progress (the hub relays it to the client whose call is running)"
-        return McpError(f"{method} is not available now: {why}", code=-32603)
-
-    def _answer(self, msg: dict[str, Any], answer: dict[str, Any] | McpError) -> None:
+    def answer(self, msg: dict[str, Any], answer: dict[str, Any] | McpError) -> None:
+        """Send the answer to a request the server sent (a result, or an error)."""
         rid = msg.get("id")
         if not (type(rid) is str or type(rid) is int):
             return
@@ -466,6 +477,14 @@ class ClientSession:
             self.channel.send(reply)
         except (McpError, OSError) as exc:
             log.debug("upstream %s: could not answer request %r: %s", self.name, rid, exc)
+
+    def _unclaimed_request(self, msg: dict[str, Any]) -> None:
+        """A request from the server that no call in flight takes: the owner's, or an error."""
+        if self._on_request is not None:
+            self._on_request(msg)
+            return
+        several = any(c.ctx is not None for c in self.corr.inflight())
+        self.answer(msg, no_caller(str(msg.get("method")), several=several, role=self.cfg.role))
 
     # ---- incoming messages (reader threads, HTTP pumps) ------------------------------------
 
@@ -489,14 +508,11 @@ class ClientSession:
         params = msg.get("params") or {}
         if kind == jsonrpc.REQUEST:
             if method == "ping":
-                self._answer(msg, {})
+                self.answer(msg, {})
                 return
             target = hint if hint is not None and hint.ctx is not None else self.corr.sole_client_call()
-            if target is None:
-                several = any(c.ctx is not None for c in self.corr.inflight())
-                self._answer(msg, self._no_client(method, several=several))
-            else:
-                target.put(REQUEST, msg)
+            if target is None or not target.put(REQUEST, msg):
+                self._unclaimed_request(msg)
             return
         if method == "notifications/progress":
             call = self.corr.by_token(params.get("progressToken"))
@@ -504,8 +520,10 @@ class ClientSession:
                 call.put(PROGRESS, params)
         elif method == "notifications/message":
             target = hint if hint is not None and hint.ctx is not None else self.corr.sole_client_call()
-            if target is not None:
-                target.put(LOG, params)
+            if target is not None and target.put(LOG, params):
+                return
+            if self._on_log is not None:
+                self._on_log(params)
             else:
                 log.debug("upstream %s log [%s]: %r", self.name, params.get("level"), params.get("data"))
         elif method.endswith("/list_changed") and method.startswith("notifications/"):
@@ -516,24 +534,27 @@ class ClientSession:
             uri = params.get("uri")
             if isinstance(uri, str):
                 self._on_resource_updated(uri)
+        elif method == "notifications/subscriptions/acknowledged":
+            self._listener.acknowledged()
         else:
             log.debug("upstream %s: notification %s ignored", self.name, method)
 
     # ---- conveniences ----------------------------------------------------------------------
 
-    def list_all(self, method: str, key: str) -> list[dict[str, Any]]:
-        """Every item of a paginated ``*/list`` (bounded by the request timeout per page)."""
+    def list_all(self, method: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item of a paginated ``*/list`` (bounded by the request timeout per page;
+        ``kwargs`` go to ``request``)."""
         items: list[dict[str, Any]] = []
         cursor: Any = None
-        for _page in range(1000):
-            result = self.request(method, {"cursor": cursor} if cursor is not None else {})
+        for _page in range(MAX_PAGES):
+            result = self.request(method, {"cursor": cursor} if cursor is not None else {}, **kwargs)
             got = result.get(key)
             if isinstance(got, list):
                 items.extend(i for i in got if isinstance(i, dict))
             cursor = result.get("nextCursor")
             if not cursor:
                 return items
-        raise PeerError(f"the upstream's {method} did not end after 1000 pages", code=-32603)
+        raise PeerError(f"the server's {method} did not end after {MAX_PAGES} pages", code=-32603)
 
     def ping(self, timeout: float) -> None:
         if self.modern:

@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .._version import __version__
 from ..errors import ConnectionClosed, McpError, PeerError, RequestTimeout
 from ..server import Server
 from . import aggregate
@@ -51,6 +52,10 @@ BACKOFF = "backoff"
 FAILED = "failed"
 STOPPED = "stopped"
 
+CLIENT_INFO = {"name": "mcpsync-hub", "version": __version__}
+# What the hub declares upstream: it relays these to the downstream client making the call
+# (and answers with an error when that client lacks them).
+CLIENT_CAPABILITIES: dict[str, Any] = {"sampling": {}, "elicitation": {"form": {}}, "roots": {"listChanged": False}}
 STABLE_AFTER_S = 10.0      # a session that lived this long resets the backoff on its loss
 JOIN_TIMEOUT_S = 10.0      # bound for the supervisor to finish after stop()
 
@@ -488,7 +493,8 @@ class Upstream:
         return ClientSession(self.cfg, self._make_channel(self.cfg),
                                on_list_changed=self.request_refresh,
                                on_resource_updated=self._resource_updated,
-                               on_lost=on_lost, prefer_handshake=prefer)
+                               on_lost=on_lost, prefer_handshake=prefer,
+                               client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES)
 
     def _resource_updated(self, uri: str) -> None:
         self.server.notify_resource_updated(aggregate.hub_uri(self.cfg, uri))

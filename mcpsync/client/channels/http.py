@@ -47,7 +47,7 @@ from ..correlator import CLOSED, EXPIRED, RESPONSE, Call, shutdown_socket
 
 log = logging.getLogger("mcpsync.client")
 
-MAX_IDLE_CONNECTIONS = 8
+MAX_IDLE_CONNECTIONS = 32        # kept-alive connections (one per call in flight, up to this)
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_SSE_LINE_BYTES = 16 * 1024 * 1024
 RESUME_ATTEMPTS = 3            # GET + Last-Event-ID after an SSE response ended early
@@ -135,6 +135,7 @@ class HttpChannel(ChannelBase):
         self._closed = False
         self._connect_timeout = 30.0
         self._closing = threading.Event()  # set by close(); wakes the events loop's pauses
+        self.events_ready = threading.Event()  # set once the GET stream answered (or will not)
 
     # ---- set-up --------------------------------------------------------------------------
 
@@ -301,6 +302,12 @@ class HttpChannel(ChannelBase):
 
     def events_loop(self) -> None:
         """Read the session's GET stream until closed; run by the session's events thread."""
+        try:
+            self._events_loop()
+        finally:
+            self.events_ready.set()
+
+    def _events_loop(self) -> None:
         last_id: str | None = None
         while not self._closing.is_set():
             headers = self._headers(None, accept="text/event-stream")
@@ -316,13 +323,14 @@ class HttpChannel(ChannelBase):
                 return
             except ConnectionClosed:
                 return
+            self.events_ready.set()
             try:
                 if resp.status == 405:
                     log.debug("upstream %s offers no GET stream", self.name)
                     return
                 if resp.status == 404:
                     if not self._closing.is_set():
-                        self._lost("the upstream no longer knows the hub's session (HTTP 404)")
+                        self._lost(f"the upstream no longer knows the {self.cfg.role}'s session (HTTP 404)")
                     return
                 if resp.status != 200:
                     log.warning("upstream %s: GET stream refused (HTTP %d)", self.name, resp.status)

@@ -2,7 +2,7 @@
 
 One GET stream carries everything the server sends, starting with an ``endpoint`` event
 naming where to POST; our messages are POSTed there and answered 202. The stream is read
-by ``mcpsync-hub-sse-<name>``, owned here and joined by ``close``. It is a stream channel
+by ``mcpsync-<role>-sse-<name>``, owned here and joined by ``close``. It is a stream channel
 like stdio (the reader routes each message to its call), so calls carry no pump; the
 POSTs go through an ``HttpChannel``'s keep-alive pool.
 """
@@ -63,7 +63,7 @@ class LegacySseChannel(ChannelBase):
         self._post_path = target.path + (f"?{target.query}" if target.query else "")
         self._http._path = self._post_path
         conn.sock.settimeout(None)
-        self._thread = threading.Thread(target=self._read, name=f"mcpsync-hub-sse-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._read, name=f"mcpsync-{self.cfg.role}-sse-{self.name}", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:

@@ -2,12 +2,12 @@
 
 The child gets its own process group (``process.spawn``: a wrapper such as ``npx`` and the
 server it starts are signalled together; the hub's ``Guardian`` ends the group if the hub
-dies) and the hub's environment plus the configured ``env``.
+dies) and our environment plus the configured ``env``.
 
 Two threads per child, both owned here and joined by ``close``:
 
-* ``mcpsync-hub-stdout-<name>`` reads stdout in chunks and cuts it into lines of at most
-  ``MAX_LINE_BYTES`` (longer ones are dropped and counted), routes the messages, and
+* ``mcpsync-<role>-stdout-<name>`` (role: ``hub`` or ``client``) reads stdout in chunks
+  and cuts it into lines of at most ``MAX_LINE_BYTES`` (longer ones are dropped and counted), routes the messages, and
   watches the processes (``process.ProcessWatch``): the end of stdout, or the exit of the
   child while something it started holds the pipe, means the upstream is lost. When the
   processes under the child that held the pipe (the real server under a wrapper such as
@@ -17,8 +17,8 @@ Two threads per child, both owned here and joined by ``close``:
   not JSON-RPC (text, or JSON from a logger) are counted and logged a few per window; past ``GARBAGE_MAX_LINES`` or
   ``GARBAGE_MAX_BYTES`` in one ``WINDOW_S`` the upstream is declared broken (lost, so it
   is restarted with backoff).
-* ``mcpsync-hub-stderr-<name>`` copies stderr into the hub's log under the upstream's
-  name, each line cut at ``MAX_STDERR_LINE_BYTES`` and at most ``STDERR_LOG_LINES`` per
+* ``mcpsync-<role>-stderr-<name>`` copies stderr into our log (``mcpsync.client``) under
+  the upstream's name, each line cut at ``MAX_STDERR_LINE_BYTES`` and at most ``STDERR_LOG_LINES`` per
   window; the last ``STDERR_TAIL_LINES`` lines are kept for the upstream's ``lastError``.
 
 Writes go through ``_write_lock`` (one writer at a time on the pipe) and never block: the
@@ -130,7 +130,7 @@ class StdioChannel(ChannelBase):
         log.info("upstream %s: started pid %d: %s", self.name, self.proc.pid,
                  " ".join([cfg.command, *cfg.args]))
         for role, target in (("stdout", self._read_stdout), ("stderr", self._read_stderr)):
-            t = threading.Thread(target=target, name=f"mcpsync-hub-{role}-{self.name}", daemon=True)
+            t = threading.Thread(target=target, name=f"mcpsync-{self.cfg.role}-{role}-{self.name}", daemon=True)
             self._threads.append(t)
             t.start()
 
@@ -176,7 +176,7 @@ class StdioChannel(ChannelBase):
             log.warning("upstream %s: %d more non-JSON-RPC lines on stdout were not logged", self.name, held)
         with self._state_lock:
             closing = self._closing
-        self._lost("closed by the hub" if closing else reason)
+        self._lost(f"closed by the {self.cfg.role}" if closing else reason)
 
     def _line(self, r: _StdoutReading, line: bytes, cut: bool) -> str | None:
         """One stdout line: deliver it, or count it as garbage (the reason when that makes
@@ -242,13 +242,13 @@ class StdioChannel(ChannelBase):
         too (both bounded by ``EXIT_STATUS_WAIT_S``)."""
         with self._state_lock:
             if self._closing:
-                return "closed by the hub"
+                return f"closed by the {self.cfg.role}"
         try:
             code: int | None = proc.wait(EXIT_STATUS_WAIT_S)
         except subprocess.TimeoutExpired:
             code = None
         for t in self._threads:
-            if t.name.startswith("mcpsync-hub-stderr-") and t is not threading.current_thread():
+            if t.name.startswith(f"mcpsync-{self.cfg.role}-stderr-") and t is not threading.current_thread():
                 t.join(EXIT_STATUS_WAIT_S)
         return process.describe_exit(code)
 
@@ -329,7 +329,7 @@ class StdioChannel(ChannelBase):
         try:
             with self._state_lock:
                 if self._closing:
-                    raise ConnectionClosed(f"upstream {self.name!r}: closed by the hub")
+                    raise ConnectionClosed(f"upstream {self.name!r}: closed by the {self.cfg.role}")
             return self._write(proc.stdin.fileno(), memoryview(data), deadline)
         finally:
             self._write_lock.release()
@@ -345,7 +345,7 @@ class StdioChannel(ChannelBase):
         while sent < len(data):
             with self._state_lock:
                 if self._closing:
-                    raise ConnectionClosed(f"upstream {self.name!r}: closed by the hub")
+                    raise ConnectionClosed(f"upstream {self.name!r}: closed by the {self.cfg.role}")
             try:
                 sent += os.write(fd, data[sent:])
                 continue

@@ -2,7 +2,7 @@
 JSON-RPC message per text frame), on ``simple_websocket.Client``.
 
 Two threads, owned here and joined by ``close``: simple-websocket's own socket reader
-(named ``mcpsync-hub-wsio-<name>``) and ours, ``mcpsync-hub-ws-<name>``, which takes whole
+(named ``mcpsync-<role>-wsio-<name>``) and ours, ``mcpsync-<role>-ws-<name>``, which takes whole
 messages from it and routes them. The connection and handshake are bounded by the connect
 timeout (simple-websocket's client has none, so ``_Client`` opens the socket itself).
 ``_write_lock`` serializes our frames (one message per send).
@@ -35,7 +35,7 @@ WS_PING_INTERVAL_S = 25.0
 class _Client(simple_websocket.Client):
     """``simple_websocket.Client`` with a timeout on connect and handshake."""
 
-    def __init__(self, url: str, *, headers: dict[str, str], timeout: float, name: str) -> None:
+    def __init__(self, url: str, *, headers: dict[str, str], timeout: float, thread_name: str) -> None:
         parts = urlsplit(url)
         secure = parts.scheme == "wss"
         self.host = parts.hostname
@@ -48,7 +48,7 @@ class _Client(simple_websocket.Client):
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
 
         def thread_class(target: Callable[[], None]) -> threading.Thread:
-            return threading.Thread(target=target, name=f"mcpsync-hub-wsio-{name}", daemon=True)
+            return threading.Thread(target=target, name=thread_name, daemon=True)
         simple_websocket.ws.Base.__init__(self, sock, connection_type=ConnectionType.CLIENT,
                                           ping_interval=WS_PING_INTERVAL_S,
                                           max_message_size=WS_MAX_MESSAGE_BYTES,
@@ -74,10 +74,11 @@ class WebSocketChannel(ChannelBase):
     def open(self, deliver: Deliver, lost: Callable[[str], None], timeout: float) -> None:
         self.attach(deliver, lost)
         try:
-            self._ws = _Client(self.url, headers=dict(self.cfg.headers), timeout=timeout, name=self.name)
+            self._ws = _Client(self.url, headers=dict(self.cfg.headers), timeout=timeout,
+                                thread_name=f"mcpsync-{self.cfg.role}-wsio-{self.name}")
         except (OSError, ConnectionError) as exc:
             raise ConnectionClosed(f"upstream {self.name!r}: cannot connect to {self.url}: {exc}") from None
-        self._thread = threading.Thread(target=self._read, name=f"mcpsync-hub-ws-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._read, name=f"mcpsync-{self.cfg.role}-ws-{self.name}", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
