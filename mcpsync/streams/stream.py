@@ -87,6 +87,7 @@ class MessageStream:
         if conn is None:
             conn = server.connect(session_id=session_id)
         conn.send = self.post
+        conn.transport = name
         self.conn = conn
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
                                         thread_name_prefix=f"mcpsync-{name}-worker")
