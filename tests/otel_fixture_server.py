@@ -1,5 +1,5 @@
 """A server for the telemetry tests, in-process (``make_server()``) or as a real process
-(``python -m mcpsync serve tests/otel_fixture_server.py --stdio``).
+(``python -m mcpsync serve tests/otel_fixture_server.py --stdio``, with tests/ on PYTHONPATH).
 
 As a process with ``OTEL_FIXTURE_DUMP=PATH`` in its environment it records with the
 OpenTelemetry SDK (in-memory span exporter and metric reader) and, when its session ends,
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
-from mcpsync import Server, ToolError
+from mcpsync import Context, Server, ToolError
+
+WAIT_MAX_S = 30.0                # how long `wait` blocks if nobody cancels it (tests always do)
+WAITING = threading.Event()      # set by `wait` once it runs (in-process tests wait for it)
 
 
 def make_server(name: str = "otel-fixture") -> Server:
@@ -28,6 +32,12 @@ def make_server(name: str = "otel-fixture") -> Server:
         """Fail as a tool does: an isError result."""
         raise ToolError(f"failed: {reason}")
 
+    @server.tool()
+    def wait(ctx: Context) -> str:
+        """Block until the client cancels the call."""
+        WAITING.set()
+        return f"cancelled={ctx.wait_cancelled(WAIT_MAX_S)}"
+
     @server.resource("otel://items/{item}")
     def item(item: str) -> str:
         """One item."""
@@ -41,31 +51,6 @@ def make_server(name: str = "otel-fixture") -> Server:
     return server
 
 
-def span_record(span: Any) -> dict[str, Any]:
-    """What the tests compare of a finished SDK span (ids as 32/16 hex digits)."""
-    parent = span.parent
-    return {"name": span.name, "kind": span.kind.name,
-            "trace_id": f"{span.context.trace_id:032x}", "span_id": f"{span.context.span_id:016x}",
-            "parent_id": None if parent is None else f"{parent.span_id:016x}",
-            "attributes": dict(span.attributes or {}),
-            "status": span.status.status_code.name, "description": span.status.description,
-            "links": [f"{link.context.span_id:016x}" for link in span.links]}
-
-
-def metric_records(reader: Any) -> list[dict[str, Any]]:
-    """Every histogram data point of ``reader``: name, attributes, count."""
-    out: list[dict[str, Any]] = []
-    data = reader.get_metrics_data()
-    for rm in (data.resource_metrics if data is not None else ()):
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                for point in metric.data.data_points:
-                    out.append({"name": metric.name, "unit": metric.unit,
-                                "attributes": dict(point.attributes), "count": point.count,
-                                "sum": point.sum, "bounds": list(point.explicit_bounds)})
-    return out
-
-
 server = make_server(os.environ.get("OTEL_FIXTURE_NAME", "otel-fixture"))
 
 _DUMP = os.environ.get("OTEL_FIXTURE_DUMP")
@@ -75,6 +60,8 @@ if _DUMP:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otelutil import metric_records, span_record
 
     from mcpsync import telemetry
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-import sys
 from typing import Any, Iterator
 
 import pytest
@@ -18,12 +17,8 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 from httpserver import serving  # noqa: E402
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from otel_fixture_server import make_server, metric_records, span_record  # noqa: E402
+from otel_fixture_server import make_server  # noqa: E402
+from otelutil import Recorder, stdio_endpoint  # noqa: E402
 from rpcutil import wait_until  # noqa: E402
 
 from mcpsync import telemetry  # noqa: E402
@@ -33,8 +28,6 @@ from mcpsync.client.session import ClientSession  # noqa: E402
 from mcpsync.errors import PeerError  # noqa: E402
 from mcpsync.http.app import HttpApp  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-FIXTURE = str(pathlib.Path(__file__).resolve().parent / "otel_fixture_server.py")
 WAIT_S = 20.0
 HTTP_NETWORK = {"network.transport": "tcp", "network.protocol.name": "http",
                 "network.protocol.version": "1.1"}
@@ -45,25 +38,6 @@ TRANSPORTS = {
     "ws": ("websocket", "/ws", "2025-11-25", {"network.transport": "tcp", "network.protocol.name": "websocket"}),
     "sse": ("sse", "/sse", "2025-11-25", HTTP_NETWORK),
 }
-
-
-class Recorder:
-    """An SDK tracer and meter provider with in-memory export, made the telemetry's."""
-
-    def __init__(self, **options: Any) -> None:
-        self.exporter = InMemorySpanExporter()
-        tracing = TracerProvider()
-        tracing.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        telemetry.enable(tracer_provider=tracing, meter_provider=MeterProvider(metric_readers=[self.reader]),
-                         **options)
-
-    def spans(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in map(span_record, self.exporter.get_finished_spans())
-                if kind is None or r["kind"] == kind]
-
-    def metrics(self, name: str) -> list[dict[str, Any]]:
-        return [m for m in metric_records(self.reader) if m["name"] == name]
 
 
 @pytest.fixture
@@ -249,12 +223,8 @@ def test_operation_and_session_duration_metrics(otel: Recorder, base: str) -> No
 
 # ---- stdio: a real process records, the test reads its records ------------------------------
 
-def stdio_session(dump: pathlib.Path, **env: str) -> ClientSession:
-    """A session with the fixture as a process. At 2025-11-25: a 2026-07-28 client keeps a
-    subscriptions/listen open, which holds the server's exit past the client's close."""
-    cfg = Endpoint(name="otel-stdio", transport="stdio", command=sys.executable, revision="2025-11-25",
-                   args=("-m", "mcpsync", "serve", FIXTURE, "--stdio", "--log-level", "WARNING"),
-                   env={"PYTHONPATH": str(REPO), "OTEL_FIXTURE_DUMP": str(dump), **env})
+def stdio_session(dump: pathlib.Path) -> ClientSession:
+    cfg = stdio_endpoint(dump)
     return ClientSession(cfg, make_channel(cfg)).open()
 
 
