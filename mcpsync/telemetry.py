@@ -329,8 +329,11 @@ class Telemetry:
                                       attributes=attrs)
         token = otel_context.attach(otel_trace.set_span_in_context(span))
         outcome: Outcome = (None, None, None)
+        negotiated: str | None = None
         try:
             result = call()
+            if method == "initialize" and type(result.get("protocolVersion")) is str:
+                negotiated = result["protocolVersion"]  # the revision is known from now on
             if method == "tools/call" and result.get("isError") is True:
                 outcome = ("tool_error", None, None)
             return result
@@ -346,8 +349,7 @@ class Telemetry:
             raise
         finally:
             otel_context.detach(token)
-            _end(span, outcome, session.revision if version is None else None,  # negotiated now
-                 self.client_duration, metric_attrs, started)
+            _end(span, outcome, negotiated, self.client_duration, metric_attrs, started)
 
     def inject(self, meta: dict[str, Any], request_id: Any) -> None:
         """Put the current span's context into an outgoing request's ``_meta`` (and its id

@@ -109,6 +109,10 @@ def test_tool_call_span(otel: Recorder, base: str, transport: str) -> None:
     check_common(server, client, transport, session)
     assert client["name"] == "tools/call echo" and client["status"] == "UNSET"
     assert client["attributes"]["gen_ai.tool.name"] == "echo"
+    if transport != "modern":  # the handshake: its revision is known only once it is done
+        init, init_client = pair(otel, "initialize")
+        assert init["attributes"]["mcp.protocol.version"] == session.revision
+        assert init_client["attributes"]["mcp.protocol.version"] == session.revision
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
