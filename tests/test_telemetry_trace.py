@@ -297,3 +297,25 @@ def test_only_the_telemetry_module_imports_opentelemetry() -> None:
                 assert path == pkg / "telemetry.py", f"{path} imports OpenTelemetry"
     for path in sorted((pkg / "protocol").rglob("*.py")):  # sans-IO: no telemetry either
         assert "telemetry" not in path.read_text(encoding="utf-8"), path
+
+
+def test_readme_sdk_setup_records_a_served_call(tmp_path: pathlib.Path) -> None:
+    """The README's SDK setup, in a served module, exports the server span of a stdio call."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    part = readme.split("## Observability: OpenTelemetry", 1)[1]
+    setup = part.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "traced.py").write_text(
+        setup + "\nfrom otel_fixture_server import make_server\nserver = make_server()\n", encoding="utf-8")
+    lines = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                 "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+             {"jsonrpc": "2.0", "method": "notifications/initialized"},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "echo", "arguments": {"text": "r"},
+                         "_meta": {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}}}]
+    proc = subprocess.run([sys.executable, "-m", "mcpsync", "serve", str(tmp_path / "traced.py"), "--stdio"],
+                          input="".join(json.dumps(m) + "\n" for m in lines), capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": f"{REPO}:{TESTS}", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["result"]["content"][0]["text"] == "r"
+    assert '"name": "tools/call echo"' in proc.stderr and f'"trace_id": "0x{TRACE_ID}"' in proc.stderr
+    assert '"name": "mcp.server.operation.duration"' in proc.stderr
