@@ -8,8 +8,10 @@ import time. Without it ``AVAILABLE`` is False, ``ACTIVE`` stays None, and the o
 this module on a request is the ``ACTIVE is None`` check at its call sites (the server's
 request path, session start and end, the client's ``_meta``); the client's ``request`` is not
 even wrapped. With it, ``ACTIVE`` is a ``Telemetry`` from the start, through the API's
-global providers: spans and measurements go nowhere (the API's no-ops) until the
-application installs an SDK, or ``enable`` is given providers. ``disable()`` (or
+global providers: until the application installs an SDK (or ``enable`` is given providers)
+nothing is recorded (``Telemetry.recording``) and a request only carries a client's trace
+context on to the server's own calls, so a hub without an SDK still joins a client's trace
+to its upstream's. ``disable()`` (or
 ``OTEL_SDK_DISABLED=true`` in the environment) turns it all off. ``ACTIVE`` is a plain
 module attribute: ``enable``/``disable`` assign it, each call site reads it once.
 
@@ -59,6 +61,10 @@ except ImportError:  # the optional extra is not installed: telemetry stays off,
     AVAILABLE = False
 else:
     AVAILABLE = True
+    try:  # the global meter provider before an SDK sets one (no public name for it)
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # another API version: then metrics always count as recording
+        _ProxyMeterProvider = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from .core.connection import ServerConnection
@@ -71,6 +77,7 @@ INSTRUMENTATION = "mcpsync"
 DURATION_BUCKETS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OTHER = "_OTHER"             # mcp.method.name of a method the server does not serve
 MAX_TARGET_CHARS = 256       # a longer tool/prompt name is not a name worth recording
+PROVIDER_RECHECK_S = 1.0     # how long "no SDK installed" is believed before looking again
 
 Result = dict[str, Any]
 Outcome = tuple["str | None", "str | None", "str | None"]  # error.type, status code, message
@@ -202,6 +209,8 @@ class Telemetry:
             "mcp.client.operation.duration", unit="s", explicit_bucket_boundaries_advisory=buckets,
             description="The duration of the MCP request as observed on the sender, until its reply")
         self.resource_uri_in_span_name = resource_uri_in_span_name
+        self._recording = tracer_provider is not None or meter_provider is not None
+        self._recheck_at = 0.0  # when to look at the global providers again (see recording)
         # Guards _opened (a connection -> when its session began); one dict operation at a
         # time, taken by whichever threads open and close sessions.
         self._opened_lock = threading.Lock()
@@ -214,9 +223,44 @@ class Telemetry:
 
     # ---- server: requests -----------------------------------------------------------------
 
+    def recording(self) -> bool:
+        """Whether anything records: providers were given, or an SDK set a global one. Else
+        every span and measurement would be the API's no-op, and only a client's trace
+        context is worth carrying (to this server's own calls: a hub forwards it).
+
+        The API's getters read the environment on every call (a few µs), so "no SDK" is
+        believed for ``PROVIDER_RECHECK_S``; a global provider, once set, stays (the API
+        refuses to replace it). ``_recording`` and ``_recheck_at`` are plain attributes that
+        request threads write; a stale read only moves the next look by one request."""
+        if self._recording:
+            return True
+        now = time.monotonic()
+        if now < self._recheck_at:
+            return False
+        self._recheck_at = now + PROVIDER_RECHECK_S
+        self._recording = (
+            not isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
+            or _ProxyMeterProvider is None
+            or not isinstance(otel_metrics.get_meter_provider(), _ProxyMeterProvider))
+        return self._recording
+
     def traced_runner(self, ctx: Context) -> Run:
         """``protocol.runner.run`` inside a server span for the request ``ctx`` serves
         (``ServerConnection.handle_request`` calls what this returns instead)."""
+        if not self.recording():
+            parent = self._extract(ctx.meta)
+            if parent is None:
+                return runner.run
+
+            def forward(rid: Any, method: str, call: Callable[[], Result], *,
+                        on_input: Callable[[InputRequired], Result] | None = None) -> Result | None:
+                token = otel_context.attach(parent)
+                try:
+                    return runner.run(rid, method, call, on_input=on_input)
+                finally:
+                    otel_context.detach(token)
+            return forward
+
         def run(rid: Any, method: str, call: Callable[[], Result], *,
                 on_input: Callable[[InputRequired], Result] | None = None) -> Result | None:
             return self.serve(ctx, lambda: runner.run(rid, method, call, on_input=on_input))
@@ -265,23 +309,31 @@ class Telemetry:
             otel_context.detach(token)
             self._finish_server(span, outcome, ctx, metric_attrs, started)
 
-    def _parent(self, meta: Mapping[str, Any]) -> tuple[Any, list[Any] | None]:
-        """The context a client propagated in ``_meta`` (None when there is none) and, when
-        there is one, a link to the ambient span (as the conventions ask)."""
+    def _extract(self, meta: Mapping[str, Any]) -> Any:
+        """The context a client propagated in ``_meta``, or None when it sent none."""
         if not meta:
-            return None, None
+            return None
         textmap = otel_propagate.get_global_textmap()
         if not any(field in meta for field in textmap.fields):
-            return None, None
+            return None
         try:
-            parent = textmap.extract(meta, getter=_META_GETTER)
+            return textmap.extract(meta, getter=_META_GETTER)
         except Exception:  # a third-party propagator that chokes on a client's text
             log.debug("could not extract a trace context from _meta", exc_info=True)
+            return None
+
+    def _parent(self, meta: Mapping[str, Any]) -> tuple[Any, list[Any] | None]:
+        """The parent context of a server span: the client's (with a link to the ambient
+        span, as the conventions ask), else the ambient one (None)."""
+        parent = self._extract(meta)
+        if parent is None:
             return None, None
+        ambient = otel_trace.get_current_span()
         if not otel_trace.get_current_span(parent).get_span_context().is_valid:
-            return parent, None  # baggage alone: the ambient span stays the parent's place
-        ambient = otel_trace.get_current_span().get_span_context()
-        return parent, [Link(ambient)] if ambient.is_valid else None
+            # baggage without a trace: the ambient span stays the parent
+            return otel_trace.set_span_in_context(ambient, parent), None
+        ambient_context = ambient.get_span_context()
+        return parent, [Link(ambient_context)] if ambient_context.is_valid else None
 
     def _finish_server(self, span: Any, outcome: Outcome, ctx: Context,
                        metric_attrs: dict[str, Any], started: float) -> None:
@@ -291,6 +343,8 @@ class Telemetry:
     # ---- server: sessions -------------------------------------------------------------------
 
     def session_opened(self, conn: ServerConnection) -> None:
+        if not self.recording():
+            return
         with self._opened_lock:
             self._opened[conn] = time.monotonic()
 
@@ -370,7 +424,7 @@ def client_request(fn: F) -> F:
     def request(session: Any, method: str, params: Mapping[str, Any] | None = None,
                 **kwargs: Any) -> Any:
         tel = ACTIVE
-        if tel is None:
+        if tel is None or not tel.recording():
             return fn(session, method, params, **kwargs)
         return tel.client_call(session, method, params, lambda: fn(session, method, params, **kwargs))
     return cast(F, request)

@@ -196,6 +196,25 @@ def test_one_trace_through_the_hub_to_a_stdio_upstream(otel: Recorder, tmp_path:
     assert only(spans, "tools/call echo", "CLIENT")["attributes"]["network.transport"] == "pipe"
 
 
+def test_a_hub_without_an_sdk_passes_the_trace_on(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: pathlib.Path) -> None:
+    """With the API alone (no SDK: nothing recorded, no span of its own) the hub still
+    carries a client's trace context to its upstream, which records under it."""
+    tel = telemetry.Telemetry()  # the global providers: no SDK is installed in this process
+    monkeypatch.setattr(telemetry, "ACTIVE", tel)
+    assert not tel.recording()
+    dump = tmp_path / "upstream.json"
+    with hub_with(fixture_process(dump, "up")) as url, HttpMcp(url) as c:
+        c.initialize()
+        result = c.call("tools/call", {"name": "up__echo", "arguments": {"text": "p"},
+                                       "_meta": {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}})
+        assert result["content"][0]["text"] == "p"
+        c.delete()
+    assert wait_until(dump.exists, WAIT_S), "the upstream process wrote no records"
+    upstream = only(json.loads(dump.read_text(encoding="utf-8"))["spans"], "tools/call echo", "SERVER")
+    assert (upstream["trace_id"], upstream["parent_id"]) == (TRACE_ID, PARENT_ID)
+
+
 # ---- the switch: absent, disabled by the environment, turned off -----------------------------
 
 ABSENT = """
@@ -245,6 +264,21 @@ def test_otel_sdk_disabled_turns_it_off() -> None:
     assert out.split() == ["True", "None"]
     out = run_python("from mcpsync import telemetry; print(type(telemetry.ACTIVE).__name__)")
     assert out.split() == ["Telemetry"]  # on by default when the API is installed
+
+
+def test_an_sdk_set_later_is_picked_up() -> None:
+    out = run_python("""
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from mcpsync import telemetry
+tel = telemetry.ACTIVE
+print(tel.recording(), tel.recording())
+trace.set_tracer_provider(TracerProvider())
+print(tel.recording())
+tel._recheck_at = 0.0  # the next look is due (PROVIDER_RECHECK_S later)
+print(tel.recording())
+""")
+    assert out.split() == ["False", "False", "False", "True"]
 
 
 def telemetry_calls() -> tuple[int, int]:
