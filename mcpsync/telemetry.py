@@ -77,6 +77,7 @@ INSTRUMENTATION = "mcpsync"
 DURATION_BUCKETS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OTHER = "_OTHER"             # mcp.method.name of a method the server does not serve
 MAX_TARGET_CHARS = 256       # a longer tool/prompt name is not a name worth recording
+MAX_VALUE_CHARS = 1024       # span attributes from a client's text beyond this are cut
 PROVIDER_RECHECK_S = 1.0     # how long "no SDK installed" is believed before looking again
 
 Result = dict[str, Any]
@@ -129,13 +130,18 @@ def _target(method: str, params: Mapping[str, Any]) -> tuple[str | None, str | N
 
 
 def _target_attributes(attrs: dict[str, Any], method: str, name: str | None) -> None:
-    if name is None:
-        return
     if method == "tools/call":
-        attrs["gen_ai.tool.name"] = name
         attrs["gen_ai.operation.name"] = "execute_tool"
-    else:
+        if name is not None:
+            attrs["gen_ai.tool.name"] = name
+    elif name is not None:
         attrs["gen_ai.prompt.name"] = name
+
+
+def _cut(text: str) -> str:
+    """A value a client chose (a request id, a URI, an error message quoting it), cut to
+    ``MAX_VALUE_CHARS``: spans wait in an exporter's queue."""
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
 
 
 def _outcome(method: str, reply: Any) -> Outcome:
@@ -146,7 +152,7 @@ def _outcome(method: str, reply: Any) -> Outcome:
     error = reply.get("error")
     if error is not None:
         code = str(error.get("code"))
-        return code, code, str(error.get("message", ""))
+        return code, code, _cut(str(error.get("message", "")))
     if method == "tools/call":
         result = reply.get("result")
         if type(result) is dict and result.get("isError") is True:
@@ -219,7 +225,7 @@ class Telemetry:
     def _span_name(self, method: str, name: str | None, uri: str | None) -> str:
         """``{mcp.method.name} {target}``, or the method alone when there is no target."""
         target = name if name is not None else (uri if self.resource_uri_in_span_name else None)
-        return method if target is None else f"{method} {target}"
+        return method if target is None else f"{method} {_cut(target)}"
 
     # ---- server: requests -----------------------------------------------------------------
 
@@ -282,9 +288,9 @@ class Telemetry:
         attrs: dict[str, Any] = {"mcp.method.name": label}
         _target_attributes(attrs, method, name)
         metric_attrs = dict(attrs)
-        attrs["jsonrpc.request.id"] = str(ctx.request_id)
+        attrs["jsonrpc.request.id"] = _cut(str(ctx.request_id))
         if uri is not None:
-            attrs["mcp.resource.uri"] = uri
+            attrs["mcp.resource.uri"] = _cut(uri)
         if conn.session_id is not None:
             attrs["mcp.session.id"] = conn.session_id
         if ctx.version is not None:
@@ -378,7 +384,7 @@ class Telemetry:
         if sid is not None:
             attrs["mcp.session.id"] = sid
         if uri is not None:
-            attrs["mcp.resource.uri"] = uri
+            attrs["mcp.resource.uri"] = _cut(uri)
         span = self.tracer.start_span(self._span_name(method, name, uri), kind=SpanKind.CLIENT,
                                       attributes=attrs)
         token = otel_context.attach(otel_trace.set_span_in_context(span))

@@ -141,7 +141,7 @@ def test_protocol_error_span(otel: Recorder, base: str, transport: str) -> None:
     attrs = server["attributes"]
     assert attrs["error.type"] == attrs["rpc.response.status_code"] == "-32602"
     assert server["status"] == "ERROR" and server["description"] == unknown_tool.value.message
-    assert "gen_ai.tool.name" not in attrs
+    assert "gen_ai.tool.name" not in attrs and attrs["gen_ai.operation.name"] == "execute_tool"
     assert client["attributes"]["error.type"] == client["attributes"]["rpc.response.status_code"] == "-32602"
     assert client["name"] == "tools/call no_such_tool"  # the client names what it asked for
     check_common(server, client, transport, session)
@@ -271,3 +271,24 @@ def test_stdio_spans_metrics_and_propagation(otel: Recorder, tmp_path: pathlib.P
     [sess] = [m for m in record["metrics"] if m["name"] == "mcp.server.session.duration"]
     assert sess["count"] == 1
     assert sess["attributes"] == {"network.transport": "pipe", "mcp.protocol.version": session.revision}
+
+
+def test_values_a_client_chooses_are_cut(otel: Recorder, base: str) -> None:
+    """A request id, a URI or an error message quoting a client's text are cut on spans
+    (they wait in an exporter's queue), and an unknown name never makes a span name."""
+    from httpclient import HttpMcp
+
+    long_id, long_uri, long_name = "i" * 5000, "otel://items/" + "u" * 5000, "t" * 5000
+    with HttpMcp(base + "/mcp") as c:
+        c.initialize()
+        reply = c.post({"jsonrpc": "2.0", "id": long_id, "method": "resources/read", "params": {"uri": long_uri}})
+        assert reply.messages()[0]["result"]["contents"][0]["uri"] == long_uri
+        reply = c.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": long_name}})
+        assert reply.messages()[0]["error"]["code"] == -32602
+        c.delete()
+    limit = telemetry.MAX_VALUE_CHARS + 1
+    read = [s for s in otel.spans("SERVER") if s["name"] == "resources/read"][0]["attributes"]
+    assert len(read["jsonrpc.request.id"]) == len(read["mcp.resource.uri"]) == limit
+    assert read["mcp.resource.uri"].startswith("otel://items/uuu") and read["mcp.resource.uri"].endswith("…")
+    [call] = [s for s in otel.spans("SERVER") if s["name"] == "tools/call"]
+    assert "gen_ai.tool.name" not in call["attributes"] and len(call["description"]) <= limit
