@@ -39,6 +39,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
+from .. import telemetry
 from .._version import __version__
 from .endpoint import AUTO, Endpoint
 from ..errors import Cancelled, ConnectionClosed, McpError, PeerError, RequestTimeout
@@ -308,6 +309,7 @@ class ClientSession:
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         self.channel.send(jsonrpc.notification(method, params))
 
+    @telemetry.client_request
     def request(self, method: str, params: dict[str, Any] | None = None, *, ctx: Caller | None = None,
                 timeout: float | None | str = "default", modern_envelope: str | None = None,
                 raw: bool = False, cancel: Cancellable | None = None,
@@ -387,6 +389,8 @@ class ClientSession:
                 level = ctx.log_level if ctx.log_level is not None or ctx.modern else UPSTREAM_LOG_LEVEL
             if level is not None:
                 meta[modern.META_LOG_LEVEL] = level
+        if telemetry.ACTIVE is not None:
+            telemetry.ACTIVE.inject(meta, call.id)
         if meta:
             params = {**params, "_meta": meta}
 

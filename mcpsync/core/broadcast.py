@@ -35,6 +35,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable
 
+from .. import telemetry
 from ..errors import Cancelled, InvalidParams, MissingClientCapability
 from ..protocol import jsonrpc
 from ..protocol.modern import META_SUBSCRIPTION, TASKS_EXTENSION, has_tasks
@@ -73,6 +74,8 @@ class Broadcaster:
     def add(self, conn: ServerConnection) -> None:
         with self._conns_lock:
             self._conns.add(conn)
+        if telemetry.ACTIVE is not None:
+            telemetry.ACTIVE.session_opened(conn)
 
     def is_connected(self, conn: ServerConnection) -> bool:
         with self._conns_lock:
@@ -91,6 +94,8 @@ class Broadcaster:
         per-session upstream), on the closing thread with no lock held."""
         with self._conns_lock:
             self._conns.discard(conn)
+        if telemetry.ACTIVE is not None:
+            telemetry.ACTIVE.session_closed(conn)
         if not self._session_closed_hooks:
             return
         with may_block():

@@ -32,6 +32,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from .. import telemetry
 from ..errors import (Cancelled, ConnectionClosed, InvalidParams, InvalidRequest, McpError,
                       MethodNotFound, PeerError, RequestTimeout)
 from ..protocol import jsonrpc, lifecycle, modern, runner, versions
@@ -69,6 +70,8 @@ class ServerConnection:
     ``send`` is the session's stream for messages not tied to a request; transports set it
     (stdio and WebSocket: the connection's writer; HTTP: the GET stream's outbox).
     """
+
+    transport = "http"  # what carries it (telemetry): a MessageStream sets stdio, ws or sse
 
     def __init__(self, host: SessionHost, *, session_id: str | None = None,
                  send: Sink | None = None,
@@ -174,9 +177,11 @@ class ServerConnection:
             ctx.client_capabilities = env.capabilities
             ctx.log_level = env.log_level
             ctx.principal = principal
+        tel = telemetry.ACTIVE  # OpenTelemetry: None when absent or off
+        run = runner.run if tel is None else tel.traced_runner(ctx)
         try:
-            reply = runner.run(rid, method, lambda: self._call(ctx, phase, env is not None),
-                               on_input=None if env is None else lambda need: self._input_required(ctx, need))
+            reply = run(rid, method, lambda: self._call(ctx, phase, env is not None),
+                        on_input=None if env is None else lambda need: self._input_required(ctx, need))
         finally:
             with self.lock:
                 self._inflight.pop(rid, None)

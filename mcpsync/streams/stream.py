@@ -91,6 +91,7 @@ class MessageStream:
         if conn is None:
             conn = server.connect(session_id=session_id)
         conn.send = self.post
+        conn.transport = name
         self.conn = conn
         self._pool: ThreadPoolExecutor | None = None
         if executor is None:
