@@ -43,7 +43,7 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, cast
+from typing import Any, Callable, Mapping, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from .errors import Cancelled, PeerError, RequestTimeout
@@ -66,9 +66,39 @@ else:
     except ImportError:  # another API version: then metrics always count as recording
         _ProxyMeterProvider = None  # type: ignore[assignment,misc]
 
-if TYPE_CHECKING:
-    from .core.connection import ServerConnection
-    from .core.context import Context
+
+class SessionView(Protocol):
+    """What telemetry reads of a ``core.connection.ServerConnection`` (named here, not
+    imported: telemetry sits below the core, which calls into it)."""
+
+    @property
+    def host(self) -> Any: ...          # the Server: its method table and registry
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def version(self) -> str | None: ...
+
+
+class RequestView(Protocol):
+    """What telemetry reads of a ``core.context.Context``."""
+
+    @property
+    def conn(self) -> SessionView: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def params(self) -> Any: ...
+    @property
+    def meta(self) -> Any: ...
+    @property
+    def request_id(self) -> Any: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def _cancelled(self) -> bool: ...   # the client cancelled (no reply goes out)
+
 
 log = logging.getLogger("mcpsync.telemetry")
 
@@ -250,7 +280,7 @@ class Telemetry:
             or not isinstance(otel_metrics.get_meter_provider(), _ProxyMeterProvider))
         return self._recording
 
-    def traced_runner(self, ctx: Context) -> Run:
+    def traced_runner(self, ctx: RequestView) -> Run:
         """``protocol.runner.run`` inside a server span for the request ``ctx`` serves
         (``ServerConnection.handle_request`` calls what this returns instead)."""
         if not self.recording():
@@ -272,7 +302,7 @@ class Telemetry:
             return self.serve(ctx, lambda: runner.run(rid, method, call, on_input=on_input))
         return run
 
-    def serve(self, ctx: Context, run: Callable[[], Result | None]) -> Result | None:
+    def serve(self, ctx: RequestView, run: Callable[[], Result | None]) -> Result | None:
         """Run one request (``run()`` returns its reply) as the current span; record it."""
         started = time.perf_counter()
         conn = ctx.conn
@@ -341,20 +371,20 @@ class Telemetry:
         ambient_context = ambient.get_span_context()
         return parent, [Link(ambient_context)] if ambient_context.is_valid else None
 
-    def _finish_server(self, span: Any, outcome: Outcome, ctx: Context,
+    def _finish_server(self, span: Any, outcome: Outcome, ctx: RequestView,
                        metric_attrs: dict[str, Any], started: float) -> None:
         _end(span, outcome, ctx.conn.version if ctx.version is None else None,  # initialize
              self.server_duration, metric_attrs, started)
 
     # ---- server: sessions -------------------------------------------------------------------
 
-    def session_opened(self, conn: ServerConnection) -> None:
+    def session_opened(self, conn: SessionView) -> None:
         if not self.recording():
             return
         with self._opened_lock:
             self._opened[conn] = time.monotonic()
 
-    def session_closed(self, conn: ServerConnection) -> None:
+    def session_closed(self, conn: SessionView) -> None:
         with self._opened_lock:
             opened = self._opened.pop(conn, None)
         if opened is None:

@@ -838,7 +838,7 @@ class RacyStore(RegistryStore):
 
 def racy_server(name: str) -> tuple[Server, RacyStore]:
     server = Server(name)
-    store = server._store
+    store = server.store
     store.__dict__["_reg"] = store.__dict__.pop("current")
     store.__class__ = RacyStore
     assert isinstance(store, RacyStore)
