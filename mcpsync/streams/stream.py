@@ -83,10 +83,12 @@ class MessageStream:
         # Serializes writes to the connection; held for one write call (and for flushing the
         # outbox after it). Whoever holds it writes what others posted meanwhile.
         self.write_lock = threading.Lock()
-        # Guards _outbox: encoded session-level messages (broadcasts, requests not tied to a
-        # call) waiting for the write lock; a few deque operations. Taken inside write_lock.
+        # Guards _outbox and _flushing: encoded session-level messages (broadcasts, requests
+        # not tied to a call) waiting to be written, and whether a flush job is on its way; a
+        # few deque operations. Taken alone, or inside write_lock (a leaf).
         self._outbox_lock = threading.Lock()
         self._outbox: deque[bytes] = deque()
+        self._flushing = False
         self.dropped = 0  # posted messages lost because the client fell OUTBOX_LIMIT behind
         if conn is None:
             conn = server.connect(session_id=session_id)
@@ -126,7 +128,6 @@ class MessageStream:
             self._flush_locked()
         finally:
             self.write_lock.release()
-        self._flush_posted()
 
     def send_raw(self, write: Callable[[], Any]) -> None:
         """Run ``write()`` (a transport's own bytes, such as a WebSocket control frame) as
@@ -141,7 +142,6 @@ class MessageStream:
             self._flush_locked()
         finally:
             self.write_lock.release()
-        self._flush_posted()
 
     def _lock_writes(self) -> None:
         """Take the write lock; waiting for it (another writer waits for the peer) is a
@@ -151,9 +151,10 @@ class MessageStream:
                 self.write_lock.acquire()
 
     def post(self, msg: Any) -> None:
-        """Queue a message not tied to a request (a broadcast, the session's own requests)
-        and write it if nobody is writing; never waits: a client that does not read holds up
-        only itself (past ``OUTBOX_LIMIT`` queued messages the oldest are dropped)."""
+        """Queue a message not tied to a request (a broadcast, the session's own requests);
+        never waits and never writes: a job on the stream's workers writes the outbox (one
+        at a time per stream), so a client that does not read holds up only its own stream,
+        never the broadcasting thread (past ``OUTBOX_LIMIT`` the oldest are dropped)."""
         data = encode_outgoing(msg)
         if data is None:
             return
@@ -162,16 +163,28 @@ class MessageStream:
                 self._outbox.popleft()
                 self.dropped += 1
             self._outbox.append(data)
-        self._flush_posted()
+            if self._flushing:
+                return
+            self._flushing = True
+        try:
+            self._spawn(self._flush_posted)
+        except RuntimeError:  # the workers are shut down: the stream is over
+            with self._outbox_lock:
+                self._flushing = False
 
     def _flush_posted(self) -> None:
-        """Write the outbox if the write lock is free. A post that lands while the holder is
-        releasing is seen on the second look: nothing waits for a writer that has left."""
-        while self._outbox and self.write_lock.acquire(blocking=False):
+        """The flush job: write the outbox until it is empty (a writer holding the write
+        lock meanwhile writes some of it itself)."""
+        while True:
+            self._lock_writes()
             try:
                 self._flush_locked()
             finally:
                 self.write_lock.release()
+            with self._outbox_lock:
+                if not self._outbox:
+                    self._flushing = False
+                    return
 
     def _flush_locked(self) -> None:
         while True:
@@ -228,13 +241,18 @@ class MessageStream:
             inline(lambda: self._run(value, ticket))
             return
         try:
-            if self._executor is not None:
-                self._executor(lambda: self._run(value, ticket))
-            else:
-                assert self._pool is not None
-                self._pool.submit(self._run, value, ticket)
+            self._spawn(lambda: self._run(value, ticket))
         except RuntimeError:  # pool shut down: we are closing
             self._forget(rid, ticket, value, None, time.perf_counter())
+
+    def _spawn(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the stream's workers (its pool, or the executor it was given).
+        Raises RuntimeError once they are shut down."""
+        if self._executor is not None:
+            self._executor(job)
+        else:
+            assert self._pool is not None
+            self._pool.submit(job)
 
     def _abort(self, rid: Any, message: str) -> None:
         """Shutdown past its grace period: answer the request with an error now and cancel

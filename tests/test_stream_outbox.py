@@ -1,0 +1,74 @@
+"""A message stream's client that does not read never holds up a broadcasting thread:
+posted messages wait in the stream's outbox and a job on the stream's own workers writes
+them (the broadcaster used to write them itself, blocking in the peer's full socket)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from mcpsync import Server
+from mcpsync.protocol.versions import LATEST_HANDSHAKE_VERSION
+from mcpsync.streams.stream import MessageStream
+
+pytestmark = pytest.mark.timeout(60)
+WAIT_S = 10.0
+
+
+def _fill(sock: socket.socket) -> int:
+    """Write to ``sock`` until the kernel takes no more (its peer does not read)."""
+    sock.setblocking(False)
+    written = 0
+    try:
+        while True:
+            written += sock.send(b" " * 65536)
+    except BlockingIOError:
+        pass
+    sock.setblocking(True)
+    return written
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_a_broadcast_to_a_client_that_does_not_read_never_waits_for_it(round_: int) -> None:
+    server = Server("outbox")
+    ours, theirs = socket.socketpair()
+    stream = MessageStream(server, ours.sendall, name="test", max_workers=2)
+    try:
+        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}).encode())
+        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        filler = _fill(ours)  # from here on a write to the client blocks until it reads
+
+        registered = threading.Event()
+
+        def register() -> None:  # a registration broadcasts tools/list_changed
+            server.tool(name="late")(lambda: "x")
+            registered.set()
+        threading.Thread(target=register, name="mcpsync-test-register", daemon=True).start()
+        assert registered.wait(WAIT_S), "the registering thread waited for a client that does not read"
+
+        # The stream writes bare JSON texts (framing is the transport's business): read
+        # until the broadcast has come, then take the texts apart.
+        received = b""
+        while b"list_changed" not in received:
+            chunk = theirs.recv(1 << 20)
+            assert chunk, "the stream closed before the broadcast was written"
+            received += chunk
+        decoder = json.JSONDecoder()
+        text, at, messages = received.decode(), 0, []
+        while at < len(text):
+            if text[at].isspace():
+                at += 1
+                continue
+            message, at = decoder.raw_decode(text, at)
+            messages.append(message)
+        assert messages[0]["id"] == 1  # the initialize reply, then (after the filler) the broadcast
+        assert messages[-1]["method"] == "notifications/tools/list_changed"
+        assert len(received) >= filler
+    finally:
+        stream.close(timeout=5)
+        ours.close()
+        theirs.close()
