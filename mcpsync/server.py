@@ -287,8 +287,8 @@ class Server:
         """A task's status changed: ``notifications/tasks`` to the listen streams following it."""
         return self.broadcast.notify_task(task_notification(record), record["taskId"])
 
-    def end_listeners(self) -> None:
-        self.broadcast.end_listeners()
+    def end_listeners(self, conn: ServerConnection | None = None) -> None:
+        self.broadcast.end_listeners(conn)
 
     # ---- the modern era (2026-07-28) ---------------------------------------------------------
 

@@ -300,3 +300,54 @@ def test_hub_is_not_built_yet() -> None:
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+LISTEN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}}
+
+
+@pytest.mark.parametrize("acknowledged_first", [True, False, False, False])
+def test_eof_ends_an_open_listen_stream_with_its_result(spawn: Callable[..., Child],
+                                                        acknowledged_first: bool) -> None:
+    """A 2026-07-28 ``subscriptions/listen`` never ends on its own: at EOF the stream ends
+    gracefully (its result is written) and the process exits, rather than waiting out the
+    EOF drain for a request that would never finish. Also when EOF comes right behind the
+    request (the listen may open only after the EOF was seen: it ends at once)."""
+    child = spawn("serve", str(FIXTURE), "--stdio")
+    rid = child.request("subscriptions/listen",
+                        {"_meta": LISTEN_META, "notifications": {"toolsListChanged": True}})
+    if acknowledged_first:
+        child.wait_for(lambda m: isinstance(m, dict)
+                       and m.get("method") == "notifications/subscriptions/acknowledged")
+    assert child.close_stdin_and_wait() == 0
+    reply = child.response(rid, timeout=0)  # written before the process left
+    assert reply["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == rid
+    assert child.garbage == []
+
+
+def test_a_listen_opened_after_its_connection_was_ended_ends_at_once() -> None:
+    """The race the EOF path has (the listen still queued when the EOF is seen), made
+    certain: the connection's listen streams are ended first, then the listen arrives."""
+    from mcpsync import Server
+    from mcpsync.streams.stream import MessageStream
+
+    server = Server("ended")
+    written: list[Any] = []
+    cond = threading.Condition()
+
+    def write(data: bytes) -> None:
+        with cond:
+            written.append(json.loads(data))
+            cond.notify_all()
+    stream = MessageStream(server, write, name="test")
+    try:
+        server.end_listeners(stream.conn)
+        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+            "_meta": LISTEN_META, "notifications": {"toolsListChanged": True}}}).encode())
+        with cond:
+            assert cond.wait_for(lambda: any(m.get("id") == 7 for m in written), WAIT_S), written
+        assert written[0]["method"] == "notifications/subscriptions/acknowledged"
+        assert written[-1]["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 7
+    finally:
+        stream.close(timeout=5)

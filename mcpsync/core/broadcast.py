@@ -61,9 +61,11 @@ class Broadcaster:
         # Guards _conns (the live connections, for broadcasts); taken briefly, never across I/O.
         self._conns_lock = threading.Lock()
         self._conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
-        # Guards _listeners (the live subscriptions/listen streams); taken briefly.
+        # Guards _listeners (the live subscriptions/listen streams) and _ended_conns (the
+        # connections whose listen streams were ended: a new one ends at once); taken briefly.
         self._listeners_lock = threading.Lock()
         self._listeners: set[Listener] = set()
+        self._ended_conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._session_closed_hooks: list[Callable[[ServerConnection], None]] = []
         # Shared state hook (mcpsync.state): when set, notify_* also hand their message to
         # it for the other instances, whose buses call deliver_*. None: this process alone.
@@ -179,6 +181,9 @@ class Broadcaster:
                             self._forget)
         with self._listeners_lock:  # listening before the ack: nothing between is lost
             self._listeners.add(listener)
+            over = ctx.conn in self._ended_conns
+        if over:  # its connection's listen streams were ended: just the ack and the result
+            listener.end()
         follow = getattr(ctx.sink, "follow", None)
         if follow is not None and follow(listener):  # the sink streams it from now on
             return {"_meta": {META_SUBSCRIPTION: ctx.request_id}}
@@ -197,10 +202,14 @@ class Broadcaster:
         with self._listeners_lock:
             self._listeners.discard(listener)
 
-    def end_listeners(self) -> None:
-        """End every subscriptions/listen stream gracefully (with its result): shutdown."""
+    def end_listeners(self, conn: ServerConnection | None = None) -> None:
+        """End every subscriptions/listen stream gracefully (with its result): shutdown. With
+        ``conn``, only that connection's, and a listen it opens later ends at once (its
+        client has stopped sending: stdio EOF)."""
         with self._listeners_lock:
-            listeners = list(self._listeners)
+            if conn is not None:
+                self._ended_conns.add(conn)
+            listeners = [lst for lst in self._listeners if conn is None or lst.ctx.conn is conn]
         for lst in listeners:
             lst.end()
 

@@ -57,11 +57,12 @@ class HubServer(Server):
 
     draining = False   # set once, when the front end starts its shutdown (end_listeners)
 
-    def end_listeners(self) -> None:
-        """The front end's shutdown begins here (``HttpApp.end_streams``): from now on the
-        hub's ``/readyz`` answers 503."""
-        self.draining = True
-        super().end_listeners()
+    def end_listeners(self, conn: ServerConnection | None = None) -> None:
+        """The front end's shutdown begins here (``HttpApp.end_streams``, every stream): from
+        now on the hub's ``/readyz`` answers 503."""
+        if conn is None:
+            self.draining = True
+        super().end_listeners(conn)
 
     def capabilities(self, version: str | None = None) -> dict[str, Any]:
         caps = super().capabilities(version)

@@ -2,7 +2,8 @@
 
 The calling thread is the reader. stdout carries protocol messages only, one per line,
 written under the session's single write lock; logs go to stderr. EOF on stdin ends the
-session: in-flight calls are cancelled and the workers joined (bounded), then we return.
+session: its subscriptions/listen streams end with their result, requests already read get
+``EOF_DRAIN_S`` to answer, the rest are cancelled and the workers joined (bounded).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from .stream import MessageStream
 
 log = logging.getLogger("mcpsync.stdio")
 
-MAX_LINE_BYTES = 16 * 1024 * 1024
-EOF_DRAIN_S = 5.0  # after EOF, how long requests already read may still run and answer  # a longer line is answered with a parse error and skipped
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is answered with a parse error and skipped
+EOF_DRAIN_S = 5.0  # after EOF, how long requests already read may still run and answer
 
 
 def serve_stdio(server: Server, stdin: BinaryIO | None = None,
@@ -81,7 +82,8 @@ def _serve(server: Server, inp: BinaryIO, out: BinaryIO) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        if eof:  # `printf requests | mcpsync --stdio`: answer what was asked before leaving
+        if eof:  # `printf requests | mcpsync --stdio`: answer what was asked before leaving,
+            server.end_listeners(session.conn)  # ending the listen streams, which never end
             session.drain(EOF_DRAIN_S)
         session.close()
         server.close()  # tasks end with the process's only client
