@@ -248,3 +248,43 @@ def test_keep_alive_comments_on_idle_parked_streams(monkeypatch: pytest.MonkeyPa
         stream.close()
         sock.close()
 
+
+
+def legacy_stream(port: int) -> tuple[socket.socket, str]:
+    """A ``GET /sse`` (revision 2024-11-05) stream; returns it and its message endpoint."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock.sendall(f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    got = read_until(sock, b"event: endpoint", b"\n\n\r\n")
+    endpoint = got.split(b"data: ", 1)[1].split(b"\n", 1)[0].decode()
+    return sock, endpoint
+
+
+def legacy_post(port: int, endpoint: str, msg: dict[str, Any]) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        body = json.dumps(msg).encode()
+        sock.sendall((f"POST {endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        return int(read_until(sock, b"\r\n").split(b" ", 2)[1])
+
+
+def test_legacy_sse_streams_cost_no_thread_hear_a_change_and_end_their_session(env: Env) -> None:
+    streams = [legacy_stream(env.port) for _ in range(COUNT)]
+    try:
+        assert wait_until(lambda: env.front.dispatcher.counts["stream"] == COUNT, WAIT_S)
+        threads = mcpsync_threads()
+        assert len(threads) <= 1 + env.front.limits.workers + 1, threads  # (+ the session reaper)
+        sock, endpoint = streams[0]
+        assert legacy_post(env.port, endpoint, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "legacy", "version": "1"}}}) == 202
+        read_until(sock, b'"id":0')
+        assert legacy_post(env.port, endpoint, {"jsonrpc": "2.0", "method": "notifications/initialized"}) == 202
+        env.service.server.add_tool(lambda: "n", name="new_tool", description="A change.")
+        read_until(sock, b"notifications/tools/list_changed")
+        assert len(env.service.store) == COUNT
+    finally:
+        for sock, _ in streams:
+            sock.close()
+    # the client left: each stream is closed by the dispatcher and its session ended on a worker
+    assert wait_until(lambda: env.front.dispatcher.counts["stream"] == 0, WAIT_S)
+    assert wait_until(lambda: len(env.service.store) == 0, WAIT_S)

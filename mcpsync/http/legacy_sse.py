@@ -10,11 +10,15 @@ answers 202 at once: requests run on the stream's worker pool and their replies 
 the SSE stream, so a slow tool never holds the client's POST. A request past the admission
 limits (``mcpsync.admission``) is refused with 503 + Retry-After instead, so nothing queues
 without bound. Closing the GET stream ends the session.
+
+The GET stream is an ``sse.Follower``: under mcpsync's front end it is parked (an open
+stream costs a buffer, not a thread) and the session's end, which may wait for its calls,
+runs as a job on the worker pool (``environ["mcpsync.submit"]``), never on the dispatcher.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 from urllib.parse import parse_qs
 
 from ..admission import Overloaded
@@ -64,16 +68,23 @@ def open_stream(host: HttpHost, environ: Environ, start_response: StartResponse)
     prefix = (environ.get("SCRIPT_NAME") or "").rstrip("/")
     endpoint = f"{prefix}{host.legacy_messages_path}?session_id={session.id}"
     start_response("200 OK", [*SSE_HEADERS, *environ["mcpsync.cors"]])
-    return _stream(host, session, endpoint, streams.follow_standalone(epoch))
+    submit = environ.get("mcpsync.submit")
 
+    def end() -> None:  # the client left: the session ends with its stream
+        host.service.close_session(session.id)
 
-def _stream(host: HttpHost, session: Session, endpoint: str,
-            events: sse.Follower) -> Iterator[bytes]:
-    try:
-        yield from sse.touching(lambda: host.service.store.touch(session.id), events,
-                                b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")
-    finally:
-        host.service.close_session(session.id)  # the client left: the session ends with it
+    def ended() -> None:  # closing the session may wait (its calls are cancelled and joined):
+        if submit is None:  # not on the front end's dispatcher thread, which parks the stream
+            end()
+            return
+        try:
+            submit(end)
+        except RuntimeError:  # the pool is gone (a shutdown giving up): here, then
+            end()
+
+    return sse.touching(lambda: host.service.store.touch(session.id),
+                        streams.follow_standalone(epoch),
+                        b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n", on_close=ended)
 
 
 def post_message(host: HttpHost, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -48,11 +48,14 @@ def event(event_id: str, data: bytes) -> bytes:
     return b"event: message\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def touching(touch: Callable[[], Any], events: Follower, first: bytes) -> Follower:
+def touching(touch: Callable[[], Any], events: Follower, first: bytes,
+             on_close: Callable[[], Any] | None = None) -> Follower:
     """A GET stream's body: ``first``, then the events; every keep-alive also calls
-    ``touch`` (an open stream keeps its session from idling out)."""
+    ``touch`` (an open stream keeps its session from idling out). ``on_close`` runs once
+    when the stream ends (on whichever thread ends it: it must not block)."""
     events.touch = touch
     events.first = first
+    events.on_close = on_close
     return events
 
 
@@ -261,6 +264,7 @@ class Follower(EventStream):
         self.cursor = cursor              # the last event number sent
         self.first: bytes | None = None
         self.touch: Callable[[], Any] | None = None
+        self.on_close: Callable[[], Any] | None = None
         self._keepalive = False           # a tick came: send a comment if nothing else goes
         self._closed = False
 
@@ -293,3 +297,5 @@ class Follower(EventStream):
         self._closed = True
         self.streams._watch(self, None)
         self.streams.detach(self.log, self.epoch)
+        if self.on_close is not None:
+            self.on_close()
