@@ -93,11 +93,9 @@ class Call:
                     return self._events.popleft()
                 pump = self.pump
                 if pump is None:
-                    while not self._events:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            return (TIMEOUT, None)
-                        self._cond.wait(remaining)
+                    timeout = None if deadline is None else deadline - time.monotonic()
+                    if not self._cond.wait_for(lambda: self._events, timeout):
+                        return (TIMEOUT, None)
                     return self._events.popleft()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -115,13 +113,8 @@ class Call:
 
     def wait_quiet(self, seconds: float) -> None:
         """Wait up to ``seconds`` unless an event arrives first (a pause a cancellation ends)."""
-        deadline = time.monotonic() + seconds
         with self._cond:
-            while not self._events:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: self._events, seconds)
 
     def wake(self) -> None:
         """Unblock a pump read in progress (the caller has put the reason first)."""
