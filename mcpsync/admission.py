@@ -4,7 +4,10 @@ Theory of operation
 -------------------
 Every request from a client (Streamable HTTP in both eras, WebSocket, stdio, legacy
 HTTP+SSE) is *admitted* before a thread runs it and *released* when its reply has been
-handed to the transport (or dropped). Two limits hold, whatever the transport:
+handed to the transport (or dropped). ``initialize`` is the exception: no transport admits
+it (it opens a session; sessions have quotas of their own). The HTTP transports and the
+WebSocket share the ``Service``'s instance; a stdio stream has one of its own. Two limits
+hold, whatever the transport:
 
 * ``max_inflight``: requests running at once in the process (default 512);
 * ``max_inflight_per_session``: requests running at once for one session key (default 64).
@@ -15,9 +18,13 @@ error (``Overloaded.error``) on message streams (WebSocket, stdio). A refusal on
 stream is written by the reader thread itself, so a client that does not read its
 replies stops being read too: that is the streams' backpressure.
 
-Release comes after the reply's write, not after the handler returns: a reply blocked on
-a client that does not read still counts, so such a client cannot run more than its
-session's share however fast it sends.
+On a message stream release comes after the reply's write, not after the handler
+returns: a reply blocked on a client that does not read still counts, so such a client
+cannot run more than its session's share however fast it sends. On HTTP a JSON reply is
+released when the app returns it, before the front end sends its bytes: what the peer
+does not take waits in the connection's buffer, not in a thread, and the connection is
+not read again until it has taken it. An SSE response writes within the request, so it
+is released after its last write.
 
 ``Admission._lock`` guards the total, the per-key counts and the abort table; it is held
 for a few dict operations, never across I/O, and nothing is taken under it (a leaf in the

@@ -1,7 +1,9 @@
 """``Service``: a ``Server`` being served. It owns what the transports share: the
 ``SessionStore``, the ``Admission`` control, and whether the process is draining. Every
-transport (Streamable HTTP in both eras, legacy SSE, WebSocket, stdio) goes through it, so
-limits, expiry, credential binding and admission control are the same everywhere.
+transport served over HTTP (Streamable HTTP in both eras, legacy SSE, WebSocket) goes
+through it, so limits, expiry, credential binding and admission control are the same for
+all of them. stdio serves one session without a ``Service``: its ``MessageStream`` has an
+``Admission`` of its own and there is no store.
 """
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-One dict, one ``threading.RLock`` (``SessionStore._lock``). The lock guards the dict and
-nothing else: every public operation is a single critical section that looks up, inserts or
-removes, so there is never a check-then-read window. Factories (which build a session's
+One dict, one ``threading.RLock`` (``SessionStore._lock``). The lock guards the dict, the
+per-owner counts, the counters, each session's ``last_used`` and the reaper's handle:
+every public operation is a single critical section that looks up, inserts or removes, so
+there is never a check-then-read window. Factories (which build a session's
 protocol handler) run *inside* the lock only in ``get_or_create`` -- that is what makes it
 atomic; they must be cheap and must not block (no I/O). ``create`` runs the factory outside
 the lock, then inserts under it.
@@ -24,8 +25,9 @@ sessions idle for longer than ``idle_ttl_s``; ``reap()`` does one pass synchrono
 is what tests call with a fake clock. ``close()`` stops and joins the reaper and closes every
 session.
 
-Lock order: the registry mutex (if held) before ``SessionStore._lock``; nothing is ever
-acquired while ``SessionStore._lock`` is held except a session's own factory work.
+Lock order: ``SessionStore._lock`` is taken with no other mcpsync lock held, and nothing
+is taken under it except a factory's own work (``get_or_create``) and the start of the
+reaper thread (``start``, once). Close hooks run after it is released.
 """
 from __future__ import annotations
 
@@ -149,8 +151,9 @@ class SessionStore:
         # Prepended to every new id ("NAME." from --instance-id): a balancer that cannot
         # learn ids from responses (nginx open source) routes a session on its prefix.
         self.id_prefix = id_prefix
-        # Guards _sessions only. Taken by any worker for one lookup/insert/delete; never held
-        # across I/O or a close hook. Reentrant so a factory may read len(store).
+        # Guards _sessions, _per_owner, the counters, sessions' last_used and _reaper. Taken
+        # by any worker for one lookup/insert/delete; never held across I/O or a close hook.
+        # Reentrant so a factory may read len(store).
         self._lock = threading.RLock()
         self._sessions: dict[str, Session] = {}
         self._per_owner: dict[str, int] = {}  # owner -> live sessions (entries > 0 only)

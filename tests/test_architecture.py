@@ -288,3 +288,31 @@ def test_no_module_is_over_600_lines() -> None:
     long = {name: n for name, path in MODULES.items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > SPLITTING.get(name, 600)}
     assert not long, long
+
+
+# ---- ARCHITECTURE.md, where a machine can check it -------------------------------------------
+
+ARCHITECTURE = PKG.parent / "ARCHITECTURE.md"
+
+
+def test_every_module_is_in_the_module_map() -> None:
+    """ARCHITECTURE.md names every module file by its path (``mcpsync/core/connection.py``)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = sorted(str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
+                     if f"`{p.relative_to(PKG.parent).as_posix()}`" not in text)
+    assert not missing, f"add to ARCHITECTURE.md's module map: {missing}"
+
+
+def test_the_layers_drawing_is_LAYERS() -> None:
+    """The drawing in ARCHITECTURE.md ("layer | groups | what" rows, top layer first) has
+    the groups of ``LAYERS``, layer by layer (``__init__`` is the package itself)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    drawn: dict[int, set[str]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) == 3 and parts[0].isdigit():
+            drawn[int(parts[0])] = {"" if g == "__init__" else g for g in parts[1].split()}
+    assert drawn == dict(enumerate(LAYERS))
+    numbers = [int(p.split("|")[0]) for p in text.splitlines()
+               if p.count("|") == 2 and p.split("|")[0].strip().isdigit()]
+    assert numbers == sorted(numbers, reverse=True), "draw the top layer first"

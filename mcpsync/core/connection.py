@@ -20,7 +20,12 @@ thread, or the timeout passes (then the client is sent ``notifications/cancelled
 
 ``ServerConnection.lock`` guards the mutable session state: phase, negotiated version,
 client capabilities, log level, subscriptions, ``_inflight``, ``_pending`` and the id
-counter. Critical sections are a few dict operations; no I/O or callback runs under it.
+counter, and the cancellation state of each in-flight ``Context`` (``_cancelled``,
+``_stopped``, ``_cancel_event``, ``_on_cancel``, ``_pending_ids``). Besides the session's
+own workers it is taken by broadcasters (``is_subscribed``), by tasks and time limits
+(``cancel_call``), by the shutdown timer (an abort cancels) and by any thread that cancels
+or wakes a call. Critical sections are a few dict operations; no I/O or callback runs
+under it, and no other lock is taken under it.
 
 The connection knows its server only as a ``SessionHost`` (``core.host``): the method table,
 the initialize result, sealing, and one call when the session ends.

@@ -59,7 +59,6 @@ class ToolDef:
     meta: dict[str, Any] | None = None
     execution: dict[str, Any] | None = None
     var_keyword: bool = False      # the function takes **kwargs: pass every argument through
-    validate_arguments: bool = True  # False: arguments go to fn unchecked (a hub proxy: the upstream judges)
     task: str | None = None        # "optional" / "required": may run as a task (2026-07-28 tasks extension)
     defer_task: bool = False       # the task starts at ctx.begin_task(), after MRTR input
     # Derived once (hot path): a specialised argument validator and per-argument converters.

@@ -12,8 +12,12 @@ lock or the dispatcher's return queue, which order the memory accesses. The one 
 ``shutdown()`` may call ``socket.shutdown()`` on a busy channel's socket to cut it; that
 never closes the descriptor, so it cannot race a close and a reuse of the number.
 
-Only the dispatcher closes sockets: a descriptor number is reused by the next accept, and
-the dispatcher's fd → channel map must never point at a stranger.
+Only the dispatcher closes sockets while its loop runs: a descriptor number is reused by
+the next accept, and the dispatcher's fd → channel map must never point at a stranger.
+Once the loop has ended, ``Dispatcher.close_all`` (on the thread that shuts down) closes
+what no worker owns, and a worker that gives a channel back after that closes it itself.
+An app that took a socket over (``werkzeug.socket``) may close it; the dispatcher then
+only drops its entry.
 
 The socket is non-blocking. The worker's helpers below wait with ``poll`` (inside
 ``may_block()``, so a waiting worker holds no pool slot) against deadlines.

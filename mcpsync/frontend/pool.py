@@ -43,7 +43,9 @@ next queued task itself, with its slot: under load workers loop without a thread
 Locks: ``_lock`` guards every field of the pool and of its ``_Worker``s (slot flags, task
 hand-over, the queues, counters). It is held for a few operations, never across a task,
 a wait or a thread start; each worker sleeps on its own ``signal`` lock, released by
-whoever hands it a task or a slot (under ``_lock``). Nothing else is taken under it.
+whoever hands it a task or a slot (under ``_lock``). The only other lock touched under it
+is such a ``signal``: released, or taken back by its own worker right after it was
+released (``_task_done``, ``_idle_wait``: never a wait).
 
 A worker that has waited ``RESUME_MAX_WAIT_S`` for its slot back runs without one (counted
 as an overdraft in ``stats()``): a slot holder stuck in a wait nobody marked then costs the

@@ -12,7 +12,10 @@ messages whenever it is woken (parked by the front end: no thread while it waits
 ends with the handler's reply once the source has ended.
 
 Each response's ``_lock`` serializes its writes (the request's thread, and any thread its
-tool starts); it is held across one ``write`` call: the stream write lock of the lock map.
+tool starts, and the shutdown timer's abort); it is held across one ``write`` call, which
+under mcpsync's front end takes the pool's lock (``leave_slot``) and ``Exchange._lock``
+and may wait for the peer up to the write timeout (60 s) per stall. ``PostResponse`` also
+takes its session's ``SessionStreams._cond`` under it to log the event.
 """
 from __future__ import annotations
 
@@ -72,8 +75,8 @@ class PostResponse(_Abortable):
     before the reply, then SSE through WSGI's ``write()``. It is the request's sink.
 
     ``_lock`` serializes writes to this response (the request's thread, and any thread the
-    tool starts that reports progress); it is held across one ``write`` call, the stream
-    write lock of ARCHITECTURE.md's lock map.
+    tool starts that reports progress); it is held across one ``write`` call (see the
+    module docstring for what is taken under it).
     """
 
     def __init__(self, streams: sse.SessionStreams, conn: ServerConnection,

@@ -5,10 +5,11 @@ Theory of operation
 Every SSE stream of a session (one per POST answered with SSE, plus the standalone GET
 stream) has a ``StreamLog``: its events in order, each with the id ``<stream>.<n>``.
 Ids are unique across the session's streams because the stream part is. A client that
-lost a stream reconnects with ``GET`` + ``Last-Event-ID``; ``SessionStreams.resume``
-finds the stream from the id and replays what came after it, then follows the stream
-live until it finishes. Logs are bounded: ``STREAM_EVENT_LIMIT`` events per stream and
-``STREAMS_KEPT`` finished streams per session, oldest dropped first.
+lost a stream reconnects with ``GET`` + ``Last-Event-ID``; ``SessionStreams.take_over``
+finds the stream from the id (and stops the writer it replaces), and ``follow`` replays
+what came after it, then follows the stream live until it finishes. Logs are bounded:
+``STREAM_EVENT_LIMIT`` events per stream and ``STREAMS_KEPT`` finished streams per
+session, oldest dropped first.
 
 The standalone GET stream carries what is not tied to a request (list_changed,
 resources/updated). Messages sent while no GET stream is attached wait in its log and go

@@ -8,7 +8,9 @@ makes it a *modern* request (no session: a throwaway ``ServerConnection`` runs i
 ``ModernResponse`` carries it); ``initialize`` opens a *handshake-era* session
 (``Mcp-Session-Id`` in the answer); anything else belongs to the session its header names
 (400 without one, 404 for an unknown, expired, deleted or someone else's id). Requests pass
-admission control first (``HttpHost.admit``); notifications and responses are not requests.
+admission control first (``HttpHost.admit``), except ``initialize`` (bounded by the session
+quotas instead); notifications and responses are not requests. The admission is released
+when the handler's reply is returned, before the front end sends it.
 
 The JSON body goes to ``ServerConnection.receive`` on this thread and the reply comes back
 as one JSON response, unless the handler streams first (see ``responses``). ``GET`` opens

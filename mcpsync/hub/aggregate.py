@@ -199,7 +199,7 @@ def _tool_def(cfg: UpstreamConfig, hname: str, t: dict[str, Any], forward: Forwa
     return ToolDef(hname, proxy, description, schema, {}, "ctx",
                    output_schema=_dict(t.get("outputSchema")), title=_str(t.get("title")),
                    annotations=_dict(t.get("annotations")), icons=_list(t.get("icons")),
-                   meta=_dict(t.get("_meta")), validate_arguments=False)
+                   meta=_dict(t.get("_meta")))
 
 
 def _prompt_def(cfg: UpstreamConfig, hname: str, p: dict[str, Any], forward: Forward) -> PromptDef:

@@ -20,9 +20,11 @@ Two more threads, both owned and joined by ``close()``:
 
 ``Hub._cond`` (an RLock condition, so ``request_reload`` is safe from a signal handler on
 the main thread) guards the upstream map (replaced whole by a reload), the change counter
-behind ``wait_until``, and the reload bookkeeping. ``Hub._reap_cond`` guards the reaper's
-queue. Neither is held across I/O; lock order: an upstream's own lock is never taken while
-either is held, except for reading health, which takes them one at a time.
+behind ``wait_until``, and the reload bookkeeping; every proxied request takes it once,
+for its upstream's lookup (``Router.forward`` → ``upstream``). ``Hub._reap_cond`` guards
+the reaper's queue. Neither is held across I/O; lock order: an upstream's own lock is
+never taken while either is held, except for reading health, which takes them one at a
+time.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-A ``Dispatcher`` maps method names to handlers ``handler(params, ctx) -> result dict``.
-``dispatch(msg, ctx)`` runs one request and always returns a response message: the
-handler's result, or an error. Every exception raised while serving a request passes
-through ``wire_error``:
+A ``Dispatcher`` maps method names to handlers ``handler(params, ctx) -> result dict``
+(``handler_for``). Requests are run by ``protocol.runner.run`` (called by
+``core.connection``), which turns every exception raised while serving a request into a
+wire error through ``wire_error``:
 
 * ``McpError`` subclasses are the peer's fault or a deliberate protocol answer: sent as they
   are (code, message, data).
@@ -24,7 +24,7 @@ import logging
 from typing import Any, Callable
 
 from ..errors import InternalError, McpError, MethodNotFound
-from .jsonrpc import encode, error_response, is_valid_id, response
+from .jsonrpc import encode, error_response, is_valid_id
 
 log = logging.getLogger("mcpsync.protocol")
 
@@ -80,16 +80,6 @@ class Dispatcher:
             return self.requests[method]
         except KeyError:
             raise MethodNotFound(f"Method not found: {method}") from None
-
-    def dispatch(self, msg: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        """Run one request message; returns its response (result or error)."""
-        rid = msg["id"]
-        method = msg["method"]
-        try:
-            result = self.handler_for(method)(msg.get("params") or {}, ctx)
-        except Exception as exc:
-            return error_response(rid, wire_error(exc, method))
-        return response(rid, result)
 
     def notify(self, msg: dict[str, Any], ctx: Any) -> None:
         """Run one notification; unknown ones are ignored, failures logged."""

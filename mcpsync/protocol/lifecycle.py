@@ -15,8 +15,9 @@ A handshake-era session moves through three phases::
 * In ``READY`` everything but ``initialize`` is legal as far as the lifecycle goes;
   capability checks happen in the handlers.
 
-The modern revision (2026-07-28) has no phases: every request carries its version,
-checked per request by the dispatcher instead.
+The modern revision (2026-07-28) has no phases: every request carries its version and
+capabilities in ``_meta``, checked per request (``modern.request_envelope`` or, over HTTP,
+``modern.check_headers`` then ``modern.envelope_of``) by ``ServerConnection.handle_request``.
 """
 from __future__ import annotations
 

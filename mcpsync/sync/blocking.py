@@ -7,14 +7,16 @@ worker pool, ``mcpsync.frontend.pool``). A request that waits — in a tool, res
 or completion function (which may sleep, call out, or wait for the client's answer to an
 elicitation), or in a hook that ends a session — must give its turn to the next one while
 it waits, and queue for a turn again afterwards. The code that knows where such waits are
-(``server.py``, ``connection.py``) must not know about the pool, so it only says::
+(``core.calls``, ``core.connection``, ``core.broadcast``, a transport's writers) must not
+know about the pool, so it only says::
 
     with may_block():
         value = tool.fn(**kwargs)
 
 A pool worker thread installs its hook (``install_hook``) for as long as it lives; the hook
 gives up the worker's slot on entry and takes one again on exit. On every other thread
-(stdio and WebSocket readers, werkzeug's or gunicorn's threads) no hook is installed and
+(the stdio reader, a message stream's own workers, a WebSocket's reader threads under
+werkzeug or gunicorn, their request threads, task threads) no hook is installed and
 ``may_block()`` is a no-op costing one attribute lookup.
 
 ``may_block(key)`` names what is about to run (a tool's function): a hook may remember how
