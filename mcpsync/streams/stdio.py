@@ -3,7 +3,9 @@
 The calling thread is the reader. stdout carries protocol messages only, one per line,
 written under the session's single write lock; logs go to stderr. EOF on stdin ends the
 session: its subscriptions/listen streams end with their result, requests already read get
-``EOF_DRAIN_S`` to answer, the rest are cancelled and the workers joined (bounded).
+``EOF_DRAIN_S`` to answer, then the rest are cancelled and the stream closed (which waits
+a bounded time for the workers; one running a call that ignores cancellation is joined by
+the interpreter at exit).
 """
 from __future__ import annotations
 

@@ -20,8 +20,10 @@ no response.
 
 One writer: ``write_lock`` serializes every write of the connection (responses from the
 workers, notifications, server requests), so frames or lines never interleave. Messages not
-tied to a request (broadcasts) are *posted*: queued in a bounded outbox and written by
-whoever holds the write lock next, so a broadcaster never waits for this client.
+tied to a request (broadcasts, the session's own requests) are *posted*: queued in a
+bounded outbox that a flush job on the stream's workers writes (one job at a time; a
+writer holding the write lock meanwhile writes some of it too), so a broadcaster never
+waits for this client and never writes to it.
 
 Admission: every request is admitted (``mcpsync.admission``) before it is queued or run,
 and released once its reply is written. A refused request is answered with a JSON-RPC
@@ -34,7 +36,9 @@ front end) passes ``executor`` instead: requests then run where it puts them (th
 end's worker pool) and the stream starts no thread of its own.
 
 ``close()`` cancels in-flight calls (their responses are dropped), fails outgoing
-requests, and joins the worker threads with a deadline.
+requests, and waits up to ``CLOSE_TIMEOUT_S`` for the workers to finish (a
+``mcpsync-stream-closer`` thread joins them; a call that ignores cancellation finishes on
+its own, its reply dropped).
 """
 from __future__ import annotations
 
