@@ -48,6 +48,7 @@ read as hints), the counters (read for metrics). There is no lock.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import socket
 import threading
@@ -129,7 +130,8 @@ class Dispatcher(Acceptor, ParkedStreams):
             while self._returned:
                 late = self._returned.popleft()
                 self._drop_stream(late)
-                _close_quietly(late.sock)
+                with contextlib.suppress(OSError):
+                    late.sock.close()
             return
         self._wake()
 
@@ -593,10 +595,3 @@ class Dispatcher(Acceptor, ParkedStreams):
     @property
     def connections(self) -> int:
         return len(self._chans)
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
