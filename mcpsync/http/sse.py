@@ -114,11 +114,7 @@ class SessionStreams:
             log.next_n += 1
             framed = event(f"{log.id}.{n}", data)
             log.events.append((n, framed))
-            if final:
-                log.done = True
-                self._trim()
-            self._cond.notify_all()
-            wake = log.wake
+            wake = self._changed(log, final)
         if wake is not None:
             wake()
         return framed
@@ -126,12 +122,18 @@ class SessionStreams:
     def finish(self, log: StreamLog) -> None:
         """``log`` ends without a final message (its request was cancelled)."""
         with self._cond:
-            log.done = True
-            self._trim()
-            self._cond.notify_all()
-            wake = log.wake
+            wake = self._changed(log, True)
         if wake is not None:
             wake()
+
+    def _changed(self, log: StreamLog, done: bool) -> Callable[[], None] | None:
+        """(Under ``_cond``.) ``log`` has news, its end if ``done``: tell the waiters;
+        returns its follower's ``wake``, to call once the lock is released."""
+        if done:
+            log.done = True
+            self._trim()
+        self._cond.notify_all()
+        return log.wake
 
     def detach(self, log: StreamLog, epoch: int = 0) -> None:
         """The live response of ``log`` (attached with ``epoch``) ended, closed by us or
