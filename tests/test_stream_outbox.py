@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,36 @@ def test_a_broadcast_to_a_client_that_does_not_read_never_waits_for_it(round_: i
         stream.close(timeout=5)
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize("round_", range(20))
+def test_what_was_posted_before_a_reply_is_written_before_it(round_: int) -> None:
+    """A tool that changes the tool list and returns: the list_changed it caused reaches the
+    client before the call's reply (the reply's writer empties the outbox first)."""
+    server = Server("order")
+
+    @server.tool()
+    def grow() -> str:
+        server.tool(name="grown")(lambda: "x")
+        return "grown"
+
+    written: list[Any] = []
+    done = threading.Event()
+
+    def write(data: bytes) -> None:
+        written.append(json.loads(data))
+        if any(m.get("id") == 2 for m in written):
+            done.set()
+    # One worker: the flush job the broadcast starts waits behind the call that caused it.
+    stream = MessageStream(server, write, name="test", max_workers=1)
+    try:
+        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}).encode())
+        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        stream.feed(b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "grow"}}')
+        assert done.wait(WAIT_S)
+        order = [m.get("method") or m.get("id") for m in written]
+        assert order.index("notifications/tools/list_changed") < order.index(2), order
+    finally:
+        stream.close(timeout=5)

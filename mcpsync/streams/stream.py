@@ -21,9 +21,10 @@ no response.
 One writer: ``write_lock`` serializes every write of the connection (responses from the
 workers, notifications, server requests), so frames or lines never interleave. Messages not
 tied to a request (broadcasts, the session's own requests) are *posted*: queued in a
-bounded outbox that a flush job on the stream's workers writes (one job at a time; a
-writer holding the write lock meanwhile writes some of it too), so a broadcaster never
-waits for this client and never writes to it.
+bounded outbox that a flush job on the stream's workers writes (one job at a time), so a
+broadcaster never waits for this client and never writes to it. A writer that holds the
+write lock empties the outbox before its own message and after it: what was posted first
+goes out first (a tool's list_changed before the tool's reply).
 
 Admission: every request is admitted (``mcpsync.admission``) before it is queued or run,
 and released once its reply is written. A refused request is answered with a JSON-RPC
@@ -122,12 +123,14 @@ class MessageStream:
 
     def send(self, msg: Any) -> None:
         """Encode and write one message (or batch) as one unit; waits for the write lock
-        and for the peer (replies, and messages about a running request)."""
+        and for the peer (replies, and messages about a running request). What was posted
+        before goes out first (a list_changed a tool caused precedes its reply)."""
         data = encode_outgoing(msg)
         if data is None:
             return
         self._lock_writes()
         try:
+            self._flush_locked()
             self._write_locked(data)
             self._flush_locked()
         finally:
