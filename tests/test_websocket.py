@@ -644,3 +644,29 @@ def test_a_long_call_run_by_the_reader_hands_reading_over(kind: str) -> None:
         assert wait_until(lambda: len(app.store) == 0)
         assert wait_until(lambda: not worker_threads()), [t.name for t in worker_threads()]
     app.close()
+
+
+def test_a_client_that_never_reads_is_cut_after_the_write_timeout_under_werkzeug(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On threads of its own (werkzeug), a WebSocket writer waits for a client that does
+    not read at most the write timeout (as a parked one does): then the connection is cut
+    and its session ends, instead of a worker and the write lock held forever."""
+    from mcpsync.streams import ws_parked
+    monkeypatch.setattr(ws_parked, "WS_WRITE_TIMEOUT_S", 0.5)
+    app = Service(everything)
+    with serving(HttpApp(app), "werkzeug") as base:
+        hog = RawWs(port_of(base))
+        raw_initialize(hog)
+        hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        from test_wsframe import masked
+        frame = masked(0x1, json.dumps(call_tool(0, "echo", text="z" * 65536)).encode())
+        hog.sock.settimeout(0.5)
+        try:
+            for _ in range(3000):  # ~200 MB offered: the server stops taking them
+                hog.sock.sendall(frame)
+        except (socket.timeout, BlockingIOError, ConnectionError):
+            pass
+        assert wait_until(lambda: len(app.store) == 0), "the session of a client that never reads lives on"
+        hog.sock.close()
+    assert wait_until(lambda: not worker_threads())
+    app.close()

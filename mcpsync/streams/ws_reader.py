@@ -23,7 +23,8 @@ The thread whose read loop sees the end (close frame, EOF, protocol error, sessi
 by the store, shutdown) closes the stream (cancelling in-flight calls) and the session and
 sets ``_ended``; the WSGI call waits for that before it returns and the front end closes
 the socket. Writes (replies from any thread, pongs, close frames) all go through the
-stream's ``write_lock``: one ``sendall`` per frame.
+stream's ``write_lock``: one ``sendall`` per frame, bounded by ``WS_WRITE_TIMEOUT_S`` as on
+a parked connection; a peer that reads nothing for that long is cut off.
 
 The session lives as long as the socket: an open, pinged connection is never idle to the
 store's reaper, and a session the store closes anyway (shutdown) ends its connection within
@@ -31,8 +32,10 @@ store's reaper, and a session the store closes anyway (shutdown) ends its connec
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -41,7 +44,7 @@ from ..errors import InvalidRequest
 from ..protocol import jsonrpc
 from ..service import Service
 from ..sessions import Session
-from . import wsframe
+from . import ws_parked, wsframe
 from .stream import MessageStream
 from .ws_liveness import PING, Liveness
 
@@ -127,15 +130,28 @@ class WsConnection:
         self._closing_at: float | None = None  # when we sent our close frame (reader only)
         self._poller = select.poll()  # the socket's readability; used by the reader only
         self._poller.register(sock.fileno(), select.POLLIN)
+        # Bounds every sendall (the reader polls before it reads, so reads never wait on it).
+        sock.settimeout(ws_parked.WS_WRITE_TIMEOUT_S)
 
     # --- writing (any thread) -----------------------------------------------------------------
 
     def _write_text(self, data: bytes) -> None:
         """The stream's writer (called with ``stream.write_lock`` held)."""
-        self._sock.sendall(wsframe.encode_frame(wsframe.OP_TEXT, data))
+        self._send(wsframe.encode_frame(wsframe.OP_TEXT, data))
 
     def _send_control(self, frame: bytes) -> None:
-        self.stream.send_raw(lambda: self._sock.sendall(frame))
+        self.stream.send_raw(lambda: self._send(frame))
+
+    def _send(self, frame: bytes) -> None:
+        """One frame, within the write timeout; a peer that took none of it in that time is
+        cut off (the reader then sees the end and closes the session)."""
+        try:
+            self._sock.sendall(frame)
+        except socket.timeout:
+            log.info("WebSocket peer read nothing for %g s: connection cut", ws_parked.WS_WRITE_TIMEOUT_S)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            raise
 
     def _start_close(self, code: int, reason: str) -> None:
         """Send our close frame (once); the reader then waits for the peer's."""
