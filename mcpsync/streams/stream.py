@@ -181,17 +181,23 @@ class MessageStream:
 
     def _flush_posted(self) -> None:
         """The flush job: write the outbox until it is empty (a writer holding the write
-        lock meanwhile writes some of it itself)."""
-        while True:
-            self._lock_writes()
-            try:
-                self._flush_locked()
-            finally:
-                self.write_lock.release()
+        lock meanwhile writes some of it itself). Should a write raise, the next post
+        starts a new job."""
+        try:
+            while True:
+                self._lock_writes()
+                try:
+                    self._flush_locked()
+                finally:
+                    self.write_lock.release()
+                with self._outbox_lock:
+                    if not self._outbox:
+                        self._flushing = False
+                        return
+        except BaseException:
             with self._outbox_lock:
-                if not self._outbox:
-                    self._flushing = False
-                    return
+                self._flushing = False
+            raise
 
     def _flush_locked(self) -> None:
         while True:
