@@ -28,9 +28,12 @@ What is recorded:
   result, ``cancelled`` for a request the client cancelled (no response sent); the span's
   status is then ERROR with the error's message. ``mcp.server.operation.duration`` and, at
   the end of a handshake-era session, ``mcp.server.session.duration`` (histograms, seconds).
+  A notification from the client is a ``SERVER`` span too, named after its method (its
+  parent the context in its ``_meta``), and counts in the operation duration.
 * Client (``ClientSession.request``: the hub's upstream calls, ``mcpsync.Client``): one
   ``CLIENT`` span per request, its context injected into the request's ``params._meta``, and
-  ``mcp.client.operation.duration``.
+  ``mcp.client.operation.duration``; the same for a notification it sends
+  (``ClientSession.notify``), the span covering the sending.
 
 Cardinality stays bounded whatever a client sends: a method the server does not serve is
 recorded as ``_OTHER``, and a tool or prompt name only when the server has it.
@@ -106,6 +109,9 @@ INSTRUMENTATION = "mcpsync"
 #: The conventions' advice for the MCP duration histograms, in seconds.
 DURATION_BUCKETS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OTHER = "_OTHER"             # mcp.method.name of a method the server does not serve
+#: Notifications every server takes (its own handlers add to these)
+BUILTIN_NOTIFICATIONS = frozenset({"notifications/initialized", "notifications/cancelled",
+                                   "notifications/progress"})
 MAX_TARGET_CHARS = 256       # a longer tool/prompt name is not a name worth recording
 MAX_VALUE_CHARS = 1024       # span attributes from a client's text beyond this are cut
 PROVIDER_RECHECK_S = 1.0     # how long "no SDK installed" is believed before looking again
@@ -210,6 +216,23 @@ def _end(span: Any, outcome: Outcome, late_version: str | None, histogram: Any,
                 span.set_status(StatusCode.ERROR, message)
     span.end()
     histogram.record(time.perf_counter() - started, metric_attrs)
+
+
+def _client_attributes(session: Any, method: str,
+                       name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A client span's attributes, and the metric's (the same without the session id)."""
+    attrs: dict[str, Any] = {"mcp.method.name": method}
+    _target_attributes(attrs, method, name)
+    cfg = session.cfg
+    attrs.update(NETWORK.get(cfg.transport, ()))
+    attrs.update(_server_address(cfg.url))
+    if session.revision is not None:
+        attrs["mcp.protocol.version"] = session.revision
+    metric_attrs = dict(attrs)
+    sid = getattr(session.channel, "session_id", None)
+    if sid is not None:
+        attrs["mcp.session.id"] = sid
+    return attrs, metric_attrs
 
 
 @functools.lru_cache(maxsize=256)
@@ -376,6 +399,40 @@ class Telemetry:
         _end(span, outcome, ctx.conn.version if ctx.version is None else None,  # initialize
              self.server_duration, metric_attrs, started)
 
+    def serve_notification(self, conn: SessionView, method: str, params: Any,
+                           handle: Callable[[], None]) -> None:
+        """Handle one notification from the client (``handle()``) as the current SERVER
+        span, named after its method (a notification has no target); record its duration."""
+        started = time.perf_counter()
+        label = method if method in BUILTIN_NOTIFICATIONS or \
+            method in conn.host.dispatcher.notifications else OTHER
+        attrs: dict[str, Any] = {"mcp.method.name": label}
+        if conn.version is not None:
+            attrs["mcp.protocol.version"] = conn.version
+        attrs.update(NETWORK.get(conn.transport or "", ()))
+        metric_attrs = dict(attrs)
+        if conn.session_id is not None:
+            attrs["mcp.session.id"] = conn.session_id
+        meta = params.get("_meta") if type(params) is dict else None
+        parent, links = self._parent(meta if type(meta) is dict else {})
+        span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
+        self._notification(span, parent, handle, self.server_duration, metric_attrs, started)
+
+    def _notification(self, span: Any, parent: Any, fn: Callable[[], None], histogram: Any,
+                      metric_attrs: dict[str, Any], started: float) -> None:
+        """Run ``fn()`` (a notification's handling or sending) with ``span`` current; end
+        the span and record the duration."""
+        token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+        outcome: Outcome = (None, None, None)
+        try:
+            fn()
+        except BaseException as exc:
+            outcome = (type(exc).__qualname__, None, str(exc))
+            raise
+        finally:
+            otel_context.detach(token)
+            _end(span, outcome, None, histogram, metric_attrs, started)
+
     # ---- server: sessions -------------------------------------------------------------------
 
     def session_opened(self, conn: SessionView) -> None:
@@ -401,18 +458,7 @@ class Telemetry:
         """Run one client request (``call()``) as the current CLIENT span; record it."""
         started = time.perf_counter()
         name, uri = _target(method, params or {})
-        attrs: dict[str, Any] = {"mcp.method.name": method}
-        _target_attributes(attrs, method, name)
-        cfg = session.cfg
-        attrs.update(NETWORK.get(cfg.transport, ()))
-        attrs.update(_server_address(cfg.url))
-        version = session.revision
-        if version is not None:
-            attrs["mcp.protocol.version"] = version
-        metric_attrs = dict(attrs)
-        sid = getattr(session.channel, "session_id", None)
-        if sid is not None:
-            attrs["mcp.session.id"] = sid
+        attrs, metric_attrs = _client_attributes(session, method, name)
         if uri is not None:
             attrs["mcp.resource.uri"] = _cut(uri)
         span = self.tracer.start_span(self._span_name(method, name, uri), kind=SpanKind.CLIENT,
@@ -440,6 +486,20 @@ class Telemetry:
         finally:
             otel_context.detach(token)
             _end(span, outcome, negotiated, self.client_duration, metric_attrs, started)
+
+    def client_notification(self, session: Any, method: str, params: dict[str, Any] | None,
+                            send: Callable[[dict[str, Any] | None], None]) -> None:
+        """Send one notification (``send(params)``) as a CLIENT span, its context put in
+        the notification's ``_meta``; the span covers the sending (nothing answers)."""
+        started = time.perf_counter()
+        attrs, metric_attrs = _client_attributes(session, method, None)
+        span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
+
+        def traced() -> None:  # the span is current: its context goes into _meta
+            meta = dict((params or {}).get("_meta") or {})
+            otel_propagate.inject(meta)
+            send({**(params or {}), "_meta": meta})
+        self._notification(span, None, traced, self.client_duration, metric_attrs, started)
 
     def inject(self, meta: dict[str, Any], request_id: Any) -> None:
         """Put the current span's context into an outgoing request's ``_meta`` (and its id

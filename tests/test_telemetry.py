@@ -115,6 +115,32 @@ def test_tool_call_span(otel: Recorder, base: str, transport: str) -> None:
         assert init_client["attributes"]["mcp.protocol.version"] == session.revision
 
 
+@pytest.mark.parametrize("transport", ["http", "ws", "sse"])
+def test_notification_spans(otel: Recorder, base: str, transport: str) -> None:
+    """A client's notification: a CLIENT span on the sender, its context in the
+    notification's _meta, and the SERVER span of its handling a child of it; a notification
+    the server has no handler for is recorded as _OTHER (bounded cardinality)."""
+    with connected(base, transport) as session:
+        session.notify("notifications/made_up_by_the_client", {"x": 1})
+        assert wait_until(lambda: len([s for s in otel.spans("SERVER") if s["name"] == "_OTHER"]) == 1, WAIT_S)
+    server, client = pair(otel, "notifications/initialized")
+    assert client["name"] == "notifications/initialized"
+    attrs = server["attributes"]
+    assert attrs["mcp.method.name"] == "notifications/initialized"
+    assert "jsonrpc.request.id" not in attrs and server["status"] == "UNSET"
+    assert attrs["mcp.protocol.version"] == TRANSPORTS[transport][2]
+    assert {k: v for k, v in attrs.items() if k.startswith("network.")} == TRANSPORTS[transport][3]
+    assert attrs["mcp.session.id"]
+    other = [s for s in otel.spans("SERVER") if s["name"] == "_OTHER"][0]
+    assert other["attributes"]["mcp.method.name"] == "_OTHER"
+    made_up = [c for c in otel.spans("CLIENT") if c["span_id"] == other["parent_id"]]
+    assert made_up and made_up[0]["name"] == "notifications/made_up_by_the_client"
+    points = {m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.server.operation.duration")}
+    assert {"notifications/initialized", "_OTHER"} <= points
+    assert "notifications/initialized" in {
+        m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.client.operation.duration")}
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tool_error_span(otel: Recorder, base: str, transport: str) -> None:
     with connected(base, transport) as session:

@@ -307,7 +307,12 @@ class ClientSession:
     # ---- sending -----------------------------------------------------------------------------
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        self.channel.send(jsonrpc.notification(method, params))
+        tel = telemetry.ACTIVE
+        if tel is None or not tel.recording():
+            self.channel.send(jsonrpc.notification(method, params))
+        else:
+            tel.client_notification(self, method, params,
+                                    lambda traced: self.channel.send(jsonrpc.notification(method, traced)))
 
     @telemetry.client_request
     def request(self, method: str, params: dict[str, Any] | None = None, *, ctx: Caller | None = None,

@@ -253,6 +253,13 @@ class ServerConnection:
     # ---- notifications ---------------------------------------------------------------------------
 
     def handle_notification(self, msg: dict[str, Any]) -> None:
+        tel = telemetry.ACTIVE  # OpenTelemetry: None when absent or off
+        if tel is None or not tel.recording():
+            self._notified(msg)
+        else:
+            tel.serve_notification(self, msg["method"], msg.get("params"), lambda: self._notified(msg))
+
+    def _notified(self, msg: dict[str, Any]) -> None:
         method = msg["method"]
         params = msg.get("params") or {}
         if method == "notifications/initialized":
