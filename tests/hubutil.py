@@ -8,12 +8,15 @@ import http.client
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
+
+import pytest
 
 from rpcutil import wait_until
 
@@ -43,6 +46,16 @@ def process_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+@pytest.fixture
+def kill_leftovers() -> Iterator[list[int]]:
+    """pids a failing test may leave running: killed at the end whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def peak_rss_mib(pid: int) -> float:

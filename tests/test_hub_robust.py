@@ -16,10 +16,10 @@ import signal
 import struct
 import termios
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from hubutil import CliHub, peak_rss_mib, process_gone, raw_entry, read_pid
+from hubutil import CliHub, kill_leftovers, peak_rss_mib, process_gone, raw_entry, read_pid  # noqa: F401 (fixture)
 from memclient import CallThread, MemClient
 from rpcutil import wait_until
 
@@ -30,16 +30,6 @@ from mcpsync.protocol import jsonrpc
 WAIT_S = 20.0
 FAST_RESTART = {"initialDelay": 0.1, "maxDelay": 0.2}
 QUICK_STOP = {"shutdown": 0.5}
-
-
-@pytest.fixture
-def kill_leftovers() -> Iterator[list[int]]:
-    """pids a failing test may leave running: killed at the end whatever happened."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        if not process_gone(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def hub_of(servers: dict[str, Any], **hub: Any) -> Hub:

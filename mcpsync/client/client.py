@@ -28,8 +28,9 @@ from ..protocol.modern import TASKS_EXTENSION
 from .caller import CancelToken
 from .callbacks import (CallbackRunner, CallContext, Callbacks, ProgressCallback, RequestCallback,
                         RootsSource)
+from . import process
 from .channels import make_channel
-from .endpoint import (AUTO, CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, REQUEST_TIMEOUT_S, STREAMABLE_HTTP,
+from .endpoint import (AUTO, CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, REQUEST_TIMEOUT_S, STDIO, STREAMABLE_HTTP,
                        Timeouts, endpoint_for)
 from .results import (CallToolResult, Completion, GetPromptResult, LogMessage, Prompt, ReadResourceResult,
                       Resource, ResourceTemplate, ServerInfo, Tool)
@@ -87,8 +88,9 @@ class Client:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, list[Callable[[str], None]]] = {}
         self._closed = False
+        guardian = process.shared_guardian() if self.endpoint.transport == STDIO else None
         self._session = ClientSession(
-            self.endpoint, make_channel(self.endpoint), on_list_changed=self._list_changed,
+            self.endpoint, make_channel(self.endpoint, guardian), on_list_changed=self._list_changed,
             on_resource_updated=self._resource_updated, client_info={"name": name, "version": version},
             capabilities=self._callbacks.capabilities(), log_level=self._callbacks.log_level,
             on_log=self._unclaimed_log, on_request=self._unclaimed_request)

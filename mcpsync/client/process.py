@@ -1,11 +1,12 @@
-"""The processes of stdio upstreams: started in a group of their own, watched, and never
-outliving the hub.
+"""The processes of stdio servers (a hub's upstreams, a Client's server): started in a group
+of their own, watched, and never outliving the process that started them.
 
 * ``spawn`` starts a command in a new session, so the process and everything it starts (a
   wrapper such as ``npx`` and the real server under it) form one process group that the
   hub signals as a whole on stop and restart.
 * ``Guardian`` is a small helper process (``python -S -c``, in a session of its own) that
-  the hub tells about every group it starts and ends, one line on the guardian's stdin
+  the hub (or, for ``mcpsync.Client``, ``shared_guardian``: one per process) tells about
+  every group it starts and ends, one line on the guardian's stdin
   each. When that stdin reaches end of file -- the hub closed it, or the hub died in any
   way, SIGKILL included, since the kernel closes a dead process's descriptors -- it sends
   SIGTERM to every group still listed, waits up to ``GUARD_TERM_WAIT_S`` and SIGKILLs the
@@ -20,6 +21,7 @@ outliving the hub.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -101,9 +103,10 @@ def describe_exit(code: int | None) -> str:
 
 
 class Guardian:
-    """Ends the hub's process groups when the hub ends, however it ends (see the module
-    docstring). ``start`` and ``close`` belong to the owner (the ``Hub``); ``watch`` and
-    ``forget`` may be called from any thread."""
+    """Ends the process groups of its owner's stdio servers when the owner ends, however it
+    ends (see the module docstring). ``start`` and ``close`` belong to the owner (a ``Hub``,
+    or ``shared_guardian`` for every ``Client``); ``watch`` and ``forget`` may be called
+    from any thread."""
 
     def __init__(self) -> None:
         # Guards _proc and _fd (writes to the guardian's stdin: one short non-blocking
@@ -116,14 +119,14 @@ class Guardian:
     def start(self) -> "Guardian":
         python = _python()
         if python is None:
-            log.warning("hub: no Python interpreter for the guardian: upstreams may outlive a killed hub")
+            log.warning("no Python interpreter for the guardian: stdio servers may outlive a killed process")
             return self
         try:
             proc = subprocess.Popen([python, "-S", "-E", "-c", GUARD_CODE], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
                                     start_new_session=True)
         except OSError as exc:
-            log.warning("hub: no guardian process (%s): upstreams may outlive a killed hub", exc)
+            log.warning("no guardian process (%s): stdio servers may outlive a killed process", exc)
             return self
         assert proc.stdin is not None
         fd = proc.stdin.fileno()
@@ -152,7 +155,7 @@ class Guardian:
                 return
             except OSError as exc:
                 reason = exc
-        log.warning("hub: the guardian process is gone (%s): upstreams may outlive a killed hub", reason)
+        log.warning("the guardian process is gone (%s): stdio servers may outlive a killed process", reason)
 
     def close(self) -> None:
         """End the guardian (it ends any group still listed). Blocks up to
@@ -169,6 +172,23 @@ class Guardian:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(GUARD_EXIT_WAIT_S)
+
+
+# Guards _shared: the one guardian of every Client's stdio servers in this process,
+# started by the first of them and closed at the interpreter's exit.
+_shared_lock = threading.Lock()
+_shared: Guardian | None = None
+
+
+def shared_guardian() -> Guardian:
+    """The guardian of the stdio servers that ``mcpsync.Client`` starts (one per process,
+    started on first use; a Client that closes properly forgets its group itself)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Guardian().start()
+            atexit.register(_shared.close)
+        return _shared
 
 
 def _python() -> str | None:
