@@ -33,7 +33,9 @@ What is recorded:
 * Client (``ClientSession.request``: the hub's upstream calls, ``mcpsync.Client``): one
   ``CLIENT`` span per request, its context injected into the request's ``params._meta``, and
   ``mcp.client.operation.duration``; the same for a notification it sends
-  (``ClientSession.notify``), the span covering the sending.
+  (``ClientSession.notify``), the span covering the sending, and for the server's own
+  requests to its client (sampling, elicitation, roots: ``server_request``), children of
+  the span of the call that asks.
 
 Cardinality stays bounded whatever a client sends: a method the server does not serve is
 recorded as ``_OTHER``, and a tool or prompt name only when the server has it.
@@ -120,6 +122,7 @@ Result = dict[str, Any]
 Outcome = tuple["str | None", "str | None", "str | None"]  # error.type, status code, message
 Run = Callable[..., "Result | None"]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: network.* attributes by the transport's name: the server's (``ServerConnection.transport``)
 #: and the client's (``Endpoint.transport``). mcpsync's HTTP front end speaks HTTP/1.1.
@@ -216,6 +219,29 @@ def _end(span: Any, outcome: Outcome, late_version: str | None, histogram: Any,
                 span.set_status(StatusCode.ERROR, message)
     span.end()
     histogram.record(time.perf_counter() - started, metric_attrs)
+
+
+def _failure(exc: BaseException) -> Outcome:
+    """The outcome of a request of ours that raised: the peer's error code, a timeout, a
+    cancellation, or the exception's type."""
+    if isinstance(exc, PeerError):
+        return str(exc.code), str(exc.code), exc.message
+    return ("timeout" if isinstance(exc, RequestTimeout) else
+            "cancelled" if isinstance(exc, Cancelled) else type(exc).__qualname__, None, str(exc))
+
+
+def _session_attributes(conn: SessionView,
+                        method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attributes of a span about one of a server session's messages (no target), and
+    the metric's (the same without the session id)."""
+    attrs: dict[str, Any] = {"mcp.method.name": method}
+    if conn.version is not None:
+        attrs["mcp.protocol.version"] = conn.version
+    attrs.update(NETWORK.get(conn.transport or "", ()))
+    metric_attrs = dict(attrs)
+    if conn.session_id is not None:
+        attrs["mcp.session.id"] = conn.session_id
+    return attrs, metric_attrs
 
 
 def _client_attributes(session: Any, method: str,
@@ -406,28 +432,22 @@ class Telemetry:
         started = time.perf_counter()
         label = method if method in BUILTIN_NOTIFICATIONS or \
             method in conn.host.dispatcher.notifications else OTHER
-        attrs: dict[str, Any] = {"mcp.method.name": label}
-        if conn.version is not None:
-            attrs["mcp.protocol.version"] = conn.version
-        attrs.update(NETWORK.get(conn.transport or "", ()))
-        metric_attrs = dict(attrs)
-        if conn.session_id is not None:
-            attrs["mcp.session.id"] = conn.session_id
+        attrs, metric_attrs = _session_attributes(conn, label)
         meta = params.get("_meta") if type(params) is dict else None
         parent, links = self._parent(meta if type(meta) is dict else {})
         span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
-        self._notification(span, parent, handle, self.server_duration, metric_attrs, started)
+        self._within(span, parent, handle, self.server_duration, metric_attrs, started)
 
-    def _notification(self, span: Any, parent: Any, fn: Callable[[], None], histogram: Any,
-                      metric_attrs: dict[str, Any], started: float) -> None:
-        """Run ``fn()`` (a notification's handling or sending) with ``span`` current; end
-        the span and record the duration."""
+    def _within(self, span: Any, parent: Any, fn: Callable[[], T], histogram: Any,
+                metric_attrs: dict[str, Any], started: float) -> T:
+        """Run ``fn()`` (a notification's handling or sending, a request of the server's)
+        with ``span`` current; end the span with the outcome and record the duration."""
         token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
         outcome: Outcome = (None, None, None)
         try:
-            fn()
+            return fn()
         except BaseException as exc:
-            outcome = (type(exc).__qualname__, None, str(exc))
+            outcome = _failure(exc)
             raise
         finally:
             otel_context.detach(token)
@@ -475,17 +495,28 @@ class Telemetry:
             return result
         except InputRequired:
             raise  # a 2026-07-28 downstream is asked for input: not a failure of this call
-        except PeerError as exc:
-            outcome = (str(exc.code), str(exc.code), exc.message)
-            raise
         except BaseException as exc:
-            outcome = ("timeout" if isinstance(exc, RequestTimeout) else
-                       "cancelled" if isinstance(exc, Cancelled) else type(exc).__qualname__,
-                       None, str(exc))
+            outcome = _failure(exc)
             raise
         finally:
             otel_context.detach(token)
             _end(span, outcome, negotiated, self.client_duration, metric_attrs, started)
+
+    def server_request(self, conn: SessionView, method: str, params: dict[str, Any] | None,
+                       ask: Callable[[dict[str, Any], Callable[[Any], None]], Result]) -> Result:
+        """The server's own request to the client (sampling, elicitation, roots, ping) as a
+        CLIENT span, the current span's child (the call that asks), its context in the
+        request's ``_meta``: ``ask(params, note_id)`` sends it and waits for the answer."""
+        started = time.perf_counter()
+        attrs, metric_attrs = _session_attributes(conn, method)
+        span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
+
+        def traced() -> Result:  # the span is current: its context goes into _meta
+            meta = dict((params or {}).get("_meta") or {})
+            otel_propagate.inject(meta)
+            return ask({**(params or {}), "_meta": meta},
+                       lambda rid: span.set_attribute("jsonrpc.request.id", str(rid)))
+        return self._within(span, None, traced, self.client_duration, metric_attrs, started)
 
     def client_notification(self, session: Any, method: str, params: dict[str, Any] | None,
                             send: Callable[[dict[str, Any] | None], None]) -> None:
@@ -499,7 +530,7 @@ class Telemetry:
             meta = dict((params or {}).get("_meta") or {})
             otel_propagate.inject(meta)
             send({**(params or {}), "_meta": meta})
-        self._notification(span, None, traced, self.client_duration, metric_attrs, started)
+        self._within(span, None, traced, self.client_duration, metric_attrs, started)
 
     def inject(self, meta: dict[str, Any], request_id: Any) -> None:
         """Put the current span's context into an outgoing request's ``_meta`` (and its id

@@ -38,6 +38,12 @@ def make_server(name: str = "otel-fixture") -> Server:
         WAITING.set()
         return f"cancelled={ctx.wait_cancelled(WAIT_MAX_S)}"
 
+    @server.tool()
+    def confirm(ctx: Context) -> str:
+        """Ask the client (elicitation) before answering."""
+        answer = ctx.elicit("Go on?", {"type": "object", "properties": {}})
+        return f"answer={answer['action']}"
+
     @server.resource("otel://items/{item}")
     def item(item: str) -> str:
         """One item."""

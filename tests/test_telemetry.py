@@ -141,6 +141,30 @@ def test_notification_spans(otel: Recorder, base: str, transport: str) -> None:
         m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.client.operation.duration")}
 
 
+def test_a_request_of_the_server_to_the_client_is_a_client_span(otel: Recorder, base: str) -> None:
+    """A tool asks the client (elicitation/create): on the server a CLIENT span, child of the
+    tool call's SERVER span, its context in the request's _meta; its id recorded."""
+    from mcpsync import Client
+    asked: list[dict[str, Any]] = []
+
+    def elicitation(params: dict[str, Any]) -> dict[str, Any]:
+        asked.append(params)
+        return {"action": "accept", "content": {}}
+    with Client(base + "/mcp", revision="2025-11-25", elicitation=elicitation) as client:
+        assert client.call_tool("confirm", {}).text == "answer=accept"
+    tool = [s for s in otel.spans("SERVER") if s["name"] == "tools/call confirm"][0]
+    ask = [s for s in otel.spans("CLIENT") if s["name"] == "elicitation/create"]
+    assert len(ask) == 1 and ask[0]["parent_id"] == tool["span_id"]
+    attrs = ask[0]["attributes"]
+    assert attrs["mcp.method.name"] == "elicitation/create" and attrs["jsonrpc.request.id"]
+    assert attrs["mcp.session.id"] == tool["attributes"]["mcp.session.id"]
+    assert attrs["mcp.protocol.version"] == "2025-11-25" and ask[0]["status"] == "UNSET"
+    traceparent = asked[0]["_meta"]["traceparent"]
+    assert traceparent.split("-")[1:3] == [ask[0]["trace_id"], ask[0]["span_id"]]
+    assert "elicitation/create" in {
+        m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.client.operation.duration")}
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tool_error_span(otel: Recorder, base: str, transport: str) -> None:
     with connected(base, transport) as session:

@@ -310,6 +310,14 @@ class ServerConnection:
     def request_client(self, method: str, params: dict[str, Any] | None, *,
                        call: Context | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Send ``method`` to the client and block until its response (see ``Context.request``)."""
+        tel = telemetry.ACTIVE  # OpenTelemetry: None when absent or off
+        if tel is None or not tel.recording():
+            return self._ask(method, params, call, timeout, None)
+        return tel.server_request(self, method, params, lambda traced, note_id: self._ask(
+            method, traced, call, timeout, note_id))
+
+    def _ask(self, method: str, params: dict[str, Any] | None, call: Context | None,
+             timeout: float | None, note_id: Callable[[int], None] | None) -> dict[str, Any]:
         with self.lock:
             if self.closed:
                 raise ConnectionClosed("the session is closed")
@@ -318,6 +326,8 @@ class ServerConnection:
                 raise InvalidRequest(f"cannot send {method} before the client sent "
                                      "notifications/initialized")
             rid = next(self._ids)
+            if note_id is not None:
+                note_id(rid)
             pending = PendingRequest(rid, method, call)
             self._pending[rid] = pending
             if call is not None:
