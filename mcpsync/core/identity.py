@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import versions
+from ..protocol.jsonrpc import SharedMeta
 from ..protocol.modern import META_SERVER_INFO, TASKS_EXTENSION, all_supported
 from .context import Context
 
@@ -54,11 +55,13 @@ class ServerIdentity:
     def server_meta(self, version: str | None) -> dict[str, Any]:
         """``{serverInfo key: {name, version}}`` for 2026-07-28 results: name and version
         identify the server on every result; the rest of its Implementation is in
-        ``server/discover`` only, so a hot ``tools/call`` does not encode it again."""
+        ``server/discover`` only, so a hot ``tools/call`` does not encode it again. A
+        ``jsonrpc.SharedMeta``: encoded once, spliced into each response over HTTP."""
         key = (version, self.name, self.version)
         cached = self._meta
         if cached is None or cached[0] != key:
-            cached = self._meta = (key, {META_SERVER_INFO: {"name": self.name, "version": self.version}})
+            cached = self._meta = (key, SharedMeta({META_SERVER_INFO: {"name": self.name,
+                                                                    "version": self.version}}))
         return cached[1]
 
     def initialize_result(self, version: str) -> dict[str, Any]:
