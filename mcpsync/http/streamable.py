@@ -146,9 +146,7 @@ class StreamableHttp:
             if value["method"] == "tools/call" and isinstance(params.get("name"), str):
                 tool = host.server.registry.tools.get(params["name"])
             in_headers = tool.header_params if tool is not None else ()
-            # The revision's order: the envelope's shape, the headers, then the version.
-            envelope = modern.envelope_of(
-                modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers))
+            envelope = modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
         except McpError as exc:
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
