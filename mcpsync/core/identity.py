@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import versions
-from ..protocol.jsonrpc import SharedMeta
-from ..protocol.modern import META_SERVER_INFO, TASKS_EXTENSION, all_supported
+from ..protocol.modern import META_SERVER_INFO, TASKS_EXTENSION, SharedMeta, all_supported
 from .context import Context
 
 
@@ -56,7 +55,7 @@ class ServerIdentity:
         """``{serverInfo key: {name, version}}`` for 2026-07-28 results: name and version
         identify the server on every result; the rest of its Implementation is in
         ``server/discover`` only, so a hot ``tools/call`` does not encode it again. A
-        ``jsonrpc.SharedMeta``: encoded once, spliced into each response over HTTP."""
+        ``modern.SharedMeta``: encoded once, spliced into each response over HTTP."""
         key = (version, self.name, self.version)
         cached = self._meta
         if cached is None or cached[0] != key:

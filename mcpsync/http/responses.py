@@ -24,7 +24,6 @@ from ..core.connection import ServerConnection
 from ..errors import ConnectionClosed
 from ..protocol import jsonrpc, modern, versions
 from ..protocol.dispatch import encode_outgoing
-from ..protocol.jsonrpc import encode_response
 from . import sse
 from .base import JSON_HEADER, SSE_HEADERS, STATUS, EventStream, StartResponse, json_reply
 
@@ -178,7 +177,7 @@ class MessageSource(Protocol):
 
 def sse_message(msg: Any) -> bytes:
     """One message as an SSE event without an id (the 2026-07-28 streams)."""
-    return b"event: message\ndata: " + (encode_outgoing(msg, encode_response) or b"null") + b"\n\n"
+    return b"event: message\ndata: " + (encode_outgoing(msg, modern.encode_response) or b"null") + b"\n\n"
 
 
 class FollowedStream(EventStream):
@@ -306,7 +305,8 @@ class ModernResponse(_Abortable):
                     self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
                     return []
                 status = modern.http_status(reply["error"]) if "error" in reply else 200
-                return json_reply(self._start_response, status, reply, self._cors, encode_response)
+                return json_reply(self._start_response, status, reply, self._cors,
+                                  modern.encode_response)
             if reply is not None:  # the request is over: a failed write has nothing to cancel
                 self._emit(sse_message(reply))
             return []

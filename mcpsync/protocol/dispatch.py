@@ -41,7 +41,7 @@ def wire_error(exc: BaseException, method: str | None = None) -> McpError:
 
 
 def encode_outgoing(msg: Any, encoder: Callable[[Any], bytes] = encode) -> bytes | None:
-    """``jsonrpc.encode`` (or ``encoder``: ``jsonrpc.encode_response``) for transports. A
+    """``jsonrpc.encode`` (or ``encoder``: ``modern.encode_response``) for transports. A
     response we cannot encode (a NaN or a non-JSON object in a result: our bug) is logged and
     becomes -32603 for its id, so the peer is never left waiting; any other unencodable
     message is logged and dropped (None)."""

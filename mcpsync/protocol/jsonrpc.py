@@ -136,41 +136,6 @@ def encode(msg: Any) -> bytes:
     return "".join(chunks).encode("utf-8")
 
 
-class SharedMeta(dict[str, Any]):
-    """A result's ``_meta`` object that many results share and none mutates (making one is
-    that promise: the 2026-07-28 server identity), encoded once: ``encode_response`` puts
-    its text after the rest of the response instead of encoding it again. Anywhere else it
-    is the plain object it holds."""
-
-    __slots__ = ("closing",)
-
-    def __init__(self, members: dict[str, Any]) -> None:
-        super().__init__(members)
-        self.closing = b',"_meta":' + encode(members) + b"}}"  # ends the result and the message
-
-
-def encode_response(msg: dict[str, Any]) -> bytes:
-    """``encode`` for a response (``response`` builds it: ``result`` is its last member)
-    whose result has a ``SharedMeta`` (and something else): the rest is encoded and the
-    meta's text spliced in as the result's last member, the same JSON as ``encode``'s
-    (byte for byte when ``_meta`` was last already). Any other message goes to ``encode``.
-    ``msg`` is put back as it was, and the result is not touched (a handler's may be
-    shared)."""
-    result = msg.get("result")
-    if type(result) is dict:
-        meta = result.get("_meta")
-        if type(meta) is SharedMeta and len(result) > 1:
-            rest = result.copy()
-            del rest["_meta"]
-            msg["result"] = rest
-            try:
-                head = encode(msg)  # ...,"result":{...}}
-            finally:
-                msg["result"] = result
-            return head[:-2] + meta.closing
-    return encode(msg)
-
-
 def is_valid_id(value: Any) -> bool:
     # bool is a subclass of int in Python; JSON true/false is not a legal id.
     return (type(value) is str) or (type(value) is int)

@@ -11,7 +11,9 @@ standard request headers are compared with the body (-32020) between the two: th
 the envelope is read once.
 
 Results get ``resultType`` and the server's identity in ``_meta``; list and read results
-also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``).
+also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``). The identity is
+the same on every result: a ``SharedMeta``, encoded once and spliced into each response
+(``encode_response``).
 
 Multi round-trip requests: a handler that needs input from the client (sampling,
 elicitation, roots) raises ``InputRequired``; the answer to the client is an
@@ -31,7 +33,7 @@ import re
 from typing import Any, Sequence
 
 from ..errors import HeaderMismatch, InvalidParams, McpError, UnsupportedProtocolVersion
-from . import versions
+from . import jsonrpc, versions
 
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -239,6 +241,49 @@ def decorate_result(method: str, result: dict[str, Any], server_meta: dict[str, 
         out.setdefault("ttlMs", ttl_ms)
         out.setdefault("cacheScope", cache_scope)
     return out
+
+
+class SharedMeta(dict[str, Any]):
+    """A ``_meta`` that many results share and none mutates (making one is that promise):
+    the server's identity, which ``decorate_result`` puts on every result. Its text is
+    encoded once: ``encode_response`` appends it rather than encode it again. Anywhere
+    else it is the plain object it holds."""
+
+    __slots__ = ("closing", "closing_complete")
+
+    def __init__(self, members: dict[str, Any]) -> None:
+        super().__init__(members)
+        text = jsonrpc.encode(members)
+        # What ends the result and the message: the meta, or resultType "complete" and it.
+        self.closing = b',"_meta":' + text + b"}}"
+        self.closing_complete = b',"resultType":"' + COMPLETE.encode() + b'","_meta":' + text + b"}}"
+
+
+def encode_response(msg: dict[str, Any]) -> bytes:
+    """``jsonrpc.encode`` for a response (``result`` its last member, as ``jsonrpc.response``
+    builds it) whose result has a ``SharedMeta``: the rest of it is encoded, and the meta's
+    text (with ``"resultType":"complete"``, when the result says so) is put at the result's
+    end. The same JSON as ``jsonrpc.encode`` gives, byte for byte when those were the
+    result's last members already (``decorate_result`` puts them there). ``msg`` is put
+    back as it was, and the result is not touched (it may be a handler's shared dict)."""
+    result = msg.get("result")
+    if type(result) is dict:
+        meta = result.get("_meta")
+        if type(meta) is SharedMeta:
+            rest = result.copy()
+            del rest["_meta"]
+            closing = meta.closing
+            if rest.get("resultType") == COMPLETE:
+                del rest["resultType"]
+                closing = meta.closing_complete
+            if rest:  # else there is no "{...}" to end: encoded as it is
+                msg["result"] = rest
+                try:
+                    head = jsonrpc.encode(msg)  # ...,"result":{...}}
+                finally:
+                    msg["result"] = result
+                return head[:-2] + closing
+    return jsonrpc.encode(msg)
 
 
 def http_status(error: McpError | dict[str, Any]) -> int:
