@@ -177,7 +177,12 @@ class MessageSource(Protocol):
 
 def sse_message(msg: Any) -> bytes:
     """One message as an SSE event without an id (the 2026-07-28 streams)."""
-    return b"event: message\ndata: " + (encode_outgoing(msg, modern.encode_response) or b"null") + b"\n\n"
+    return sse_event(encode_outgoing(msg, modern.encode_response) or b"null")
+
+
+def sse_event(data: bytes) -> bytes:
+    """An encoded message as an SSE event without an id."""
+    return b"event: message\ndata: " + data + b"\n\n"
 
 
 class FollowedStream(EventStream):
@@ -272,10 +277,11 @@ class ModernResponse(_Abortable):
     def __call__(self, msg: dict[str, Any]) -> None:
         if not self._can_sse:
             return  # a JSON-only client gets the reply alone
-        if encode_outgoing(msg) is None:
+        data = encode_outgoing(msg, modern.encode_response)  # once: None for one to drop
+        if data is None:
             return
         with self._lock:
-            gone = self._emit(sse_message(msg))
+            gone = self._emit(sse_event(data))
         if gone:
             self._cancel()
 
