@@ -196,10 +196,9 @@ class ServerConnection:
             lifecycle.check_request(phase, method)
             return self.host.dispatcher.handler_for(method)(params, ctx)
         handler = self.host.dispatcher.handler_for(method)
-        if method in modern.MRTR_METHODS:
-            # A first round (the usual call) carries no answers: nothing to open or check.
-            ctx.input_responses = (self.host.mrtr_answers(method, params, ctx.principal)
-                                   if "inputResponses" in params or "requestState" in params else {})
+        # A first round (the usual call) carries no answers: nothing to open or check.
+        if ("inputResponses" in params or "requestState" in params) and method in modern.MRTR_METHODS:
+            ctx.input_responses = self.host.mrtr_answers(method, params, ctx.principal)
         return modern.decorate_result(method, handler(params, ctx), self.host.server_meta(ctx.version))
 
     def _input_required(self, ctx: Context, need: InputRequired) -> dict[str, Any]:

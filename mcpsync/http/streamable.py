@@ -146,7 +146,13 @@ class StreamableHttp:
             if value["method"] == "tools/call" and isinstance(params.get("name"), str):
                 tool = host.server.registry.tools.get(params["name"])
             in_headers = tool.header_params if tool is not None else ()
-            envelope = modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
+            headers: dict[str, str | None] = {
+                "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
+                "mcp-method": environ.get("HTTP_MCP_METHOD"),
+                "mcp-name": environ.get("HTTP_MCP_NAME")}
+            if in_headers:
+                _add_param_headers(headers, environ, in_headers)
+            envelope = modern.check_headers(headers, value, in_headers)
         except McpError as exc:
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
@@ -230,17 +236,13 @@ def _is_modern_post(environ: Environ, value: Any) -> bool:
     return type(value) is dict and modern.is_modern(value.get("params"))
 
 
-def _mcp_headers(environ: Environ, in_headers: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
-    """The standard MCP request headers, and the ``Mcp-Param-*`` ones the tool declares."""
-    headers: dict[str, str | None] = {
-        "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
-        "mcp-method": environ.get("HTTP_MCP_METHOD"),
-        "mcp-name": environ.get("HTTP_MCP_NAME"),
-    }
+def _add_param_headers(headers: dict[str, str | None], environ: Environ,
+                       in_headers: tuple[tuple[str, str], ...]) -> None:
+    """Add the ``Mcp-Param-*`` headers the called tool declares to the standard MCP request
+    headers (lower-case names; None when absent)."""
     for _prop, name in in_headers:
         headers[f"mcp-param-{name.lower()}"] = environ.get(
             "HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
-    return headers
 
 
 def _has_request(value: Any) -> bool:
