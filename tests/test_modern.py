@@ -156,6 +156,8 @@ def test_a_shared_server_meta_is_spliced_into_the_same_json(members: list[Any], 
     assert json.loads(spliced) == json.loads(jsonrpc.encode(msg))
     assert (spliced == jsonrpc.encode(msg)) is last
     assert msg["result"] is result and json.dumps(msg) == before
+    extended = {**msg, "more": {}}  # not a plain response: encoded as it is
+    assert modern.encode_response(extended) == jsonrpc.encode(extended)
 
 
 def test_envelope_errors(env: Any) -> None:

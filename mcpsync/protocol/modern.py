@@ -267,7 +267,7 @@ def encode_response(msg: dict[str, Any]) -> bytes:
     result's last members already (``decorate_result`` puts them there). ``msg`` is put
     back as it was, and the result is not touched (it may be a handler's shared dict)."""
     result = msg.get("result")
-    if type(result) is dict:
+    if type(result) is dict and len(msg) == 3:  # jsonrpc, id, result: nothing after it
         meta = result.get("_meta")
         if type(meta) is SharedMeta:
             rest = result.copy()
