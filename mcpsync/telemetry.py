@@ -300,6 +300,10 @@ class Telemetry:
         # time, taken by whichever threads open and close sessions.
         self._opened_lock = threading.Lock()
         self._opened: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        # The global propagator and the _meta keys it reads (a composite propagator builds
+        # that set anew on each look). Replaced whole by any request thread; a stale read
+        # only recomputes it.
+        self._fields: tuple[Any, frozenset[str]] = (None, frozenset())
 
     def _span_name(self, method: str, name: str | None, uri: str | None) -> str:
         """``{mcp.method.name} {target}``, or the method alone when there is no target."""
@@ -399,7 +403,10 @@ class Telemetry:
         if not meta:
             return None
         textmap = otel_propagate.get_global_textmap()
-        if not any(field in meta for field in textmap.fields):
+        known = self._fields
+        if known[0] is not textmap:  # a propagator set since: its fields, once
+            known = self._fields = (textmap, frozenset(textmap.fields))
+        if known[1].isdisjoint(meta):  # a modern request's _meta, no trace context in it
             return None
         try:
             return textmap.extract(meta, getter=_META_GETTER)

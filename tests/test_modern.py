@@ -16,6 +16,7 @@ from httpserver import serving
 from mcpsync import Context, Server, inputs
 from mcpsync.service import Service
 from mcpsync.http.app import HttpApp
+from mcpsync.protocol import jsonrpc, modern
 
 WAIT_S = 10.0
 V = "2026-07-28"
@@ -128,6 +129,35 @@ def test_every_result_has_result_type_and_server_info(env: Any) -> None:
         assert called["_meta"]["io.modelcontextprotocol/serverInfo"]["version"] == "2.0"
         read = call(c, 3, "resources/read", {"uri": "memo://one"}).json()["result"]
         assert read["contents"][0]["text"] == "one" and "ttlMs" in read
+
+
+@pytest.mark.parametrize("members,last", [
+    ([("content", [{"type": "text", "text": "\u00e9\"\\"}]), ("resultType", "complete"), ("_meta", None)], True),
+    ([("a", 1), ("_meta", None), ("b", {"c": None})], False),
+    ([("resultType", "complete"), ("a", 1), ("_meta", None)], False),
+    ([("a", 1), ("resultType", "input_required"), ("_meta", None)], True),
+    ([("resultType", "complete"), ("_meta", None)], True),
+    ([("_meta", None)], True),
+    ([("a", {"_meta": None})], True),
+], ids=["meta-last", "meta-inside", "complete-first", "not-complete", "nothing-else", "meta-alone",
+        "meta-nested"])
+def test_a_shared_server_meta_is_spliced_into_the_same_json(members: list[Any], last: bool) -> None:
+    """A 2026-07-28 result's server _meta is encoded once and spliced in: the same JSON as
+    encoding it every time (the same bytes when it is the result's last member), and the
+    message and the result are left as they were."""
+    meta = modern.SharedMeta({"io.modelcontextprotocol/serverInfo": {"name": "n\u00e9\"", "version": "1"}})
+
+    def fill(v: Any) -> Any:  # None stands for the shared meta
+        return meta if v is None else {k: fill(x) for k, x in v.items()} if type(v) is dict else v
+    result = {k: fill(v) for k, v in members}
+    msg = jsonrpc.response(7, result)
+    before = json.dumps(msg)
+    spliced = modern.encode_response(msg)
+    assert json.loads(spliced) == json.loads(jsonrpc.encode(msg))
+    assert (spliced == jsonrpc.encode(msg)) is last
+    assert msg["result"] is result and json.dumps(msg) == before
+    extended = {**msg, "more": {}}  # not a plain response: encoded as it is
+    assert modern.encode_response(extended) == jsonrpc.encode(extended)
 
 
 def test_envelope_errors(env: Any) -> None:

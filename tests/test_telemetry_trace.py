@@ -141,6 +141,31 @@ def test_cancelled_request_span(otel: Recorder) -> None:
     assert span["attributes"]["error.type"] == "cancelled" and span["status"] == "ERROR"
 
 
+def test_a_propagator_set_later_reads_its_own_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The _meta keys a propagator reads are looked up once per propagator: a modern
+    request's envelope alone is no trace context; one set later is asked for its fields."""
+    from opentelemetry import propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class Custom(TextMapPropagator):
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            return {"found": getter.get(carrier, "x-trace")}
+
+        def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+            pass
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-trace"}
+
+    tel = telemetry.Telemetry()
+    envelope = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "x-trace": "t"}
+    assert tel._extract(envelope) is None
+    assert tel._extract({**envelope, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}) is not None
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", Custom())  # set_global_textmap, undone after
+    assert tel._extract(envelope) == {"found": ["t"]}
+
+
 # ---- one trace: client -> hub -> upstream ----------------------------------------------------
 
 def chain(spans: list[dict[str, Any]], upstream_server: dict[str, Any]) -> None:

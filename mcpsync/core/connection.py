@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from types import MappingProxyType
 from typing import Any, Callable
 
 from .. import telemetry
@@ -147,22 +148,23 @@ class ServerConnection:
     # ---- requests --------------------------------------------------------------------------------
 
     def handle_request(self, msg: dict[str, Any], sink: Sink, *, principal: str | None = None,
-                       meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                       envelope: modern.Envelope | None = None) -> dict[str, Any] | None:
         """Run one request on this thread, in either era; None when it was cancelled (no
         response is sent). A modern-era request (``modern.is_modern_request``) brings its
         version and capabilities in ``_meta`` instead of reading this session's; its result
         is decorated, and input from the client is a multi round-trip (``input_required``).
-        ``principal`` (modern era) binds its sealed ``requestState``; ``meta``: the modern
-        request's ``_meta``, when the transport has checked its shape already."""
+        ``principal`` (modern era) binds its sealed ``requestState``; ``envelope``: the modern
+        request's, when the transport has checked it already (HTTP, with the headers)."""
         rid = msg["id"]
         method = msg["method"]
         params = msg.get("params")
         if type(params) is not dict:
             params = {}
-        env = None
-        if meta is not None or modern.is_modern_request(method, params):
+        env = envelope
+        if env is not None or modern.is_modern_request(method, params):
             try:
-                env = modern.request_envelope(params) if meta is None else modern.envelope_of(meta)
+                if env is None:
+                    env = modern.request_envelope(params)
                 if method not in modern.MODERN_METHODS:
                     raise MethodNotFound(f"Method not found: {method}")
             except McpError as exc:
@@ -199,10 +201,9 @@ class ServerConnection:
             lifecycle.check_request(phase, method)
             return self.host.dispatcher.handler_for(method)(params, ctx)
         handler = self.host.dispatcher.handler_for(method)
-        if method in modern.MRTR_METHODS:
-            # A first round (the usual call) carries no answers: nothing to open or check.
-            ctx.input_responses = (self.host.mrtr_answers(method, params, ctx.principal)
-                                   if "inputResponses" in params or "requestState" in params else {})
+        # A first round (the usual call) carries no answers: nothing to open or check.
+        if ("inputResponses" in params or "requestState" in params) and method in modern.MRTR_METHODS:
+            ctx.input_responses = self.host.mrtr_answers(method, params, ctx.principal)
         return modern.decorate_result(method, handler(params, ctx), self.host.server_meta(ctx.version))
 
     def _input_required(self, ctx: Context, need: InputRequired) -> dict[str, Any]:
@@ -396,3 +397,44 @@ class ServerConnection:
         for p in pending:
             p.settle(error=ConnectionClosed("the session closed"))
         self.host.session_closed(self)
+
+
+class RequestConnection(ServerConnection):
+    """The connection of one modern-era request that has no session (Streamable HTTP in
+    revision 2026-07-28): made per request, so it holds only what a request
+    needs of its connection, its host, its lock and ``_inflight`` (cancellation finds the
+    request there). What a session would hold is a class-level default: no phase, no
+    negotiated version (the request brings its envelope), no subscriptions, no requests to
+    the client (the revision asks for input with ``input_required`` instead); the
+    containers are read-only, so a misuse fails loudly instead of sharing state."""
+
+    session_id = None
+    send = staticmethod(_drop)
+    request_timeout_s = CLIENT_REQUEST_TIMEOUT_S
+    phase = lifecycle.NEW
+    version = None
+    client_capabilities: dict[str, Any] = MappingProxyType({})  # type: ignore[assignment]
+    client_info: dict[str, Any] = MappingProxyType({})  # type: ignore[assignment]
+    log_level = None
+    subscriptions: set[str] = frozenset()  # type: ignore[assignment]
+    _pending: dict[int, PendingRequest] = MappingProxyType({})  # type: ignore[assignment]
+    closed = False
+
+    def __init__(self, host: SessionHost) -> None:  # noqa: the session's state is not made
+        self.host = host
+        # Guards _inflight and its Context's cancellation state, as a session's lock does.
+        self.lock = threading.Lock()
+        self._inflight: dict[Any, Context] = {}
+
+    def request_client(self, method: str, params: dict[str, Any] | None, *,
+                       call: Context | None = None, timeout: float | None = None) -> dict[str, Any]:
+        raise InvalidRequest(f"cannot send {method}: a request without a session has no "
+                             "server-to-client requests")
+
+    def close(self) -> None:
+        """Cancel the request if it still runs; there is no session to leave."""
+        with self.lock:
+            self.closed = True
+            calls = list(self._inflight.values())
+        for ctx in calls:
+            self.cancel(ctx.request_id, "connection closed")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import versions
-from ..protocol.modern import META_SERVER_INFO, TASKS_EXTENSION, all_supported
+from ..protocol.modern import META_SERVER_INFO, TASKS_EXTENSION, SharedMeta, all_supported
 from .context import Context
 
 
@@ -22,9 +22,9 @@ class ServerIdentity:
     instructions: str | None = None
     website_url: str | None = None
     icons: list[dict[str, Any]] | None = None
-    # {serverInfo key: {name, version}} for 2026-07-28 results, shared and never mutated;
-    # rebuilt when the name or version changes (the cache key).
-    _meta: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    # (revision, name, version, {serverInfo key: {name, version}}) for 2026-07-28 results,
+    # shared and never mutated; rebuilt when the name or version changes.
+    _meta: tuple[str | None, str, str, SharedMeta] | None = None
 
     def capabilities(self, version: str | None = None) -> dict[str, Any]:
         caps: dict[str, Any] = {
@@ -54,12 +54,13 @@ class ServerIdentity:
     def server_meta(self, version: str | None) -> dict[str, Any]:
         """``{serverInfo key: {name, version}}`` for 2026-07-28 results: name and version
         identify the server on every result; the rest of its Implementation is in
-        ``server/discover`` only, so a hot ``tools/call`` does not encode it again."""
-        key = (version, self.name, self.version)
+        ``server/discover`` only, so a hot ``tools/call`` does not encode it again. A
+        ``modern.SharedMeta``: encoded once, spliced into each response over HTTP."""
         cached = self._meta
-        if cached is None or cached[0] != key:
-            cached = self._meta = (key, {META_SERVER_INFO: {"name": self.name, "version": self.version}})
-        return cached[1]
+        if cached is None or cached[0] != version or cached[1] != self.name or cached[2] != self.version:
+            cached = self._meta = (version, self.name, self.version,
+                                   SharedMeta({META_SERVER_INFO: {"name": self.name, "version": self.version}}))
+        return cached[3]
 
     def initialize_result(self, version: str) -> dict[str, Any]:
         result: dict[str, Any] = {"protocolVersion": version,

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from ..admission import RETRY_AFTER_S, Admission, Overloaded
 from ..protocol.dispatch import encode_outgoing
+from ..protocol.jsonrpc import encode
 from ..server import Server
 from ..service import Service
 from ..sessions import Session
@@ -82,9 +83,10 @@ def transport_of(session: Session, kind: type[T]) -> T:
 
 
 def json_reply(start_response: StartResponse, status: int, reply: Any,
-               extra: list[tuple[str, str]]) -> list[bytes]:
-    """A whole JSON response: one ``start_response``, one body chunk with its length."""
-    body = encode_outgoing(reply) or b""
+               extra: list[tuple[str, str]], encoder: Callable[[Any], bytes] = encode) -> list[bytes]:
+    """A whole JSON response: one ``start_response``, one body chunk with its length
+    (``encoder``: see ``encode_outgoing``)."""
+    body = encode_outgoing(reply, encoder) or b""
     start_response(STATUS.get(status, f"{status} Error"),
                    [JSON_HEADER, ("Content-Length", str(len(body))), *extra])
     return [body]

@@ -34,26 +34,27 @@ log = logging.getLogger("mcpsync.http")
 
 
 class _Abortable:
-    """What both POST responses share for shutdown: ``aborter`` makes the ``abort(message)``
-    that admission control calls past the grace period. It answers the request with an error
-    at once (the whole JSON response, or the final SSE event) and cancels it; the handler's
-    own ``finish`` then writes nothing. Subclasses set ``_lock``, ``_aborted``, ``_finished``
-    and say how an error goes out (``_abort_write``, with ``_lock`` held)."""
+    """What both POST responses share for shutdown: ``abort(message)``, which admission
+    control calls past the grace period. It answers the request with an error at once (the
+    whole JSON response, or the final SSE event) and cancels it; the handler's own
+    ``finish`` then writes nothing. Subclasses set ``_lock``, ``_conn`` and ``_rid`` (the
+    request's connection and id; None when the id is unreadable) and say how an error goes
+    out (``_abort_write``, with ``_lock`` held)."""
 
     _lock: threading.Lock
+    _conn: ServerConnection
+    _rid: Any
     _aborted = False
     _finished = False
 
-    def aborter(self, conn: ServerConnection, rid: Any) -> Callable[[str], None]:
-        def abort(message: str) -> None:
-            with self._lock:
-                if self._finished or self._aborted:
-                    return
-                self._aborted = True
-                self._abort_write(jsonrpc.error_response(rid, ConnectionClosed(message)))
-            if rid is not None:
-                conn.cancel(rid, message)
-        return abort
+    def abort(self, message: str) -> None:
+        with self._lock:
+            if self._finished or self._aborted:
+                return
+            self._aborted = True
+            self._abort_write(jsonrpc.error_response(self._rid, ConnectionClosed(message)))
+        if self._rid is not None:
+            self._conn.cancel(self._rid, message)
 
     def _abort_write(self, reply: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -79,11 +80,12 @@ class PostResponse(_Abortable):
     module docstring for what is taken under it).
     """
 
-    def __init__(self, streams: sse.SessionStreams, conn: ServerConnection,
+    def __init__(self, streams: sse.SessionStreams, conn: ServerConnection, rid: Any,
                  start_response: StartResponse, cors: list[tuple[str, str]], can_sse: bool,
                  retry_ms: int) -> None:
         self._streams = streams
         self._conn = conn
+        self._rid = rid
         self._start_response = start_response
         self._cors = cors
         self._can_sse = can_sse
@@ -178,7 +180,12 @@ class MessageSource(Protocol):
 
 def sse_message(msg: Any) -> bytes:
     """One message as an SSE event without an id (the 2026-07-28 streams)."""
-    return b"event: message\ndata: " + (encode_outgoing(msg) or b"null") + b"\n\n"
+    return sse_event(encode_outgoing(msg, modern.encode_response) or b"null")
+
+
+def sse_event(data: bytes) -> bytes:
+    """An encoded message as an SSE event without an id."""
+    return b"event: message\ndata: " + data + b"\n\n"
 
 
 class FollowedStream(EventStream):
@@ -223,19 +230,25 @@ class ModernResponse(_Abortable):
     """The response to a modern-era (2026-07-28) request: JSON, or SSE through ``write()`` once the
     handler sends something first (progress, log messages, a listen stream). There is no
     event log and no resumption; a failed write means the client closed the stream, which
-    in this revision cancels the request (``cancel``)."""
+    in this revision cancels the request (``rid`` on ``conn``, the request's own)."""
+
+    # Until the first write: no SSE stream yet, the client there, no source followed.
+    _write: Callable[[bytes], Any] | None = None
+    _live = True
+    _source: MessageSource | None = None
 
     def __init__(self, start_response: StartResponse, cors: list[tuple[str, str]],
-                 can_sse: bool, cancel: Callable[[], Any]) -> None:
+                 can_sse: bool, conn: ServerConnection, rid: Any) -> None:
         self._start_response = start_response
         self._cors = cors
         self._can_sse = can_sse
-        self._cancel = cancel
+        self._conn = conn
+        self._rid = rid
         # Serializes writes to this response (the stream write lock); held for one write.
         self._lock = threading.Lock()
-        self._write: Callable[[bytes], Any] | None = None
-        self._live = True
-        self._source: MessageSource | None = None
+
+    def _cancel(self) -> None:
+        self._conn.cancel(self._rid, "stream closed")
 
     def follow(self, source: MessageSource) -> bool:
         """Carry ``source``'s messages from now on, without the handler's thread; the reply
@@ -267,10 +280,11 @@ class ModernResponse(_Abortable):
     def __call__(self, msg: dict[str, Any]) -> None:
         if not self._can_sse:
             return  # a JSON-only client gets the reply alone
-        if encode_outgoing(msg) is None:
+        data = encode_outgoing(msg, modern.encode_response)  # once: None for one to drop
+        if data is None:
             return
         with self._lock:
-            gone = self._emit(sse_message(msg))
+            gone = self._emit(sse_event(data))
         if gone:
             self._cancel()
 
@@ -300,7 +314,8 @@ class ModernResponse(_Abortable):
                     self._start_response("202 Accepted", [("Content-Length", "0"), *self._cors])
                     return []
                 status = modern.http_status(reply["error"]) if "error" in reply else 200
-                return json_reply(self._start_response, status, reply, self._cors)
+                return json_reply(self._start_response, status, reply, self._cors,
+                                  modern.encode_response)
             if reply is not None:  # the request is over: a failed write has nothing to cancel
                 self._emit(sse_message(reply))
             return []

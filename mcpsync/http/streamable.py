@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A worker thread carries one POST from its body to its reply. The request's era is decided
 once, here: a 2026-07-28 ``MCP-Protocol-Version`` header or envelope in ``params._meta``
-makes it a *modern* request (no session: a throwaway ``ServerConnection`` runs it and a
+makes it a *modern* request (no session: a throwaway ``RequestConnection`` runs it and a
 ``ModernResponse`` carries it); ``initialize`` opens a *handshake-era* session
 (``Mcp-Session-Id`` in the answer); anything else belongs to the session its header names
 (400 without one, 404 for an unknown, expired, deleted or someone else's id). Requests pass
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..core.connection import ServerConnection
+from ..core.connection import RequestConnection
 from ..errors import InvalidRequest, McpError, ParseError
 from ..protocol import jsonrpc, modern, versions
 from ..sessions import Session
@@ -110,8 +110,9 @@ class StreamableHttp:
             start_response("202 Accepted", [("Content-Length", "0"), *cors])
             return []
         streams = transport_of(session, StreamableState).streams
-        response = PostResponse(streams, conn, start_response, cors, can_sse, host.sse_retry_ms)
-        ticket = host.admit(session.id, response.aborter(conn, jsonrpc.readable_id(value)))
+        response = PostResponse(streams, conn, jsonrpc.readable_id(value), start_response, cors,
+                                can_sse, host.sse_retry_ms)
+        ticket = host.admit(session.id, response.abort)
         started = time.perf_counter()
         reply = None
         try:
@@ -144,22 +145,28 @@ class StreamableHttp:
             raw_params = value.get("params")
             params: dict[str, Any] = raw_params if type(raw_params) is dict else {}
             tool = None
-            if value.get("method") == "tools/call" and isinstance(params.get("name"), str):
+            if value["method"] == "tools/call" and isinstance(params.get("name"), str):
                 tool = host.server.registry.tools.get(params["name"])
             in_headers = tool.header_params if tool is not None else ()
-            meta = modern.check_headers(_mcp_headers(environ, in_headers), value, in_headers)
+            headers: dict[str, str | None] = {
+                "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
+                "mcp-method": environ.get("HTTP_MCP_METHOD"),
+                "mcp-name": environ.get("HTTP_MCP_NAME")}
+            if in_headers:
+                _add_param_headers(headers, environ, in_headers)
+            envelope = modern.check_headers(headers, value, in_headers)
         except McpError as exc:
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
-        conn = ServerConnection(host.server)  # per request: no session, no broadcasts
-        response = ModernResponse(start_response, cors, can_sse,
-                                  cancel=lambda: conn.cancel(value["id"], "stream closed"))
-        ticket = host.admit(None, response.aborter(conn, value["id"]))
+        rid = value["id"]
+        conn = RequestConnection(host.server)  # per request: no session, no broadcasts
+        response = ModernResponse(start_response, cors, can_sse, conn, rid)
+        ticket = host.admit(None, response.abort)
         started = time.perf_counter()
         reply = None
         try:
             principal = host.principal(environ)
-            reply = conn.handle_request(value, response, meta=meta,
+            reply = conn.handle_request(value, response, envelope=envelope,
                                        principal=None if principal is None else str(principal))
             return response.finish(reply)
         finally:
@@ -231,17 +238,13 @@ def _is_modern_post(environ: Environ, value: Any) -> bool:
     return type(value) is dict and modern.is_modern(value.get("params"))
 
 
-def _mcp_headers(environ: Environ, in_headers: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
-    """The standard MCP request headers, and the ``Mcp-Param-*`` ones the tool declares."""
-    headers: dict[str, str | None] = {
-        "mcp-protocol-version": environ.get("HTTP_MCP_PROTOCOL_VERSION"),
-        "mcp-method": environ.get("HTTP_MCP_METHOD"),
-        "mcp-name": environ.get("HTTP_MCP_NAME"),
-    }
+def _add_param_headers(headers: dict[str, str | None], environ: Environ,
+                       in_headers: tuple[tuple[str, str], ...]) -> None:
+    """Add the ``Mcp-Param-*`` headers the called tool declares to the standard MCP request
+    headers (lower-case names; None when absent)."""
     for _prop, name in in_headers:
         headers[f"mcp-param-{name.lower()}"] = environ.get(
             "HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
-    return headers
 
 
 def _has_request(value: Any) -> bool:

@@ -40,12 +40,13 @@ def wire_error(exc: BaseException, method: str | None = None) -> McpError:
     return InternalError("Internal error")
 
 
-def encode_outgoing(msg: Any) -> bytes | None:
-    """``jsonrpc.encode`` for transports. A response we cannot encode (a NaN or a non-JSON
-    object in a result: our bug) is logged and becomes -32603 for its id, so the peer is never
-    left waiting; any other unencodable message is logged and dropped (None)."""
+def encode_outgoing(msg: Any, encoder: Callable[[Any], bytes] = encode) -> bytes | None:
+    """``jsonrpc.encode`` (or ``encoder``: ``modern.encode_response``) for transports. A
+    response we cannot encode (a NaN or a non-JSON object in a result: our bug) is logged and
+    becomes -32603 for its id, so the peer is never left waiting; any other unencodable
+    message is logged and dropped (None)."""
     try:
-        return encode(msg)
+        return encoder(msg)
     except (ValueError, TypeError) as exc:
         if type(msg) is list:
             parts = [p for p in map(encode_outgoing, msg) if p is not None]

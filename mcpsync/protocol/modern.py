@@ -6,12 +6,14 @@ A modern request carries everything a session used to hold in ``params._meta``: 
 protocol version, the client's capabilities (and optionally its identity and a log
 level). ``request_envelope`` validates that envelope in the order the revision gives:
 the envelope keys (-32602), the version (-32022 naming what we support). Over HTTP the
-standard request headers are compared with the body (-32020) between the two:
-``check_headers`` checks the keys and the headers and returns ``_meta``, and the request's
-connection finishes with ``envelope_of(meta)``, so the envelope is read once.
+standard request headers are compared with the body (-32020) between the two: there
+``check_headers`` does all three and hands the request's connection the ``Envelope``, so
+the envelope is read once.
 
 Results get ``resultType`` and the server's identity in ``_meta``; list and read results
-also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``).
+also get the cache hints ``ttlMs`` and ``cacheScope`` (``decorate_result``). The identity is
+the same on every result: a ``SharedMeta``, encoded once and spliced into each response
+(``encode_response``).
 
 Multi round-trip requests: a handler that needs input from the client (sampling,
 elicitation, roots) raises ``InputRequired``; the answer to the client is an
@@ -31,7 +33,7 @@ import re
 from typing import Any, Sequence
 
 from ..errors import HeaderMismatch, InvalidParams, McpError, UnsupportedProtocolVersion
-from . import versions
+from . import jsonrpc, versions
 
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -106,12 +108,15 @@ def check_envelope(params: Any) -> dict[str, Any]:
     meta = params.get("_meta") if type(params) is dict else None
     if type(meta) is not dict:
         raise InvalidParams("Invalid params: params._meta must carry the protocol envelope")
-    if META_VERSION not in meta or META_CAPABILITIES not in meta:
+    try:
+        version_ok = type(meta[META_VERSION]) is str
+        capabilities_ok = type(meta[META_CAPABILITIES]) is dict
+    except KeyError:
         missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
-        raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}")
-    if type(meta[META_VERSION]) is not str:
+        raise InvalidParams(f"Invalid params: params._meta is missing {', '.join(missing)}") from None
+    if not version_ok:
         raise InvalidParams("Invalid params: the protocol version must be a string")
-    if type(meta[META_CAPABILITIES]) is not dict:
+    if not capabilities_ok:
         raise InvalidParams("Invalid params: clientCapabilities must be an object")
     return meta
 
@@ -165,35 +170,36 @@ def header_params(input_schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def check_headers(headers: dict[str, str | None], msg: dict[str, Any],
-                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
-    """Check the envelope's shape (``check_envelope``, -32602), then compare the standard MCP
-    request headers with the body (-32020 on any mismatch); returns the checked ``_meta``
-    for ``envelope_of``. ``headers`` maps lower-case names to values (None when absent);
-    ``params_in_headers`` is the called tool's ``header_params``."""
+                  params_in_headers: tuple[tuple[str, str], ...] = ()) -> Envelope:
+    """All the checks of a modern request over HTTP, in the revision's order: the envelope's
+    shape (``check_envelope``, -32602), the standard MCP request headers against the body
+    (-32020 on any mismatch), then the rest of the envelope (``envelope_of``: the version,
+    -32022). ``msg`` is a request (``jsonrpc.classify``); ``headers`` maps lower-case names
+    to values (None when absent); ``params_in_headers`` is the called tool's
+    ``header_params``."""
     params = msg.get("params") or {}
     meta = check_envelope(params)
-    body_version = meta[META_VERSION]
     header_version = headers.get("mcp-protocol-version")
-    if header_version is None:
-        raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
-    if header_version != body_version:
+    if header_version != meta[META_VERSION]:
+        if header_version is None:
+            raise HeaderMismatch("Header mismatch: the MCP-Protocol-Version header is required")
         raise HeaderMismatch(f"Header mismatch: MCP-Protocol-Version {header_version!r} does not match "
-                             f"the body's {body_version!r}")
-    method = msg.get("method")
+                             f"the body's {meta[META_VERSION]!r}")
+    method = msg["method"]
     header_method = headers.get("mcp-method")
     if header_method != method:
         raise HeaderMismatch(f"Header mismatch: Mcp-Method {header_method!r} does not match the body's {method!r}")
-    field = NAME_FIELDS.get(str(method))
+    field = NAME_FIELDS.get(method)
     if field is not None:
         raw = headers.get("mcp-name")
         if raw is None:
             raise HeaderMismatch(f"Header mismatch: the Mcp-Name header is required for {method}")
-        body_name = params.get(field) if type(params) is dict else None
-        if decode_header_value(raw) != body_name:
+        body_name = params.get(field)
+        if (decode_header_value(raw) if raw.startswith("=?") else raw) != body_name:
             raise HeaderMismatch(f"Header mismatch: Mcp-Name {raw!r} does not match the body's {body_name!r}")
     if params_in_headers and method == "tools/call":
         _check_param_headers(headers, params.get("arguments") or {}, params_in_headers)
-    return meta
+    return envelope_of(meta)
 
 
 def _check_param_headers(headers: dict[str, str | None], args: dict[str, Any],
@@ -235,6 +241,49 @@ def decorate_result(method: str, result: dict[str, Any], server_meta: dict[str, 
         out.setdefault("ttlMs", ttl_ms)
         out.setdefault("cacheScope", cache_scope)
     return out
+
+
+class SharedMeta(dict[str, Any]):
+    """A ``_meta`` that many results share and none mutates (making one is that promise):
+    the server's identity, which ``decorate_result`` puts on every result. Its text is
+    encoded once: ``encode_response`` appends it rather than encode it again. Anywhere
+    else it is the plain object it holds."""
+
+    __slots__ = ("closing", "closing_complete")
+
+    def __init__(self, members: dict[str, Any]) -> None:
+        super().__init__(members)
+        text = jsonrpc.encode(members)
+        # What ends the result and the message: the meta, or resultType "complete" and it.
+        self.closing = b',"_meta":' + text + b"}}"
+        self.closing_complete = b',"resultType":"' + COMPLETE.encode() + b'","_meta":' + text + b"}}"
+
+
+def encode_response(msg: dict[str, Any]) -> bytes:
+    """``jsonrpc.encode`` for a response (``result`` its last member, as ``jsonrpc.response``
+    builds it) whose result has a ``SharedMeta``: the rest of it is encoded, and the meta's
+    text (with ``"resultType":"complete"``, when the result says so) is put at the result's
+    end. The same JSON as ``jsonrpc.encode`` gives, byte for byte when those were the
+    result's last members already (``decorate_result`` puts them there). ``msg`` is put
+    back as it was, and the result is not touched (it may be a handler's shared dict)."""
+    result = msg.get("result")
+    if type(result) is dict and len(msg) == 3:  # jsonrpc, id, result: nothing after it
+        meta = result.get("_meta")
+        if type(meta) is SharedMeta:
+            rest = result.copy()
+            del rest["_meta"]
+            closing = meta.closing
+            if rest.get("resultType") == COMPLETE:
+                del rest["resultType"]
+                closing = meta.closing_complete
+            if rest:  # else there is no "{...}" to end: encoded as it is
+                msg["result"] = rest
+                try:
+                    head = jsonrpc.encode(msg)  # ...,"result":{...}}
+                finally:
+                    msg["result"] = result
+                return head[:-2] + closing
+    return jsonrpc.encode(msg)
 
 
 def http_status(error: McpError | dict[str, Any]) -> int:
