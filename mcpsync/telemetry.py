@@ -84,6 +84,8 @@ class SessionView(Protocol):
     def transport(self) -> str: ...
     @property
     def version(self) -> str | None: ...
+    @property
+    def client_address(self) -> str | None: ...
 
 
 class RequestView(Protocol):
@@ -241,6 +243,8 @@ def _session_attributes(conn: SessionView,
     metric_attrs = dict(attrs)
     if conn.session_id is not None:
         attrs["mcp.session.id"] = conn.session_id
+    if conn.client_address is not None:
+        attrs["client.address"] = conn.client_address
     return attrs, metric_attrs
 
 
@@ -376,6 +380,8 @@ class Telemetry:
             attrs["mcp.resource.uri"] = _cut(uri)
         if conn.session_id is not None:
             attrs["mcp.session.id"] = conn.session_id
+        if conn.client_address is not None:
+            attrs["client.address"] = conn.client_address
         if ctx.version is not None:
             attrs["mcp.protocol.version"] = metric_attrs["mcp.protocol.version"] = ctx.version
         network = NETWORK.get(conn.transport or "")

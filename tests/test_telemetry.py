@@ -84,6 +84,7 @@ def check_common(server: dict[str, Any], client: dict[str, Any], transport: str,
     assert attrs["jsonrpc.request.id"] == client["attributes"]["jsonrpc.request.id"]
     assert attrs["mcp.protocol.version"] == TRANSPORTS[transport][2] == session.revision
     assert {k: v for k, v in attrs.items() if k.startswith("network.")} == TRANSPORTS[transport][3]
+    assert attrs["client.address"] == "127.0.0.1"
     if transport == "modern":
         assert "mcp.session.id" not in attrs  # 2026-07-28 has no sessions
     else:
@@ -130,7 +131,7 @@ def test_notification_spans(otel: Recorder, base: str, transport: str) -> None:
     assert "jsonrpc.request.id" not in attrs and server["status"] == "UNSET"
     assert attrs["mcp.protocol.version"] == TRANSPORTS[transport][2]
     assert {k: v for k, v in attrs.items() if k.startswith("network.")} == TRANSPORTS[transport][3]
-    assert attrs["mcp.session.id"]
+    assert attrs["mcp.session.id"] and attrs["client.address"] == "127.0.0.1"
     other = [s for s in otel.spans("SERVER") if s["name"] == "_OTHER"][0]
     assert other["attributes"]["mcp.method.name"] == "_OTHER"
     made_up = [c for c in otel.spans("CLIENT") if c["span_id"] == other["parent_id"]]
@@ -308,6 +309,7 @@ def test_stdio_spans_metrics_and_propagation(otel: Recorder, tmp_path: pathlib.P
         assert client["trace_id"] == span["trace_id"]
         attrs = span["attributes"]
         assert attrs["network.transport"] == "pipe" and "network.protocol.name" not in attrs
+        assert "client.address" not in attrs  # a pipe has no peer address
         assert attrs["mcp.protocol.version"] == session.revision
         assert attrs["jsonrpc.request.id"] == client["attributes"]["jsonrpc.request.id"]
     assert client["attributes"]["network.transport"] == "pipe"

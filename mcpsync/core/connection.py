@@ -78,6 +78,7 @@ class ServerConnection:
     """
 
     transport = "http"  # what carries it (telemetry): a MessageStream sets stdio, ws or sse
+    client_address: str | None = None  # the peer's address when it has one (telemetry)
 
     def __init__(self, host: SessionHost, *, session_id: str | None = None,
                  send: Sink | None = None,

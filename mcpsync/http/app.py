@@ -181,9 +181,14 @@ class HttpApp:
         """A new session for this request's client (its quota: principal, else address).
         Full: 503 (the server) or 429 (this client's quota) with Retry-After."""
         principal = self.principal(environ)
+        address = environ.get("REMOTE_ADDR") or None
+
+        def attach(session: Session) -> None:
+            session.handler.client_address = address  # (telemetry's client.address)
+            setup(session)
         try:
-            return self.service.open_session(principal=principal, setup=setup,
-                                             owner=client_key(principal, environ.get("REMOTE_ADDR")))
+            return self.service.open_session(principal=principal, setup=attach,
+                                             owner=client_key(principal, address))
         except SessionLimitError as exc:
             status = 429 if exc.scope == "owner" else 503
             raise HttpError(status, f"{STATUS[status][4:]}: {exc}",

@@ -160,6 +160,7 @@ class StreamableHttp:
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
         rid = value["id"]
         conn = RequestConnection(host.server)  # per request: no session, no broadcasts
+        conn.client_address = environ.get("REMOTE_ADDR") or None
         response = ModernResponse(start_response, cors, can_sse, conn, rid)
         ticket = host.admit(None, response.abort)
         started = time.perf_counter()
