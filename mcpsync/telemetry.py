@@ -26,7 +26,9 @@ What is recorded:
   handler runs, so a hub's upstream call becomes its child.
   ``error.type`` is the JSON-RPC error code as a string, ``tool_error`` for an ``isError``
   result, ``cancelled`` for a request the client cancelled (no response sent); the span's
-  status is then ERROR with the error's message. ``mcp.server.operation.duration`` and, at
+  status is then ERROR with the error's message. A 2026-07-28 request refused before it
+  runs (its envelope, its headers, a method the revision lacks) is a span of its error
+  alone (``refused``). ``mcp.server.operation.duration`` and, at
   the end of a handshake-era session, ``mcp.server.session.duration`` (histograms, seconds).
   A notification from the client is a ``SERVER`` span too, named after its method (its
   parent the context in its ``_meta``), and counts in the operation duration.
@@ -48,12 +50,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Mapping, Protocol, TypeVar, cast
-from urllib.parse import urlsplit
+from typing import Any, Callable, Mapping, TypeVar, cast
 
-from .errors import Cancelled, PeerError, RequestTimeout
+from . import semconv
 from .protocol import runner
 from .protocol.modern import InputRequired
+from .semconv import (BUILTIN_NOTIFICATIONS, DURATION_BUCKETS_S, NETWORK, OTHER, Outcome, RequestView,
+                      SessionView)
 
 try:
     from opentelemetry import context as otel_context
@@ -72,70 +75,16 @@ else:
         _ProxyMeterProvider = None  # type: ignore[assignment,misc]
 
 
-class SessionView(Protocol):
-    """What telemetry reads of a ``core.connection.ServerConnection`` (named here, not
-    imported: telemetry sits below the core, which calls into it)."""
-
-    @property
-    def host(self) -> Any: ...          # the Server: its method table and registry
-    @property
-    def session_id(self) -> str | None: ...
-    @property
-    def transport(self) -> str: ...
-    @property
-    def version(self) -> str | None: ...
-    @property
-    def client_address(self) -> str | None: ...
-
-
-class RequestView(Protocol):
-    """What telemetry reads of a ``core.context.Context``."""
-
-    @property
-    def conn(self) -> SessionView: ...
-    @property
-    def method(self) -> str: ...
-    @property
-    def params(self) -> Any: ...
-    @property
-    def meta(self) -> Any: ...
-    @property
-    def request_id(self) -> Any: ...
-    @property
-    def version(self) -> str | None: ...
-    @property
-    def _cancelled(self) -> bool: ...   # the client cancelled (no reply goes out)
-
 
 log = logging.getLogger("mcpsync.telemetry")
 
 INSTRUMENTATION = "mcpsync"
-#: The conventions' advice for the MCP duration histograms, in seconds.
-DURATION_BUCKETS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-OTHER = "_OTHER"             # mcp.method.name of a method the server does not serve
-#: Notifications every server takes (its own handlers add to these)
-BUILTIN_NOTIFICATIONS = frozenset({"notifications/initialized", "notifications/cancelled",
-                                   "notifications/progress"})
-MAX_TARGET_CHARS = 256       # a longer tool/prompt name is not a name worth recording
-MAX_VALUE_CHARS = 1024       # span attributes from a client's text beyond this are cut
 PROVIDER_RECHECK_S = 1.0     # how long "no SDK installed" is believed before looking again
 
 Result = dict[str, Any]
-Outcome = tuple["str | None", "str | None", "str | None"]  # error.type, status code, message
 Run = Callable[..., "Result | None"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-#: network.* attributes by the transport's name: the server's (``ServerConnection.transport``)
-#: and the client's (``Endpoint.transport``). mcpsync's HTTP front end speaks HTTP/1.1.
-_HTTP = {"network.transport": "tcp", "network.protocol.name": "http", "network.protocol.version": "1.1"}
-NETWORK: dict[str, dict[str, str]] = {
-    "stdio": {"network.transport": "pipe"},
-    "http": _HTTP, "sse": _HTTP, "streamable-http": _HTTP,
-    "ws": {"network.transport": "tcp", "network.protocol.name": "websocket"},
-    "websocket": {"network.transport": "tcp", "network.protocol.name": "websocket"},
-}
-RESOURCE_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 
 
 if AVAILABLE:
@@ -155,50 +104,6 @@ if AVAILABLE:
 
 def _sdk_disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-
-
-def _target(method: str, params: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(tool or prompt name, resource URI) of a request, when it names one."""
-    if method == "tools/call" or method == "prompts/get":
-        name = params.get("name")
-        if type(name) is str and len(name) <= MAX_TARGET_CHARS:
-            return name, None
-    elif method in RESOURCE_METHODS:
-        uri = params.get("uri")
-        if type(uri) is str:
-            return None, uri
-    return None, None
-
-
-def _target_attributes(attrs: dict[str, Any], method: str, name: str | None) -> None:
-    if method == "tools/call":
-        attrs["gen_ai.operation.name"] = "execute_tool"
-        if name is not None:
-            attrs["gen_ai.tool.name"] = name
-    elif name is not None:
-        attrs["gen_ai.prompt.name"] = name
-
-
-def _cut(text: str) -> str:
-    """A value a client chose (a request id, a URI, an error message quoting it), cut to
-    ``MAX_VALUE_CHARS``: spans wait in an exporter's queue."""
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
-
-
-def _outcome(method: str, reply: Any) -> Outcome:
-    """(error.type, rpc.response.status_code, status message) of a JSON-RPC reply; all None
-    for a success. None as the reply: the request was cancelled and nothing is sent."""
-    if reply is None:
-        return "cancelled", None, "cancelled"
-    error = reply.get("error")
-    if error is not None:
-        code = str(error.get("code"))
-        return code, code, _cut(str(error.get("message", "")))
-    if method == "tools/call":
-        result = reply.get("result")
-        if type(result) is dict and result.get("isError") is True:
-            return "tool_error", None, None
-    return None, None, None
 
 
 def _end(span: Any, outcome: Outcome, late_version: str | None, histogram: Any,
@@ -221,61 +126,6 @@ def _end(span: Any, outcome: Outcome, late_version: str | None, histogram: Any,
                 span.set_status(StatusCode.ERROR, message)
     span.end()
     histogram.record(time.perf_counter() - started, metric_attrs)
-
-
-def _failure(exc: BaseException) -> Outcome:
-    """The outcome of a request of ours that raised: the peer's error code, a timeout, a
-    cancellation, or the exception's type."""
-    if isinstance(exc, PeerError):
-        return str(exc.code), str(exc.code), exc.message
-    return ("timeout" if isinstance(exc, RequestTimeout) else
-            "cancelled" if isinstance(exc, Cancelled) else type(exc).__qualname__, None, str(exc))
-
-
-def _session_attributes(conn: SessionView,
-                        method: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The attributes of a span about one of a server session's messages (no target), and
-    the metric's (the same without the session id)."""
-    attrs: dict[str, Any] = {"mcp.method.name": method}
-    if conn.version is not None:
-        attrs["mcp.protocol.version"] = conn.version
-    attrs.update(NETWORK.get(conn.transport or "", ()))
-    metric_attrs = dict(attrs)
-    if conn.session_id is not None:
-        attrs["mcp.session.id"] = conn.session_id
-    if conn.client_address is not None:
-        attrs["client.address"] = conn.client_address
-    return attrs, metric_attrs
-
-
-def _client_attributes(session: Any, method: str,
-                       name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A client span's attributes, and the metric's (the same without the session id)."""
-    attrs: dict[str, Any] = {"mcp.method.name": method}
-    _target_attributes(attrs, method, name)
-    cfg = session.cfg
-    attrs.update(NETWORK.get(cfg.transport, ()))
-    attrs.update(_server_address(cfg.url))
-    if session.revision is not None:
-        attrs["mcp.protocol.version"] = session.revision
-    metric_attrs = dict(attrs)
-    sid = getattr(session.channel, "session_id", None)
-    if sid is not None:
-        attrs["mcp.session.id"] = sid
-    return attrs, metric_attrs
-
-
-@functools.lru_cache(maxsize=256)
-def _server_address(url: str | None) -> tuple[tuple[str, Any], ...]:
-    """server.address and server.port of a client's URL (parsed once per URL)."""
-    if not url:
-        return ()
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
-    except ValueError:
-        return ()
-    return (("server.address", parts.hostname or ""), ("server.port", port))
 
 
 class Telemetry:
@@ -312,7 +162,7 @@ class Telemetry:
     def _span_name(self, method: str, name: str | None, uri: str | None) -> str:
         """``{mcp.method.name} {target}``, or the method alone when there is no target."""
         target = name if name is not None else (uri if self.resource_uri_in_span_name else None)
-        return method if target is None else f"{method} {_cut(target)}"
+        return method if target is None else f"{method} {semconv.cut(target)}"
 
     # ---- server: requests -----------------------------------------------------------------
 
@@ -366,18 +216,18 @@ class Telemetry:
         host = conn.host
         method = ctx.method
         label = method if method in host.dispatcher.requests else OTHER
-        name, uri = _target(method, ctx.params)
+        name, uri = semconv.target(method, ctx.params)
         if name is not None:  # only what the server offers: a client's made-up names are not kept
             registry = getattr(host, "registry", None)
             if registry is not None and name not in (
                     registry.tools if method == "tools/call" else registry.prompts):
                 name = None
         attrs: dict[str, Any] = {"mcp.method.name": label}
-        _target_attributes(attrs, method, name)
+        semconv.target_attributes(attrs, method, name)
         metric_attrs = dict(attrs)
-        attrs["jsonrpc.request.id"] = _cut(str(ctx.request_id))
+        attrs["jsonrpc.request.id"] = semconv.cut(str(ctx.request_id))
         if uri is not None:
-            attrs["mcp.resource.uri"] = _cut(uri)
+            attrs["mcp.resource.uri"] = semconv.cut(uri)
         if conn.session_id is not None:
             attrs["mcp.session.id"] = conn.session_id
         if conn.client_address is not None:
@@ -395,7 +245,7 @@ class Telemetry:
         try:
             reply = run()
             # A request the client cancelled gets no response, whatever the handler returned.
-            outcome = _outcome(method, None if ctx._cancelled else reply)
+            outcome = semconv.outcome(method, None if ctx._cancelled else reply)
             return reply
         except BaseException as exc:  # an interrupt (runner.run maps every Exception)
             outcome = (type(exc).__qualname__, None, str(exc))
@@ -403,6 +253,28 @@ class Telemetry:
         finally:
             otel_context.detach(token)
             self._finish_server(span, outcome, ctx, metric_attrs, started)
+
+    def refused(self, host: Any, msg: Any, code: int, message: str, transport: str,
+                client_address: str | None = None) -> None:
+        """A request refused before it could run (a 2026-07-28 envelope or header error, a
+        method the revision does not have): a SERVER span that is only its error, and its
+        duration, so refusals are seen too."""
+        started = time.perf_counter()
+        method = msg.get("method") if type(msg) is dict else None
+        label = method if type(method) is str and method in host.dispatcher.requests else OTHER
+        attrs: dict[str, Any] = {"mcp.method.name": label}
+        attrs.update(NETWORK.get(transport, ()))
+        metric_attrs = dict(attrs)
+        rid = msg.get("id") if type(msg) is dict else None
+        if rid is not None:
+            attrs["jsonrpc.request.id"] = semconv.cut(str(rid))
+        if client_address is not None:
+            attrs["client.address"] = client_address
+        params = msg.get("params") if type(msg) is dict else None
+        meta = params.get("_meta") if type(params) is dict else None
+        parent, links = self._parent(meta if type(meta) is dict else {})
+        span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
+        _end(span, (str(code), str(code), message), None, self.server_duration, metric_attrs, started)
 
     def _extract(self, meta: Mapping[str, Any]) -> Any:
         """The context a client propagated in ``_meta``, or None when it sent none."""
@@ -445,7 +317,7 @@ class Telemetry:
         started = time.perf_counter()
         label = method if method in BUILTIN_NOTIFICATIONS or \
             method in conn.host.dispatcher.notifications else OTHER
-        attrs, metric_attrs = _session_attributes(conn, label)
+        attrs, metric_attrs = semconv.session_attributes(conn, label)
         meta = params.get("_meta") if type(params) is dict else None
         parent, links = self._parent(meta if type(meta) is dict else {})
         span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
@@ -460,7 +332,7 @@ class Telemetry:
         try:
             return fn()
         except BaseException as exc:
-            outcome = _failure(exc)
+            outcome = semconv.failure(exc)
             raise
         finally:
             otel_context.detach(token)
@@ -490,10 +362,10 @@ class Telemetry:
                     call: Callable[[], Result]) -> Result:
         """Run one client request (``call()``) as the current CLIENT span; record it."""
         started = time.perf_counter()
-        name, uri = _target(method, params or {})
-        attrs, metric_attrs = _client_attributes(session, method, name)
+        name, uri = semconv.target(method, params or {})
+        attrs, metric_attrs = semconv.client_attributes(session, method, name)
         if uri is not None:
-            attrs["mcp.resource.uri"] = _cut(uri)
+            attrs["mcp.resource.uri"] = semconv.cut(uri)
         span = self.tracer.start_span(self._span_name(method, name, uri), kind=SpanKind.CLIENT,
                                       attributes=attrs)
         token = otel_context.attach(otel_trace.set_span_in_context(span))
@@ -509,7 +381,7 @@ class Telemetry:
         except InputRequired:
             raise  # a 2026-07-28 downstream is asked for input: not a failure of this call
         except BaseException as exc:
-            outcome = _failure(exc)
+            outcome = semconv.failure(exc)
             raise
         finally:
             otel_context.detach(token)
@@ -521,7 +393,7 @@ class Telemetry:
         CLIENT span, the current span's child (the call that asks), its context in the
         request's ``_meta``: ``ask(params, note_id)`` sends it and waits for the answer."""
         started = time.perf_counter()
-        attrs, metric_attrs = _session_attributes(conn, method)
+        attrs, metric_attrs = semconv.session_attributes(conn, method)
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
 
         def traced() -> Result:  # the span is current: its context goes into _meta
@@ -536,7 +408,7 @@ class Telemetry:
         """Send one notification (``send(params)``) as a CLIENT span, its context put in
         the notification's ``_meta``; the span covers the sending (nothing answers)."""
         started = time.perf_counter()
-        attrs, metric_attrs = _client_attributes(session, method, None)
+        attrs, metric_attrs = semconv.client_attributes(session, method, None)
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
 
         def traced() -> None:  # the span is current: its context goes into _meta

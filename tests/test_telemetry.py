@@ -21,7 +21,7 @@ from otel_fixture_server import make_server  # noqa: E402
 from otelutil import Recorder, stdio_endpoint  # noqa: E402
 from rpcutil import wait_until  # noqa: E402
 
-from mcpsync import telemetry  # noqa: E402
+from mcpsync import semconv, telemetry  # noqa: E402
 from mcpsync.client.channels import make_channel  # noqa: E402
 from mcpsync.client.endpoint import Endpoint  # noqa: E402
 from mcpsync.client.session import ClientSession  # noqa: E402
@@ -166,6 +166,41 @@ def test_a_request_of_the_server_to_the_client_is_a_client_span(otel: Recorder, 
         m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.client.operation.duration")}
 
 
+def test_modern_requests_refused_before_they_run_have_spans(otel: Recorder, base: str) -> None:
+    """2026-07-28 requests that never reach a handler (a bad envelope; a method the revision
+    does not have) are still seen: a SERVER span of the error alone, and a duration."""
+    import http.client
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}
+    port = int(base.rsplit(":", 1)[1])
+
+    def post(method: str, params: dict[str, Any]) -> int:
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+        try:
+            conn.request("POST", "/mcp", body, {
+                "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+    no_capabilities = {k: v for k, v in meta.items() if not k.endswith("clientCapabilities")}
+    assert post("tools/list", {"_meta": no_capabilities}) == 400
+    assert post("made/up", {"_meta": meta}) in (400, 404)
+    spans = {s["name"]: s for s in otel.spans("SERVER")}
+    bad = spans["tools/list"]
+    assert bad["status"] == "ERROR" and bad["attributes"]["error.type"] == "-32602"
+    assert bad["attributes"]["jsonrpc.request.id"] == "7"
+    assert bad["attributes"]["client.address"] == "127.0.0.1"
+    unknown = spans["_OTHER"]
+    assert unknown["status"] == "ERROR" and unknown["attributes"]["error.type"] == "-32601"
+    errors = {m["attributes"].get("error.type") for m in otel.metrics("mcp.server.operation.duration")}
+    assert {"-32602", "-32601"} <= errors
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tool_error_span(otel: Recorder, base: str, transport: str) -> None:
     with connected(base, transport) as session:
@@ -248,7 +283,7 @@ def test_operation_and_session_duration_metrics(otel: Recorder, base: str) -> No
             session.request("tools/call", {"name": "nope", "arguments": {}})
     ops = otel.metrics("mcp.server.operation.duration")
     assert ops and all(m["unit"] == "s" for m in ops)
-    assert ops[0]["bounds"] == list(telemetry.DURATION_BUCKETS_S)
+    assert ops[0]["bounds"] == list(semconv.DURATION_BUCKETS_S)
 
     def point(**attrs: str) -> dict[str, Any]:
         found = [m for m in ops if all(m["attributes"].get(k) == v for k, v in attrs.items())
@@ -338,7 +373,7 @@ def test_values_a_client_chooses_are_cut(otel: Recorder, base: str) -> None:
         reply = c.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": long_name}})
         assert reply.messages()[0]["error"]["code"] == -32602
         c.delete()
-    limit = telemetry.MAX_VALUE_CHARS + 1
+    limit = semconv.MAX_VALUE_CHARS + 1
     read = [s for s in otel.spans("SERVER") if s["name"] == "resources/read"][0]["attributes"]
     assert len(read["jsonrpc.request.id"]) == len(read["mcp.resource.uri"]) == limit
     assert read["mcp.resource.uri"].startswith("otel://items/uuu") and read["mcp.resource.uri"].endswith("…")

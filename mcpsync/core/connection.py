@@ -169,6 +169,9 @@ class ServerConnection:
                 if method not in modern.MODERN_METHODS:
                     raise MethodNotFound(f"Method not found: {method}")
             except McpError as exc:
+                tel = telemetry.ACTIVE
+                if tel is not None and tel.recording():
+                    tel.refused(self.host, msg, exc.code, exc.message, self.transport, self.client_address)
                 return jsonrpc.error_response(rid, exc)
         with self.lock:
             phase = self.phase

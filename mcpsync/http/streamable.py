@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .. import telemetry
 from ..core.connection import RequestConnection
 from ..errors import InvalidRequest, McpError, ParseError
 from ..protocol import jsonrpc, modern, versions
@@ -156,6 +157,10 @@ class StreamableHttp:
                 _add_param_headers(headers, environ, in_headers)
             envelope = modern.check_headers(headers, value, in_headers)
         except McpError as exc:
+            tel = telemetry.ACTIVE
+            if tel is not None and tel.recording():
+                tel.refused(host.server, value, exc.code, exc.message, "http",
+                            environ.get("REMOTE_ADDR") or None)
             refusal = jsonrpc.error_response(jsonrpc.readable_id(value), exc)
             return json_reply(start_response, modern.http_status(exc), refusal, cors)
         rid = value["id"]
