@@ -670,3 +670,37 @@ def test_a_client_that_never_reads_is_cut_after_the_write_timeout_under_werkzeug
         hog.sock.close()
     assert wait_until(lambda: not worker_threads())
     app.close()
+
+
+def test_a_client_that_reads_slowly_is_not_cut_under_werkzeug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write timeout bounds a wait without progress, not a whole frame: a reply much
+    bigger than the socket buffers reaches a client that reads it in small pieces, each
+    read well inside the timeout, although the whole takes several timeouts."""
+    from mcpsync.streams import ws_parked
+    from mcpsync import Server
+    monkeypatch.setattr(ws_parked, "WS_WRITE_TIMEOUT_S", 1.0)
+    server = Server("big")
+
+    @server.tool()
+    def big(n: int) -> str:
+        """n bytes of text."""
+        return "y" * n
+
+    app = Service(server)
+    with serving(HttpApp(app), "werkzeug") as base:
+        slow = RawWs(port_of(base))
+        raw_initialize(slow)
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        size = 8 << 20  # more than the server's send buffer can take (4 MiB at most)
+        slow.send_json(call_tool(1, "big", n=size))
+        got = len(slow.buf)
+        started = time.monotonic()
+        while got < size:  # a slow reader: at most 32 KiB every 10 ms
+            chunk = slow.sock.recv(32768)
+            assert chunk, "the server cut a client that was reading"
+            got += len(chunk)
+            time.sleep(0.01)  # pacing the reader (the behaviour under test), not a wait for an event
+        assert time.monotonic() - started > 1.0  # the reply took longer than one timeout
+        assert len(app.store) == 1
+        slow.sock.close()
+    app.close()

@@ -23,8 +23,8 @@ The thread whose read loop sees the end (close frame, EOF, protocol error, sessi
 by the store, shutdown) closes the stream (cancelling in-flight calls) and the session and
 sets ``_ended``; the WSGI call waits for that before it returns and the front end closes
 the socket. Writes (replies from any thread, pongs, close frames) all go through the
-stream's ``write_lock``: one ``sendall`` per frame, bounded by ``WS_WRITE_TIMEOUT_S`` as on
-a parked connection; a peer that reads nothing for that long is cut off.
+stream's ``write_lock``: one frame at a time, each ``send`` bounded by ``WS_WRITE_TIMEOUT_S``
+as on a parked connection; a peer that reads nothing for that long is cut off.
 
 The session lives as long as the socket: an open, pinged connection is never idle to the
 store's reaper, and a session the store closes anyway (shutdown) ends its connection within
@@ -130,7 +130,7 @@ class WsConnection:
         self._closing_at: float | None = None  # when we sent our close frame (reader only)
         self._poller = select.poll()  # the socket's readability; used by the reader only
         self._poller.register(sock.fileno(), select.POLLIN)
-        # Bounds every sendall (the reader polls before it reads, so reads never wait on it).
+        # Bounds every send (the reader polls before it reads, so reads never wait on it).
         sock.settimeout(ws_parked.WS_WRITE_TIMEOUT_S)
 
     # --- writing (any thread) -----------------------------------------------------------------
@@ -143,10 +143,13 @@ class WsConnection:
         self.stream.send_raw(lambda: self._send(frame))
 
     def _send(self, frame: bytes) -> None:
-        """One frame, within the write timeout; a peer that took none of it in that time is
-        cut off (the reader then sees the end and closes the session)."""
+        """One frame. Each ``send`` waits at most the write timeout (the socket's), so a
+        peer that reads slowly gets a big frame piece by piece, and one that took nothing
+        for that long is cut off (the reader then sees the end and closes the session)."""
+        view = memoryview(frame)
         try:
-            self._sock.sendall(frame)
+            while view:
+                view = view[self._sock.send(view):]
         except socket.timeout:
             log.info("WebSocket peer read nothing for %g s: connection cut", ws_parked.WS_WRITE_TIMEOUT_S)
             with contextlib.suppress(OSError):
