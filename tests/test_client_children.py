@@ -44,3 +44,31 @@ def test_a_stdio_server_dies_with_a_killed_client_program(tmp_path: pathlib.Path
         program.wait(WAIT_S)
         if program.stdout is not None:
             program.stdout.close()
+
+
+FORKING = """
+import os
+from mcpsync.client import process
+guardian = process.shared_guardian()
+proc = guardian._proc
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child holds what it inherited until the parent is done
+    os.close(w)
+    os.read(r, 1)
+    os._exit(0)
+os.close(r)
+guardian.close()
+print(proc.returncode, flush=True)
+os.close(w)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_does_not_hold_the_guardian_open() -> None:
+    """After a fork the child lets go of the parent's guardian: the parent's close still
+    ends it at once (it saw its stdin's end), instead of killing it after its timeouts."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", FORKING], env=env, capture_output=True, text=True,
+                          timeout=WAIT_S)
+    assert done.stdout.strip() == "0", (done.stdout, done.stderr[-2000:])

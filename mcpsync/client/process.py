@@ -22,6 +22,7 @@ of their own, watched, and never outliving the process that started them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -174,10 +175,34 @@ class Guardian:
             proc.wait(GUARD_EXIT_WAIT_S)
 
 
+    def abandon(self) -> None:
+        """In a child forked from the owner: let go of the owner's guardian without ending
+        anything, closing this copy of its pipe (else the guardian would not see the owner's
+        end while the child lives)."""
+        self._lock = threading.Lock()  # (the copy of a lock another thread may have held)
+        proc, self._proc, self._fd, self._closed = self._proc, None, None, True
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+
 # Guards _shared: the one guardian of every Client's stdio servers in this process,
-# started by the first of them and closed at the interpreter's exit.
+# started by the first of them and closed at the interpreter's exit. A forked child lets
+# go of its parent's (``_after_fork_in_child``) and starts its own when it needs one.
 _shared_lock = threading.Lock()
 _shared: Guardian | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _shared, _shared_lock
+    _shared_lock = threading.Lock()
+    inherited, _shared = _shared, None
+    if inherited is not None:
+        inherited.abandon()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_guardian() -> Guardian:
