@@ -106,3 +106,49 @@ def test_what_was_posted_before_a_reply_is_written_before_it(round_: int) -> Non
         assert order.index("notifications/tools/list_changed") < order.index(2), order
     finally:
         stream.close(timeout=5)
+
+
+def test_a_broadcast_posted_while_the_stream_drains_is_still_written() -> None:
+    """stdio's EOF: the stream drains (its workers take no more jobs) while a call still
+    runs; a broadcast posted then finds no worker for its flush job and no reply follows
+    it (the call outlives the drain): the drain writes it before it returns."""
+    from rpcutil import wait_until
+    server = Server("drain")
+    release = threading.Event()
+    started = threading.Event()
+
+    @server.tool()
+    def hang() -> str:
+        started.set()
+        release.wait(WAIT_S)
+        return "late"
+
+    written: list[Any] = []
+    lock = threading.Lock()
+
+    def write(data: bytes) -> None:
+        with lock:
+            written.append(json.loads(data))
+    stream = MessageStream(server, write, name="test", max_workers=2)
+    try:
+        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}).encode())
+        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        stream.feed(b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "hang"}}')
+        assert started.wait(WAIT_S)
+        pool = stream._pool
+        assert pool is not None
+
+        def post_during_drain() -> None:
+            assert wait_until(lambda: pool._shutdown, WAIT_S)  # the drain has begun
+            server.tool(name="late")(lambda: "x")  # broadcasts tools/list_changed
+        poster = threading.Thread(target=post_during_drain, name="mcpsync-test-poster")
+        poster.start()
+        assert stream.drain(1.0) is False  # the call outlives the drain
+        poster.join(WAIT_S)
+        with lock:
+            assert "notifications/tools/list_changed" in [m.get("method") for m in written], written
+    finally:
+        release.set()
+        stream.close(timeout=5)

@@ -331,8 +331,6 @@ class ServerConnection:
                 raise InvalidRequest(f"cannot send {method} before the client sent "
                                      "notifications/initialized")
             rid = next(self._ids)
-            if note_id is not None:
-                note_id(rid)
             pending = PendingRequest(rid, method, call)
             self._pending[rid] = pending
             if call is not None:
@@ -342,6 +340,8 @@ class ServerConnection:
                 if call._pending_ids is None:
                     call._pending_ids = []
                 call._pending_ids.append(rid)
+        if note_id is not None:  # (telemetry: outside the lock, as every callback)
+            note_id(rid)
         out = call.sink if call is not None else self.send
         limit = self.request_timeout_s if timeout is None else timeout
         try:

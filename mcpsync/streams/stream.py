@@ -363,7 +363,15 @@ class MessageStream:
             done.set()
 
         threading.Thread(target=wait_all, name="mcpsync-stream-drain", daemon=True).start()
-        return done.wait(timeout)
+        finished = done.wait(timeout)
+        # What was posted meanwhile found the workers shut down: written here, unless a
+        # writer (which empties the outbox after its own message) holds the lock.
+        if self.write_lock.acquire(blocking=False):
+            try:
+                self._flush_locked()
+            finally:
+                self.write_lock.release()
+        return finished
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Cancel in-flight work and join the workers (bounded by ``timeout`` for calls that
