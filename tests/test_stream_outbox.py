@@ -31,16 +31,21 @@ def _fill(sock: socket.socket) -> int:
     return written
 
 
+def initialize(stream: MessageStream) -> None:
+    """The handshake, as a client sends it (request id 1)."""
+    stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}).encode())
+    stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_a_broadcast_to_a_client_that_does_not_read_never_waits_for_it(round_: int) -> None:
     server = Server("outbox")
     ours, theirs = socket.socketpair()
     stream = MessageStream(server, ours.sendall, name="test", max_workers=2)
     try:
-        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}).encode())
-        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        initialize(stream)
         filler = _fill(ours)  # from here on a write to the client blocks until it reads
 
         registered = threading.Event()
@@ -96,10 +101,7 @@ def test_what_was_posted_before_a_reply_is_written_before_it(round_: int) -> Non
     # One worker: the flush job the broadcast starts waits behind the call that caused it.
     stream = MessageStream(server, write, name="test", max_workers=1)
     try:
-        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}).encode())
-        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        initialize(stream)
         stream.feed(b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "grow"}}')
         assert done.wait(WAIT_S)
         order = [m.get("method") or m.get("id") for m in written]
@@ -131,10 +133,7 @@ def test_a_broadcast_posted_while_the_stream_drains_is_still_written() -> None:
             written.append(json.loads(data))
     stream = MessageStream(server, write, name="test", max_workers=2)
     try:
-        stream.feed(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}).encode())
-        stream.feed(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        initialize(stream)
         stream.feed(b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "hang"}}')
         assert started.wait(WAIT_S)
         pool = stream._pool
