@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
+import pytest
 from hubutil import RAW, kill_leftovers, process_gone, read_pid  # noqa: F401 (fixture)
 from rpcutil import wait_until
 
@@ -72,3 +74,34 @@ def test_a_forked_child_does_not_hold_the_guardian_open() -> None:
     done = subprocess.run([sys.executable, "-c", FORKING], env=env, capture_output=True, text=True,
                           timeout=WAIT_S)
     assert done.stdout.strip() == "0", (done.stdout, done.stderr[-2000:])
+
+
+def test_a_server_that_ends_on_its_own_is_forgotten_by_the_guardian(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, kill_leftovers: list[int]) -> None:
+    """A stdio server whose process group is gone is struck off the guardian's list at
+    once (its number may be reused by another group by the time the program ends)."""
+    from mcpsync import Client
+    from mcpsync.client import process
+
+    class Recording(process.Guardian):
+        def __init__(self) -> None:
+            super().__init__()
+            self.forgotten: list[int] = []
+
+        def forget(self, pgid: int) -> None:
+            self.forgotten.append(pgid)
+            super().forget(pgid)
+    guardian = Recording().start()
+    monkeypatch.setattr(process, "_shared", guardian)
+    try:
+        client = Client([sys.executable, RAW, "serve"], revision="2025-11-25",
+                        env={"RAW_PID_DIR": str(tmp_path)})
+        try:
+            server = read_pid(tmp_path, "server", WAIT_S)
+            kill_leftovers.append(server)
+            os.kill(server, signal.SIGKILL)
+            assert wait_until(lambda: server in guardian.forgotten, WAIT_S), guardian.forgotten
+        finally:
+            client.close()
+    finally:
+        guardian.close()

@@ -216,6 +216,17 @@ def shared_guardian() -> Guardian:
         return _shared
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _python() -> str | None:
     """The interpreter to run the guardian: ours, unless we are embedded in a program that
     is not one (``sys.executable`` is then that program), else python3 from PATH."""

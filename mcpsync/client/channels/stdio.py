@@ -247,6 +247,8 @@ class StdioChannel(ChannelBase):
             code: int | None = proc.wait(EXIT_STATUS_WAIT_S)
         except subprocess.TimeoutExpired:
             code = None
+        if code is not None and self._guardian is not None and not process.group_alive(proc.pid):
+            self._guardian.forget(proc.pid)  # gone for good: its number may be reused
         for t in self._threads:
             if t.name.startswith(f"mcpsync-{self.cfg.role}-stderr-") and t is not threading.current_thread():
                 t.join(EXIT_STATUS_WAIT_S)
