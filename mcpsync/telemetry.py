@@ -37,7 +37,9 @@ What is recorded:
   ``mcp.client.operation.duration``; the same for a notification it sends
   (``ClientSession.notify``), the span covering the sending, and for the server's own
   requests to its client (sampling, elicitation, roots: ``server_request``), children of
-  the span of the call that asks.
+  the span of the call that asks, and its notifications: those of a call (progress, log
+  messages: ``server_notification``) and broadcasts (list changes, resource updates:
+  ``broadcast``, one span for all the sessions).
 
 Cardinality stays bounded whatever a client sends: a method the server does not serve is
 recorded as ``_OTHER``, and a tool or prompt name only when the server has it.
@@ -405,10 +407,31 @@ class Telemetry:
 
     def client_notification(self, session: Any, method: str, params: dict[str, Any] | None,
                             send: Callable[[dict[str, Any] | None], None]) -> None:
-        """Send one notification (``send(params)``) as a CLIENT span, its context put in
-        the notification's ``_meta``; the span covers the sending (nothing answers)."""
-        started = time.perf_counter()
+        """Send one notification of the client (``send(params)``) as a CLIENT span, its
+        context put in the notification's ``_meta``; the span covers the sending."""
         attrs, metric_attrs = semconv.client_attributes(session, method, None)
+        self._sent(method, params, send, attrs, metric_attrs)
+
+    def server_notification(self, conn: SessionView, method: str, params: dict[str, Any] | None,
+                            send: Callable[[dict[str, Any] | None], None]) -> None:
+        """One notification the server sends while a call runs (progress, a log message):
+        a CLIENT span (the server initiates it), child of the call's, its context in the
+        notification's ``_meta``; the span covers handing it to the transport."""
+        attrs, metric_attrs = semconv.session_attributes(conn, method)
+        self._sent(method, params, send, attrs, metric_attrs)
+
+    def broadcast(self, method: str, deliver: Callable[[], int]) -> int:
+        """A notification the server sends to every session that wants it (a list change,
+        a resource update): one CLIENT span around the delivery to all of them."""
+        started = time.perf_counter()
+        attrs: dict[str, Any] = {"mcp.method.name": method}
+        span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
+        return self._within(span, None, deliver, self.client_duration, dict(attrs), started)
+
+    def _sent(self, method: str, params: dict[str, Any] | None,
+              send: Callable[[dict[str, Any] | None], None], attrs: dict[str, Any],
+              metric_attrs: dict[str, Any]) -> None:
+        started = time.perf_counter()
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
 
         def traced() -> None:  # the span is current: its context goes into _meta

@@ -44,6 +44,13 @@ def make_server(name: str = "otel-fixture") -> Server:
         answer = ctx.elicit("Go on?", {"type": "object", "properties": {}})
         return f"answer={answer['action']}"
 
+    @server.tool()
+    def chatty(ctx: Context) -> str:
+        """Report progress and log a line, then answer."""
+        ctx.report_progress(1, 2)
+        ctx.info("half way")
+        return "done"
+
     @server.resource("otel://items/{item}")
     def item(item: str) -> str:
         """One item."""

@@ -166,6 +166,30 @@ def test_a_request_of_the_server_to_the_client_is_a_client_span(otel: Recorder, 
         m["attributes"]["mcp.method.name"] for m in otel.metrics("mcp.client.operation.duration")}
 
 
+def test_the_servers_own_notifications_are_client_spans(otel: Recorder, base: str) -> None:
+    """Progress and a log message a tool sends: CLIENT spans (the server initiates them),
+    children of the tool call's span; a list change: one CLIENT span for the broadcast."""
+    from mcpsync import Client
+    logs: list[Any] = []
+    with Client(base + "/mcp", revision="2025-11-25", on_log=logs.append) as client:
+        assert client.call_tool("chatty", {}, progress=lambda *args: None).text == "done"
+    tool = [s for s in otel.spans("SERVER") if s["name"] == "tools/call chatty"][0]
+    for method in ("notifications/progress", "notifications/message"):
+        sent = [s for s in otel.spans("CLIENT") if s["name"] == method]
+        assert len(sent) == 1 and sent[0]["parent_id"] == tool["span_id"], (method, sent)
+        assert sent[0]["attributes"]["mcp.session.id"] == tool["attributes"]["mcp.session.id"]
+    from otel_fixture_server import make_server as fresh
+    server = fresh("broadcaster")  # registrations with nobody connected: no span
+    assert not [s for s in otel.spans("CLIENT") if s["name"] == "notifications/tools/list_changed"]
+    conn = server.connect(session_id="s1")
+    try:
+        server.add_tool(lambda: "n", name="added", description="A change.")
+    finally:
+        conn.close()
+    changed = [s for s in otel.spans("CLIENT") if s["name"] == "notifications/tools/list_changed"]
+    assert len(changed) == 1 and changed[0]["attributes"] == {"mcp.method.name": "notifications/tools/list_changed"}
+
+
 def test_modern_requests_refused_before_they_run_have_spans(otel: Recorder, base: str) -> None:
     """2026-07-28 requests that never reach a handler (a bad envelope; a method the revision
     does not have) are still seen: a SERVER span of the error alone, and a duration."""

@@ -112,7 +112,7 @@ class Broadcaster:
     def notify_list_changed(self, kind: str) -> int:
         """``notifications/<kind>/list_changed`` to every initialized session and listen
         stream that asked for it, on every instance. Returns how many of this process's."""
-        sent = self.deliver_list_changed(kind)
+        sent = self._traced(f"notifications/{kind}/list_changed", lambda: self.deliver_list_changed(kind))
         if self.publish is not None:
             self.publish({"k": "list", "kind": kind})
         return sent
@@ -126,7 +126,7 @@ class Broadcaster:
     def notify_resource_updated(self, uri: str) -> int:
         """``notifications/resources/updated`` to the sessions and listen streams subscribed
         to ``uri``, on every instance. Returns how many of this process's."""
-        sent = self.deliver_resource_updated(uri)
+        sent = self._traced("notifications/resources/updated", lambda: self.deliver_resource_updated(uri))
         if self.publish is not None:
             self.publish({"k": "resource", "uri": uri})
         return sent
@@ -136,6 +136,18 @@ class Broadcaster:
         msg = jsonrpc.notification("notifications/resources/updated", {"uri": uri})
         return (self._to_listeners(lambda lst: lst.wants_resource(uri), msg)
                 + self._to_sessions(lambda conn: conn.is_subscribed(uri), msg))
+
+    def _traced(self, method: str, deliver: Callable[[], int]) -> int:
+        """``deliver()`` inside a broadcast's span when telemetry records and somebody may
+        hear it (no span for the registrations of a server nobody is connected to)."""
+        tel = telemetry.ACTIVE
+        if tel is None or not tel.recording():
+            return deliver()
+        with self._conns_lock:
+            audience = len(self._conns) > 0
+        with self._listeners_lock:
+            audience = audience or len(self._listeners) > 0
+        return tel.broadcast(method, deliver) if audience else deliver()
 
     def notify_task(self, msg: dict[str, Any], task_id: str) -> int:
         """A task changed: ``msg`` (``notifications/tasks``) to the listen streams that

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .. import inputs
+from .. import inputs, telemetry
 from ..errors import Cancelled, InvalidParams, McpError
 from ..inputs import InputRequest
 from ..protocol import jsonrpc, versions
@@ -190,7 +190,7 @@ class Context:
             params["total"] = total
         if message is not None and self.version != versions.V2024_11_05:
             params["message"] = message
-        self.sink(jsonrpc.notification("notifications/progress", params))
+        self._notify("notifications/progress", params)
         return True
 
     def log(self, level: str, data: Any, logger: str | None = None) -> bool:
@@ -206,8 +206,16 @@ class Context:
         params: dict[str, Any] = {"level": level, "data": data}
         if logger is not None:
             params["logger"] = logger
-        self.sink(jsonrpc.notification("notifications/message", params))
+        self._notify("notifications/message", params)
         return True
+
+    def _notify(self, method: str, params: dict[str, Any]) -> None:
+        tel = telemetry.ACTIVE  # OpenTelemetry: None when absent or off
+        if tel is None or not tel.recording():
+            self.sink(jsonrpc.notification(method, params))
+        else:
+            tel.server_notification(self.conn, method, params,
+                                    lambda traced: self.sink(jsonrpc.notification(method, traced)))
 
     def debug(self, data: Any, logger: str | None = None) -> bool:
         return self.log("debug", data, logger)
