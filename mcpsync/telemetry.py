@@ -11,9 +11,12 @@ even wrapped. With it, ``ACTIVE`` is a ``Telemetry`` from the start, through the
 global providers: until the application installs an SDK (or ``enable`` is given providers)
 nothing is recorded (``Telemetry.recording``) and a request only carries a client's trace
 context on to the server's own calls, so a hub without an SDK still joins a client's trace
-to its upstream's. ``disable()`` (or
-``OTEL_SDK_DISABLED=true`` in the environment) turns it all off. ``ACTIVE`` is a plain
-module attribute: ``enable``/``disable`` assign it, each call site reads it once.
+to its upstream's. What has no context to carry (notifications, the server's own requests,
+refusals) is passed to telemetry only while ``ACTIVE.recording()``: the check stays at the
+call site, so turned off nothing here runs. ``disable()`` (or ``OTEL_SDK_DISABLED=true``
+in the environment) turns it all off.
+``ACTIVE`` is a plain module attribute: ``enable``/``disable`` assign it, each call site
+reads it once.
 
 What is recorded:
 
@@ -273,8 +276,7 @@ class Telemetry:
         if client_address is not None:
             attrs["client.address"] = client_address
         params = msg.get("params") if type(msg) is dict else None
-        meta = params.get("_meta") if type(params) is dict else None
-        parent, links = self._parent(meta if type(meta) is dict else {})
+        parent, links = self._parent_of(params)
         span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
         _end(span, (str(code), str(code), message), None, self.server_duration, metric_attrs, started)
 
@@ -307,6 +309,11 @@ class Telemetry:
         ambient_context = ambient.get_span_context()
         return parent, [Link(ambient_context)] if ambient_context.is_valid else None
 
+    def _parent_of(self, params: Any) -> tuple[Any, list[Any] | None]:
+        """``_parent`` of a message's ``params`` as a peer sent them (anything at all)."""
+        meta = params.get("_meta") if type(params) is dict else None
+        return self._parent(meta if type(meta) is dict else {})
+
     def _finish_server(self, span: Any, outcome: Outcome, ctx: RequestView,
                        metric_attrs: dict[str, Any], started: float) -> None:
         _end(span, outcome, ctx.conn.version if ctx.version is None else None,  # initialize
@@ -320,8 +327,7 @@ class Telemetry:
         label = method if method in BUILTIN_NOTIFICATIONS or \
             method in conn.host.dispatcher.notifications else OTHER
         attrs, metric_attrs = semconv.session_attributes(conn, label)
-        meta = params.get("_meta") if type(params) is dict else None
-        parent, links = self._parent(meta if type(meta) is dict else {})
+        parent, links = self._parent_of(params)
         span = self.tracer.start_span(label, parent, SpanKind.SERVER, attrs, links)
         self._within(span, parent, handle, self.server_duration, metric_attrs, started)
 
@@ -399,10 +405,7 @@ class Telemetry:
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
 
         def traced() -> Result:  # the span is current: its context goes into _meta
-            meta = dict((params or {}).get("_meta") or {})
-            otel_propagate.inject(meta)
-            return ask({**(params or {}), "_meta": meta},
-                       lambda rid: span.set_attribute("jsonrpc.request.id", str(rid)))
+            return ask(_with_context(params), lambda rid: span.set_attribute("jsonrpc.request.id", str(rid)))
         return self._within(span, None, traced, self.client_duration, metric_attrs, started)
 
     def client_notification(self, session: Any, method: str, params: dict[str, Any] | None,
@@ -434,11 +437,8 @@ class Telemetry:
         started = time.perf_counter()
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attrs)
 
-        def traced() -> None:  # the span is current: its context goes into _meta
-            meta = dict((params or {}).get("_meta") or {})
-            otel_propagate.inject(meta)
-            send({**(params or {}), "_meta": meta})
-        self._within(span, None, traced, self.client_duration, metric_attrs, started)
+        self._within(span, None, lambda: send(_with_context(params)), self.client_duration,
+                     metric_attrs, started)
 
     def inject(self, meta: dict[str, Any], request_id: Any) -> None:
         """Put the current span's context into an outgoing request's ``_meta`` (and its id
@@ -447,6 +447,14 @@ class Telemetry:
         if span.is_recording():
             span.set_attribute("jsonrpc.request.id", str(request_id))
         otel_propagate.inject(meta)
+
+
+def _with_context(params: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of an outgoing message's ``params`` with the current span's context in its
+    ``_meta`` (call it with the message's span current)."""
+    meta = dict((params or {}).get("_meta") or {})
+    otel_propagate.inject(meta)
+    return {**(params or {}), "_meta": meta}
 
 
 def client_request(fn: F) -> F:
