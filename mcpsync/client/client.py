@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 from .._version import __version__
 from ..errors import HEADER_MISMATCH, MISSING_CLIENT_CAPABILITY, McpError, PeerError
 from ..protocol.modern import TASKS_EXTENSION
+from . import process
 from .caller import CancelToken
 from .callbacks import (CallbackRunner, CallContext, Callbacks, ProgressCallback, RequestCallback,
                         RootsSource)
-from . import process
 from .channels import make_channel
 from .endpoint import (AUTO, CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, REQUEST_TIMEOUT_S, STDIO, STREAMABLE_HTTP,
                        Timeouts, endpoint_for)

@@ -174,7 +174,6 @@ class Guardian:
             proc.kill()
             proc.wait(GUARD_EXIT_WAIT_S)
 
-
     def abandon(self) -> None:
         """In a child forked from the owner: let go of the owner's guardian without ending
         anything, closing this copy of its pipe (else the guardian would not see the owner's
@@ -223,7 +222,7 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # there is one, not ours to signal
     return True
 
 

@@ -85,8 +85,8 @@ class MessageStream:
         self._admission = admission if admission is not None else Admission(
             known_methods=lambda: server.dispatcher.requests)
         self._key: Hashable = admission_key if admission_key is not None else id(self)
-        # Serializes writes to the connection; held for one write call (and for flushing the
-        # outbox after it). Whoever holds it writes what others posted meanwhile.
+        # Serializes writes to the connection; held for one write call and for flushing the
+        # outbox before and after it, so whoever holds it writes what was posted meanwhile.
         self.write_lock = threading.Lock()
         # Guards _outbox and _flushing: encoded session-level messages (broadcasts, requests
         # not tied to a call) waiting to be written, and whether a flush job is on its way; a
@@ -175,7 +175,7 @@ class MessageStream:
             self._flushing = True
         try:
             self._spawn(self._flush_posted)
-        except RuntimeError:  # the workers are shut down: the stream is over
+        except RuntimeError:  # workers shut down: drain() writes it, or the stream is over
             with self._outbox_lock:
                 self._flushing = False
 
