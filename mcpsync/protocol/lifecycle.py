@@ -16,8 +16,9 @@ A handshake-era session moves through three phases::
   capability checks happen in the handlers.
 
 The modern revision (2026-07-28) has no phases: every request carries its version and
-capabilities in ``_meta``, checked per request (``modern.request_envelope`` or, over HTTP,
-``modern.check_headers`` then ``modern.envelope_of``) by ``ServerConnection.handle_request``.
+capabilities in ``_meta``, checked per request by ``ServerConnection.handle_request``
+(``modern.request_envelope``), or over HTTP before it by ``modern.check_headers``, which
+hands it the ``Envelope``.
 """
 from __future__ import annotations
 
